@@ -1,0 +1,238 @@
+"""The engine: requests in, token deltas out, one ``step()`` at a time.
+
+Also the export/import boundary that disaggregation is built on: a prefill-only request
+parks after its first token so its KV can be exported; ``import_kv`` resumes such a
+sequence in another engine, exactly.
+"""
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+
+from engine.block_pool import BlockPool
+from engine.config import EngineConfig
+from engine.errors import UnknownRequestError
+from engine.kv_export import KVLayout, SequenceKV
+from engine.loader import LoadedModel, load_model
+from engine.model_runner import ModelRunner
+from engine.outputs import RequestOutput
+from engine.sampler import generator_state, make_generator, restore_generator, sample
+from engine.sampling_params import SamplingParams
+from engine.scheduler import Scheduler
+from engine.sequence import Sequence, SequenceStatus
+from engine.stopping import check_stop
+from engine.tokenizer import IncrementalDetokenizer
+
+logger = logging.getLogger(__name__)
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None):
+        self.config = config
+        if config.num_threads:
+            torch.set_num_threads(config.num_threads)
+        self.loaded = loaded or load_model(config)
+        cfg = self.loaded.config
+        self.model_config = cfg
+        self.tokenizer = self.loaded.tokenizer
+        self.max_model_len = min(config.max_model_len or cfg.max_position_embeddings,
+                                 cfg.max_position_embeddings)
+        bs = config.block_size
+        min_blocks = -(-self.max_model_len // bs) + 1
+        num_blocks = config.num_kv_blocks or config.max_num_seqs * min_blocks
+        if num_blocks < min_blocks:
+            raise ValueError(f"num_kv_blocks={num_blocks} cannot hold one full context "
+                             f"({min_blocks} blocks of {bs} tokens)")
+        self.pool = BlockPool(num_blocks, bs)
+        self.scheduler = Scheduler(self.pool, config.max_num_seqs, config.max_num_batched_tokens,
+                                   config.enable_prefix_caching)
+        self.runner = ModelRunner(self.loaded.model, num_blocks, bs, self.loaded.dtype, self.loaded.device)
+        self.kv_layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
+                                  str(self.loaded.dtype).removeprefix("torch."), self.loaded.fingerprint)
+        self.eos_token_ids = set(cfg.eos_token_ids)
+        self.requests: dict[str, Sequence] = {}
+        self._seed_rng = torch.Generator().manual_seed(config.seed)
+        self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "steps": 0}
+
+    # -- request lifecycle ---------------------------------------------------------------
+    def add_request(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
+                    prefill_only: bool = False, cached_prefix_kv: torch.Tensor | None = None,
+                    cache_salt: bytes = b"") -> None:
+        self._validate_prompt(prompt_token_ids, sampling_params)
+        if request_id in self.requests:
+            raise ValueError(f"request_id {request_id!r} is already in use")
+        if cached_prefix_kv is not None:
+            self._check_kv(cached_prefix_kv, max_tokens=len(prompt_token_ids) - 1, what="cached_prefix_kv")
+        seq = Sequence(request_id, list(prompt_token_ids), len(prompt_token_ids), sampling_params,
+                       IncrementalDetokenizer(self.tokenizer, prompt_token_ids),
+                       generator=self._generator_for(sampling_params), cache_salt=cache_salt,
+                       prefill_only=prefill_only, pending_prefix_kv=cached_prefix_kv)
+        self.requests[request_id] = seq
+        self.scheduler.add(seq)
+
+    def import_kv(self, seq_kv: SequenceKV) -> None:
+        """Continue a sequence whose prompt (and any output) another engine computed."""
+        if seq_kv.request_id in self.requests:
+            raise ValueError(f"request_id {seq_kv.request_id!r} is already in use")
+        seq_kv.validate(self.kv_layout)
+        seq_kv.sampling.validate()
+        if len(seq_kv.token_ids) > self.max_model_len:
+            raise ValueError(f"sequence of {len(seq_kv.token_ids)} tokens exceeds max_model_len {self.max_model_len}")
+        try:
+            gen = restore_generator(seq_kv.rng_state)
+        except RuntimeError as exc:
+            raise ValueError(f"rng_state is not a valid generator state ({exc})") from exc
+        prompt = seq_kv.token_ids[:seq_kv.prompt_len]
+        detok = IncrementalDetokenizer(self.tokenizer, prompt)
+        seq = Sequence(seq_kv.request_id, list(seq_kv.token_ids), seq_kv.prompt_len, seq_kv.sampling,
+                       detok, generator=gen, pending_prefix_kv=seq_kv.kv,
+                       cache_salt=seq_kv.extra.get("cache_salt", b""))
+        detok.step(seq.token_ids)   # text of tokens produced before the hand-over
+        seq.first_token_time = time.monotonic()
+        self.requests[seq.request_id] = seq
+        self.scheduler.add(seq)
+
+    def export_kv(self, request_id: str) -> SequenceKV:
+        seq = self._get(request_id)
+        if seq.status is not SequenceStatus.PARKED:
+            raise ValueError(f"request {request_id!r} is {seq.status.value}, not parked after prefill")
+        kv = self.runner.read_kv(seq, 0, seq.num_computed)
+        return SequenceKV(request_id, list(seq.token_ids), seq.prompt_len, kv, seq.sampling,
+                          generator_state(seq.generator),
+                          extra={"num_cached_tokens": seq.num_cached_tokens, "cache_salt": seq.cache_salt})
+
+    def read_prefix_kv(self, request_id: str, num_tokens: int) -> torch.Tensor:
+        """KV of a held sequence's first ``num_tokens`` tokens (for store write-back)."""
+        seq = self._get(request_id)
+        if not 0 < num_tokens <= seq.num_computed:
+            raise ValueError(f"num_tokens must be in 1..{seq.num_computed}, got {num_tokens}")
+        return self.runner.read_kv(seq, 0, num_tokens)
+
+    def release(self, request_id: str) -> None:
+        """Free a parked (exported) sequence's blocks."""
+        seq = self._get(request_id)
+        self.scheduler.release_blocks(seq)
+        del self.requests[request_id]
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        seq = self.requests.pop(request_id, None)
+        if seq is None:
+            return None
+        self.scheduler.remove(seq)
+        seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+        return self._output(seq, [], "")
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    def free_block_count(self) -> int:
+        return self.pool.num_free
+
+    # -- the step ------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        batch = self.scheduler.schedule()
+        if not batch:
+            return self._unstick()
+        sampling_rows = [i for i, (s, n) in enumerate(zip(batch.seqs, batch.num_new))
+                         if s.num_computed + n == s.num_tokens]
+        logits = self.runner.run(batch.seqs, batch.num_new, sampling_rows)
+        picked = [batch.seqs[i] for i in sampling_rows]
+        tokens = sample(logits, [s.sampling for s in picked], [s.generator for s in picked])
+        for seq, n in zip(batch.seqs, batch.num_new):
+            seq.num_computed += n
+            self.scheduler.publish_full_blocks(seq)
+        self.stats["steps"] += 1
+        return [self._append(seq, tok) for seq, tok in zip(picked, tokens)]
+
+    def _append(self, seq: Sequence, token: int) -> RequestOutput:
+        if seq.num_output_tokens == 0:
+            seq.first_token_time = time.monotonic()
+            self.stats["prompt_tokens"] += seq.prompt_len
+            self.stats["cached_tokens"] += seq.num_cached_tokens
+        seq.token_ids.append(token)
+        self.stats["generated_tokens"] += 1
+        text_before = len(seq.output_text)
+        seq.detok.step(seq.token_ids)
+        reason = check_stop(seq, token, self.eos_token_ids, self.max_model_len)
+        if reason is not None:
+            self._finish(seq, reason)
+        elif seq.prefill_only:
+            self.scheduler.running.remove(seq)
+            seq.status = SequenceStatus.PARKED
+        return self._output(seq, [token], seq.output_text[text_before:])
+
+    def _finish(self, seq: Sequence, reason: str) -> None:
+        seq.finish_reason = reason
+        self.scheduler.remove(seq)
+        seq.status = SequenceStatus.FINISHED
+        self.requests.pop(seq.request_id, None)
+
+    def _unstick(self) -> list[RequestOutput]:
+        """Nothing could be scheduled: a lone sequence that cannot get blocks is aborted."""
+        if not self.scheduler.running and not self.scheduler.waiting:
+            return []
+        seq = (self.scheduler.running or list(self.scheduler.waiting))[0]
+        logger.error("request %s cannot get KV blocks (%d free, parked sequences hold the rest?); aborting",
+                     seq.request_id, self.pool.num_free)
+        out = self.abort(seq.request_id)
+        return [out] if out else []
+
+    def _output(self, seq: Sequence, new_ids: list[int], new_text: str) -> RequestOutput:
+        ttft = None if seq.first_token_time is None else seq.first_token_time - seq.arrival_time
+        return RequestOutput(seq.request_id, seq.token_ids[:seq.prompt_len], seq.output_ids,
+                             seq.output_text, new_ids, new_text, seq.finish_reason,
+                             seq.num_cached_tokens, ttft)
+
+    # -- teacher forcing (quality measurements) -------------------------------------------
+    def prompt_logits(self, token_ids: list[int], prefix_kv: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits at every position after an optional given prefix KV: [len - prefix, V]."""
+        prefix = 0 if prefix_kv is None else int(prefix_kv.shape[2])
+        self._validate_prompt(token_ids, SamplingParams(max_tokens=1))
+        if prefix_kv is not None:
+            self._check_kv(prefix_kv, max_tokens=len(token_ids) - 1, what="prefix_kv")
+        seq = Sequence("__prompt_logits__", list(token_ids), len(token_ids), SamplingParams(max_tokens=1),
+                       IncrementalDetokenizer(self.tokenizer, token_ids), pending_prefix_kv=prefix_kv)
+        need = -(-len(token_ids) // self.pool.block_size)
+        seq.block_table = self.pool.allocate(need)
+        try:
+            seq.num_computed = prefix
+            return self.runner.run([seq], [len(token_ids) - prefix], [0], all_logits=True)
+        finally:
+            self.pool.free(seq.block_table)
+
+    # -- helpers -------------------------------------------------------------------------
+    def _validate_prompt(self, ids: list[int], params: SamplingParams) -> None:
+        if not isinstance(params, SamplingParams):
+            raise ValueError("sampling_params must be a SamplingParams")
+        params.validate()
+        if not ids:
+            raise ValueError("prompt must not be empty")
+        vocab = self.model_config.vocab_size
+        if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+            raise ValueError(f"prompt token ids must be ints in [0, {vocab})")
+        if len(ids) >= self.max_model_len:
+            raise ValueError(f"prompt of {len(ids)} tokens does not fit the model's context "
+                             f"of {self.max_model_len} (at least one token must be generated)")
+
+    def _check_kv(self, kv: torch.Tensor, max_tokens: int, what: str) -> None:
+        lay = self.kv_layout
+        ok = kv.dim() == 5 and tuple(kv.shape[:2]) == (lay.num_layers, 2) and \
+            tuple(kv.shape[3:]) == (lay.num_kv_heads, lay.head_dim)
+        if not ok or not 0 < kv.shape[2] <= max_tokens:
+            raise ValueError(f"{what} has shape {tuple(kv.shape)}; expected "
+                             f"[{lay.num_layers}, 2, 1..{max_tokens}, {lay.num_kv_heads}, {lay.head_dim}]")
+
+    def _generator_for(self, params: SamplingParams) -> torch.Generator | None:
+        if params.greedy:
+            return None
+        seed = params.seed if params.seed is not None else int(
+            torch.randint(0, 2**62, (1,), generator=self._seed_rng).item())
+        return make_generator(seed)
+
+    def _get(self, request_id: str) -> Sequence:
+        try:
+            return self.requests[request_id]
+        except KeyError:
+            raise UnknownRequestError(f"unknown request {request_id!r}") from None

@@ -1,0 +1,26 @@
+"""What the engine hands back per request."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(slots=True)
+class RequestOutput:
+    """State of one request after a step.
+
+    ``new_token_ids``/``new_text`` are this step's delta; ``token_ids``/``text`` the whole
+    output so far. ``finish_reason`` is None while running, else "stop", "length" or "abort".
+    """
+    request_id: str
+    prompt_token_ids: list[int]
+    token_ids: list[int]
+    text: str
+    new_token_ids: list[int] = field(default_factory=list)
+    new_text: str = ""
+    finish_reason: str | None = None
+    num_cached_tokens: int = 0
+    ttft_s: float | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.finish_reason is not None

@@ -1,0 +1,62 @@
+"""A request's state inside one engine."""
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from engine.sampling_params import SamplingParams
+from engine.tokenizer import IncrementalDetokenizer
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    PARKED = "parked"          # prefill-only request done: KV held for export
+    FINISHED = "finished"
+
+
+@dataclass(slots=True, eq=False)
+class Sequence:
+    request_id: str
+    token_ids: list[int]
+    prompt_len: int
+    sampling: SamplingParams
+    detok: IncrementalDetokenizer
+    generator: torch.Generator | None = None
+    cache_salt: bytes = b""
+    prefill_only: bool = False
+    status: SequenceStatus = SequenceStatus.WAITING
+    block_table: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)
+    num_computed: int = 0               # tokens whose KV is in the cache
+    num_cached_tokens: int = 0          # of the prompt, served by the prefix cache or a given prefix
+    pending_prefix_kv: torch.Tensor | None = None   # [L, 2, n, H, D] to write before the first step
+    pending_prefix_start: int = 0       # first position of pending_prefix_kv not already cached
+    finish_reason: str | None = None
+    stop_text_cut: int | None = None
+    arrival_time: float = field(default_factory=time.monotonic)
+    first_token_time: float | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_ids)
+
+    @property
+    def num_output_tokens(self) -> int:
+        return len(self.token_ids) - self.prompt_len
+
+    @property
+    def output_ids(self) -> list[int]:
+        return self.token_ids[self.prompt_len:]
+
+    @property
+    def output_text(self) -> str:
+        text = self.detok.text
+        return text if self.stop_text_cut is None else text[:self.stop_text_cut]
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SequenceStatus.FINISHED
