@@ -1,0 +1,1 @@
+"""Backend implementations. ``local``: one in-process engine (colocated mode)."""

@@ -1,0 +1,128 @@
+"""Messages between the router front end and a backend: plain dataclasses, no protobuf.
+
+``router.convert`` maps them to and from the ``tandem.v1`` protos; backends (the local
+engine, the Ray pools) only ever see these.
+"""
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass(slots=True)
+class SamplingOptions:
+    """Sampling parameters with the engine's names and defaults (``engine.SamplingParams``)."""
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = -1
+    max_tokens: int = 16
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)
+    ignore_eos: bool = False
+
+    def to_dict(self) -> dict:
+        """Keyword arguments for ``engine.SamplingParams.from_dict``."""
+        return asdict(self)
+
+
+@dataclass(slots=True)
+class GenerateRequest:
+    """One validated generation request as a backend receives it.
+
+    ``prompt_token_ids`` is always set (the router tokenizes text prompts); ``prompt_text``
+    is kept when the client sent text. ``deadline`` and ``arrival_time`` are
+    ``time.monotonic()`` values in the router process.
+    """
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    prompt_text: str | None = None
+    tenant: str = ""
+    codec: str = ""                   # "" = the cluster's default codec
+    deadline: float | None = None
+    arrival_time: float = 0.0
+
+
+class FinishReason(str, enum.Enum):
+    STOP = "stop"
+    LENGTH = "length"
+    ABORT = "abort"
+
+
+@dataclass(slots=True)
+class TokenDelta:
+    """New tokens since the previous delta; ``index`` is the position of the first one."""
+    token_ids: list[int]
+    text: str
+    index: int
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    cached_prompt_tokens: int = 0
+    completion_tokens: int = 0
+    ttft_ms: float = 0.0
+    prefill_worker: str = ""
+    decode_worker: str = ""
+
+
+@dataclass(slots=True)
+class Finished:
+    """The last event of a generation."""
+    reason: FinishReason
+    usage: Usage
+
+
+GenerateEvent = TokenDelta | Finished
+
+
+@dataclass(slots=True)
+class ModelInfo:
+    model: str
+    vocab_size: int
+    max_model_len: int
+    block_size: int
+    dtype: str
+    num_layers: int = 0
+    num_kv_heads: int = 0
+    head_dim: int = 0
+    eos_token_id: int | None = None
+    codecs: list[str] = field(default_factory=lambda: ["raw"])
+    default_codec: str = "raw"
+    mode: str = "colocated"
+
+
+class WorkerHealth(str, enum.Enum):
+    STARTING = "starting"
+    HEALTHY = "healthy"
+    DRAINING = "draining"
+    UNHEALTHY = "unhealthy"
+
+
+@dataclass(slots=True)
+class WorkerInfo:
+    worker_id: str
+    health: WorkerHealth
+    node: str = ""
+    device: str = "cpu"
+    running_requests: int = 0
+    waiting_requests: int = 0
+    free_kv_blocks: int = 0
+    total_kv_blocks: int = 0
+    load: float = 0.0
+    restarts: int = 0
+
+
+@dataclass(slots=True)
+class PoolInfo:
+    name: str                          # "prefill" | "decode" | "colocated"
+    workers: list[WorkerInfo] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class ClusterInfo:
+    mode: str
+    pools: list[PoolInfo] = field(default_factory=list)
+    healthy: bool = False
