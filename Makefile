@@ -47,7 +47,7 @@ redis:
 	  fi; }
 
 run: setup
-	$(VENV)/bin/tandem run
+	$(VENV)/bin/tandem serve
 
 test: setup
 	$(PY) -m pytest -q

@@ -1,7 +1,7 @@
 """The ``tandem`` command line.
 
-``tandem run``      - generate on the embedded default model and print text and timings.
-Further subcommands (serve, generate, status, bench) register themselves in ``COMMANDS``.
+``tandem run``      - generate offline on a model and print text and timings.
+``tandem serve``    - start a cluster; ``tandem generate`` / ``tandem status`` talk to one.
 """
 from __future__ import annotations
 
@@ -49,7 +49,12 @@ def _add_run(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_run)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_run]
+def _add_serving(sub: argparse._SubParsersAction) -> None:
+    from cluster.cli_serving import add_commands
+    add_commands(sub)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_run, _add_serving]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,6 +75,12 @@ def main(argv: list[str] | None = None) -> int:
     except ValueError as exc:   # bad input: a message and exit code 2, never a traceback
         print(f"tandem: error: {exc}", file=sys.stderr)
         return 2
+    except Exception as exc:   # typed errors from the SDK and the cluster carry a message
+        from tandem_client.errors import TandemError
+        if isinstance(exc, TandemError):
+            print(f"tandem: {exc}", file=sys.stderr)
+            return 1
+        raise
     except KeyboardInterrupt:
         return 130
 

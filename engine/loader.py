@@ -74,3 +74,12 @@ def load_model(config: EngineConfig) -> LoadedModel:
     logger.info("loaded %s (%s, %.1fM params, %s on %s) in %.2fs", config.model, mcfg.architecture,
                 mcfg.num_params / 1e6, str(dtype).removeprefix("torch."), device, time.perf_counter() - t0)
     return LoadedModel(model, mcfg, tokenizer, dtype, device, fp, config.model)
+
+
+def load_tokenizer(model: str) -> tuple[Tokenizer, ModelConfig]:
+    """The tokenizer and config of ``model`` without loading any weights (for the router)."""
+    mcfg, model_dir = read_model_config(model)
+    if model_dir is None:
+        return ByteTokenizer(mcfg.vocab_size), mcfg
+    eos = mcfg.eos_token_ids[0] if mcfg.eos_token_ids else None
+    return HFTokenizer(model_dir, mcfg.bos_token_id, eos), mcfg

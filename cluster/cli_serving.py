@@ -1,0 +1,88 @@
+"""``tandem serve``, ``tandem generate`` and ``tandem status``."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from cluster.config import load_config
+    from cluster.serve import serve
+
+    overrides = list(args.set or [])
+    if args.ray_address:
+        overrides.append(f"ray.address={args.ray_address}")
+    if args.mode:
+        overrides.append(f"mode={args.mode}")
+    if args.port is not None:
+        overrides.append(f"router.grpc_port={args.port}")
+    if args.model:
+        overrides.append(f"model.model={args.model}")
+    cfg = load_config(args.config, overrides)
+    return asyncio.run(serve(cfg))
+
+
+def _cmd_generate(args: argparse.Namespace) -> int:
+    from tandem_client import TandemClient
+
+    client = TandemClient(args.target, timeout=args.timeout)
+    try:
+        stream = client.stream(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
+                               seed=args.seed, tenant=args.tenant, codec=args.codec)
+        with stream:
+            sys.stdout.write(args.prompt)
+            for delta in stream:
+                sys.stdout.write(delta.text)
+                sys.stdout.flush()
+            res = stream.result
+        u = res.usage
+        print(f"\n[{u.completion_tokens} tokens, finish={res.finish_reason}, ttft={u.ttft_ms:.1f} ms, "
+              f"cached prompt tokens={u.cached_prompt_tokens}/{u.prompt_tokens}, "
+              f"prefill={u.prefill_worker or '-'}, decode={u.decode_worker or '-'}]")
+    finally:
+        client.close()
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from tandem_client import TandemClient
+
+    client = TandemClient(args.target, timeout=args.timeout)
+    try:
+        info = client.cluster_info()
+        model = client.model_info()
+    finally:
+        client.close()
+    print(f"model {model.model} ({model.dtype}), mode {info.mode}, healthy={info.healthy}")
+    for pool in info.pools:
+        print(f"pool {pool.name}:")
+        for w in pool.workers:
+            print(f"  {w.worker_id:<22} {w.health:<9} running={w.running_requests:<3} "
+                  f"waiting={w.waiting_requests:<3} kv_free={w.free_kv_blocks}/{w.total_kv_blocks}")
+    return 0
+
+
+def add_commands(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start a Tandem cluster (embedded Ray and Redis by default)")
+    p.add_argument("--config", help="cluster config YAML (docs/config.md)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. pools.decode.workers=2")
+    p.add_argument("--ray-address", help="join an existing Ray cluster instead of starting one")
+    p.add_argument("--mode", choices=["disaggregated", "colocated"])
+    p.add_argument("--model", help="model directory, 'stories260K' or a preset")
+    p.add_argument("--port", type=int, help="gRPC port (default 50051)")
+    p.set_defaults(func=_cmd_serve)
+
+    for name, fn, help_ in (("generate", _cmd_generate, "stream a generation from a running server"),
+                            ("status", _cmd_status, "show pools, workers and load")):
+        q = sub.add_parser(name, help=help_)
+        if name == "generate":
+            q.add_argument("prompt")
+            q.add_argument("--max-tokens", type=int, default=64)
+            q.add_argument("--temperature", type=float, default=0.0)
+            q.add_argument("--seed", type=int)
+            q.add_argument("--tenant")
+            q.add_argument("--codec")
+        q.add_argument("--target", default="127.0.0.1:50051")
+        q.add_argument("--timeout", type=float, default=60.0)
+        q.set_defaults(func=fn)

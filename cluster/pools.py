@@ -1,0 +1,115 @@
+"""Worker pools as named Ray actors in placement groups, with restart policies."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster.config import ClusterConfig, PoolConfig
+from cluster.ray_runtime import POOL_RESOURCES
+from engine import EngineConfig
+
+logger = logging.getLogger(__name__)
+
+
+def engine_config(cfg: ClusterConfig, num_threads: int | None = None) -> EngineConfig:
+    m = cfg.model
+    device = m.device
+    if device == "auto":
+        import torch
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return EngineConfig(model=m.model, dtype=m.dtype, device=device, block_size=m.block_size,
+                        num_kv_blocks=m.num_kv_blocks, max_num_seqs=m.max_num_seqs,
+                        max_num_batched_tokens=m.max_num_batched_tokens, seed=m.seed,
+                        num_threads=m.num_threads or num_threads)
+
+
+def kv_options(cfg: ClusterConfig) -> dict[str, Any]:
+    k = cfg.kv_transfer
+    return {"codec": k.codec, "entropy": k.entropy, "transport": k.transport,
+            "deadline_s": k.deadline_s, "max_bytes": k.max_bytes}
+
+
+def _gpus(pool: PoolConfig) -> float:
+    if pool.gpus_per_worker is not None:
+        return pool.gpus_per_worker
+    import ray
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
+@dataclass(slots=True)
+class WorkerPool:
+    role: str
+    names: list[str]
+    handles: dict[str, Any]
+    placement_group: Any = None
+    incarnations: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def create(cls, role: str, cfg: ClusterConfig, pool_cfg: PoolConfig, ready_timeout_s: float = 180.0) -> "WorkerPool":
+        import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        gpus = _gpus(pool_cfg)
+        bundle = {"CPU": pool_cfg.cpus_per_worker, POOL_RESOURCES[role]: 1.0}
+        if gpus:
+            bundle["GPU"] = gpus
+        pg = placement_group([dict(bundle) for _ in range(pool_cfg.workers)], strategy="SPREAD")
+        ray.get(pg.ready(), timeout=ready_timeout_s)
+        actor_cls = _actor_class(role)
+        threads = max(1, int(pool_cfg.cpus_per_worker))
+        names, handles = [], {}
+        for i in range(pool_cfg.workers):
+            name = f"tandem-{role}-{i}"
+            opts = dict(name=name, namespace=cfg.ray.namespace, num_cpus=pool_cfg.cpus_per_worker,
+                        num_gpus=gpus, resources={POOL_RESOURCES[role]: 1.0},
+                        max_restarts=pool_cfg.max_restarts, max_task_retries=0, max_concurrency=1000,
+                        scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i))
+            args = _actor_args(role, name, cfg, threads)
+            handles[name] = actor_cls.options(**opts).remote(*args)
+            names.append(name)
+        return cls(role, names, handles, pg)
+
+    async def wait_ready(self, timeout_s: float = 300.0) -> None:
+        refs = [self.handles[n].ping.remote() for n in self.names]
+        incarnations = await asyncio.wait_for(asyncio.gather(*refs), timeout_s)
+        self.incarnations = dict(zip(self.names, incarnations))
+        logger.info("%s pool ready: %s", self.role, ", ".join(self.names))
+
+    def shutdown(self) -> None:
+        import ray
+        from ray.util.placement_group import remove_placement_group
+
+        for name in self.names:
+            try:
+                ray.kill(self.handles[name], no_restart=True)
+            except Exception:   # already dead
+                logger.debug("kill %s failed", name, exc_info=True)
+        if self.placement_group is not None:
+            remove_placement_group(self.placement_group)
+
+
+def _actor_class(role: str):
+    import ray
+    if role == "prefill":
+        from prefill_worker.worker import PrefillWorker
+        return ray.remote(PrefillWorker)
+    from decode_worker.worker import DecodeWorker
+    return ray.remote(DecodeWorker)
+
+
+def _actor_args(role: str, name: str, cfg: ClusterConfig, threads: int) -> tuple:
+    ecfg = engine_config(cfg, threads)
+    if role == "prefill":
+        return (name, ecfg, kv_options(cfg), store_options(cfg))
+    return (name, ecfg, kv_options(cfg), role)
+
+
+def store_options(cfg: ClusterConfig) -> dict[str, Any] | None:
+    s = cfg.store
+    if not s.enabled:
+        return None
+    return {"url": s.url, "chunk_size": s.chunk_size, "local_cpu_bytes": s.local_cpu_bytes,
+            "key_prefix": s.key_prefix, "codec": cfg.kv_transfer.codec, "entropy": cfg.kv_transfer.entropy}

@@ -1,0 +1,231 @@
+"""The router's backend over the Ray pools: routing, the two-phase flow, and recovery.
+
+Disaggregated: prefill on one pool (first token streamed at once), KV shipped to a decode
+worker, tokens streamed back through that worker's batched long-poll. Colocated: one
+worker does both. A prefill failure is retried on another worker; a decode worker that
+dies mid-stream has its request re-prefilled (prompt + tokens so far) on a healthy pair
+and the stream continues with no token repeated or missing.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator
+
+from cluster.config import ClusterConfig
+from cluster.streams import StreamHub, WorkerGone
+from cluster.worker_views import WorkerRegistry
+from decode_worker.messages import DecodeStart, FullRequest, StreamEvent
+from engine.hashing import chunk_hashes
+from engine.loader import load_tokenizer
+from prefill_worker.messages import PrefillRequest, PrefillResult
+from router.backend import Backend, Tokenizer
+from router.errors import NoHealthyWorker, RequestTimedOut, WorkerFailed
+from router.messages import (ClusterInfo, Finished, FinishReason, GenerateEvent, GenerateRequest,
+                             ModelInfo, PoolInfo, TokenDelta, Usage, WorkerHealth, WorkerInfo)
+from router.policies import RoutingContext, WorkerView, create_policy
+
+logger = logging.getLogger(__name__)
+
+MAX_RECOVERIES = 3
+
+
+class _Recover(Exception):
+    """The decode side was lost; re-prefill what we have on a healthy pair."""
+
+
+class RayPoolsBackend(Backend):
+    def __init__(self, cfg: ClusterConfig, pools: dict[str, dict[str, object]], codecs: list[str]):
+        self.cfg = cfg
+        self.colocated = cfg.mode == "colocated"
+        self.stream_role = "colocated" if self.colocated else "decode"
+        self.registry = WorkerRegistry(pools, poll_s=cfg.router.health_poll_s)
+        self.hub = StreamHub(self.registry, self.stream_role)
+        self._tokenizer, self.model_cfg = load_tokenizer(cfg.model.model)
+        self.prefill_policy = create_policy(cfg.router.prefill_policy)
+        self.decode_policy = create_policy(cfg.router.decode_policy)
+        self.codecs = codecs
+        self.block_size = cfg.model.block_size
+
+    @property
+    def tokenizer(self) -> Tokenizer:
+        return self._tokenizer
+
+    async def start(self) -> None:
+        await self.registry.refresh_once()
+        self.registry.start()
+        self.hub.start()
+
+    async def close(self) -> None:
+        await self.hub.stop()
+        await self.registry.stop()
+
+    # -- generate ------------------------------------------------------------------------
+    async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateEvent]:
+        rid = request.request_id
+        salt = b"" if self.cfg.store.tenant_sharing else request.tenant.encode()
+        sampling = request.sampling.to_dict()
+        generated: list[int] = []
+        usage = Usage(prompt_tokens=len(request.prompt_token_ids))
+        recoveries = 0
+        while True:
+            prompt = request.prompt_token_ids + generated
+            params = {**sampling, "max_tokens": sampling["max_tokens"] - len(generated)}
+            try:
+                async for event in self._attempt(request, rid, prompt, params, salt, usage, generated):
+                    yield event
+                return
+            except _Recover as exc:
+                recoveries += 1
+                if recoveries > MAX_RECOVERIES:
+                    raise WorkerFailed(f"request {rid}: decode failed {recoveries} times ({exc})") from None
+                logger.warning("request %s: %s; re-prefilling %d tokens (recovery %d)", rid, exc,
+                               len(prompt), recoveries)
+
+    async def _attempt(self, request: GenerateRequest, rid: str, prompt: list[int], params: dict,
+                       salt: bytes, usage: Usage, generated: list[int]) -> AsyncIterator[GenerateEvent]:
+        ctx = RoutingContext(rid, len(prompt), chunk_hashes(prompt, self.block_size, salt), self.block_size)
+        deadline = _epoch(request.deadline)
+        decoder = self._pick(self.stream_role, self.decode_policy, ctx)
+        queue = self.hub.subscribe(rid, decoder.name)
+        decoder.inflight += 1
+        finished = False
+        try:
+            if self.colocated:
+                decoder.cached_hashes.update(ctx.block_hashes)
+                await self._call(request, decoder, decoder.handle.submit.remote(
+                    FullRequest(rid, prompt, params, salt, deadline)), recover=True)
+                usage.decode_worker = usage.prefill_worker = decoder.name
+            else:
+                res = await self._prefill(request, rid, prompt, params, salt, decoder, ctx, deadline)
+                usage.prefill_worker, usage.decode_worker = res.worker_id, decoder.name
+                if not generated:
+                    usage.cached_prompt_tokens = res.num_cached_tokens
+                for ev in self._emit(request, usage, generated, [res.first_token_id], res.first_text,
+                                     res.finish_reason):
+                    yield ev
+                if res.finish_reason is not None:
+                    finished = True
+                    return
+                await self._call(request, decoder, decoder.handle.start.remote(
+                    DecodeStart(rid, res.kv_handle, deadline)), recover=True)
+            while True:
+                item = await self._next(request, queue)
+                if isinstance(item, WorkerGone):
+                    raise _Recover(f"decode worker {item.worker} lost ({item.reason})")
+                if self.colocated and not generated and item.token_ids:
+                    usage.cached_prompt_tokens = item.num_cached_tokens
+                for ev in self._emit(request, usage, generated, item.token_ids, item.text, item.finish_reason):
+                    yield ev
+                if item.finish_reason is not None:
+                    finished = True
+                    return
+        finally:
+            decoder.inflight -= 1
+            self.hub.unsubscribe(rid)
+            if not finished:
+                _fire_and_forget(decoder.handle.abort.remote(rid))
+
+    async def _prefill(self, request, rid, prompt, params, salt, decoder: WorkerView, ctx, deadline) -> PrefillResult:
+        tried: set[str] = set()
+        while True:
+            worker = self._pick("prefill", self.prefill_policy, ctx, exclude=tried)
+            worker.cached_hashes.update(ctx.block_hashes)
+            worker.inflight += 1
+            ref = worker.handle.prefill.remote(PrefillRequest(rid, prompt, params, salt, request.codec,
+                                                              decoder.name, deadline))
+            try:
+                return await self._call(request, worker, ref, recover=False)
+            except WorkerFailed as exc:
+                tried.add(worker.name)
+                logger.warning("request %s: prefill on %s failed (%s); retrying elsewhere", rid, worker.name, exc)
+            finally:
+                worker.inflight -= 1
+
+    async def _call(self, request: GenerateRequest, worker: WorkerView, ref, recover: bool):
+        """Await a worker call within the request's deadline, mapping failures to types."""
+        import ray
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(ref.future()), _remaining(request))
+        except asyncio.TimeoutError:
+            ray.cancel(ref)
+            raise RequestTimedOut(f"request {request.request_id} passed its deadline") from None
+        except asyncio.CancelledError:
+            ray.cancel(ref)
+            raise
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError) as exc:
+            self.registry.mark_failed(worker.name)
+            self.hub.fail_worker(worker.name, type(exc).__name__) if recover else None
+            if recover:
+                raise _Recover(f"worker {worker.name} failed: {type(exc).__name__}") from None
+            raise WorkerFailed(f"worker {worker.name} failed: {type(exc).__name__}") from None
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if getattr(exc, "cause", None) is not None else exc
+            if isinstance(cause, ValueError):
+                from router.errors import InvalidRequest
+                raise InvalidRequest("prompt", str(cause)) from None
+            raise WorkerFailed(f"worker {worker.name}: {type(cause).__name__}: {cause}") from None
+
+    async def _next(self, request: GenerateRequest, queue: asyncio.Queue) -> StreamEvent | WorkerGone:
+        try:
+            return await asyncio.wait_for(queue.get(), _remaining(request))
+        except asyncio.TimeoutError:
+            raise RequestTimedOut(f"request {request.request_id} passed its deadline") from None
+
+    def _emit(self, request, usage: Usage, generated: list[int], token_ids: list[int], text: str,
+              finish_reason: str | None):
+        if token_ids:
+            if not generated and usage.ttft_ms == 0.0:
+                usage.ttft_ms = 1000 * (time.monotonic() - request.arrival_time)
+            index = len(generated)
+            generated.extend(token_ids)
+            yield TokenDelta(list(token_ids), text, index)
+        elif text:
+            yield TokenDelta([], text, len(generated))
+        if finish_reason is not None:
+            usage.completion_tokens = len(generated)
+            yield Finished(FinishReason(finish_reason), usage)
+
+    def _pick(self, role: str, policy, ctx: RoutingContext, exclude: set[str] = frozenset()) -> WorkerView:
+        workers = self.registry.healthy(role, exclude)
+        if not workers:
+            raise NoHealthyWorker(f"no healthy {role} worker")
+        return policy.pick(workers, ctx)
+
+    # -- info ----------------------------------------------------------------------------
+    async def model_info(self) -> ModelInfo:
+        m = self.model_cfg
+        eos = m.eos_token_ids[0] if m.eos_token_ids else None
+        return ModelInfo(self.cfg.model.model, m.vocab_size, m.max_position_embeddings, self.block_size, self.cfg.model.dtype,
+                         m.num_layers, m.num_kv_heads, m.head_dim, eos, list(self.codecs),
+                         self.cfg.kv_transfer.codec, self.cfg.mode)
+
+    async def cluster_info(self) -> ClusterInfo:
+        pools = []
+        for role, views in self.registry.views.items():
+            workers = []
+            for v in views.values():
+                workers.append(WorkerInfo(v.name, WorkerHealth.HEALTHY if v.healthy else WorkerHealth.UNHEALTHY,
+                                          running_requests=v.running, waiting_requests=v.queue_depth,
+                                          free_kv_blocks=v.free_kv_blocks, total_kv_blocks=v.total_kv_blocks,
+                                          load=float(v.load), restarts=self.registry.restarts.get(v.name, 0)))
+            pools.append(PoolInfo(role, workers))
+        return ClusterInfo(self.cfg.mode, pools, await self.health())
+
+    async def health(self) -> bool:
+        roles = ["colocated"] if self.colocated else ["prefill", "decode"]
+        return all(self.registry.healthy(r) for r in roles)
+
+
+def _remaining(request: GenerateRequest) -> float | None:
+    return None if request.deadline is None else max(0.0, request.deadline - time.monotonic())
+
+
+def _epoch(deadline_monotonic: float | None) -> float | None:
+    return None if deadline_monotonic is None else time.time() + (deadline_monotonic - time.monotonic())
+
+
+def _fire_and_forget(ref) -> None:
+    """Abort calls whose result nobody needs (the worker may already be gone)."""
+    del ref

@@ -1,0 +1,99 @@
+"""``tandem serve``: bring up Ray, Redis, both pools and the router; tear it all down on exit.
+
+Everything this process starts it also stops: on Ctrl-C (or SIGTERM) the router stops
+accepting, running streams get a grace period, then the pools, the embedded Ray and the
+private redis-server go away. Nothing is left running.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from typing import Any
+
+from cluster.config import ClusterConfig
+from cluster.pools import WorkerPool
+from cluster.ray_runtime import pool_sizes, start_ray
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class Cluster:
+    """A running Tandem cluster (pools + router) and what must be stopped with it."""
+    cfg: ClusterConfig
+    pools: dict[str, WorkerPool] = field(default_factory=dict)
+    server: Any = None
+    backend: Any = None
+    redis: Any = None
+    owns_ray: bool = False
+    port: int | None = None
+
+    @property
+    def target(self) -> str:
+        return f"{self.cfg.router.host}:{self.port}"
+
+    async def start(self) -> "Cluster":
+        from cluster.ray_backend import RayPoolsBackend
+        from kv_transfer.codecs import available_codecs
+        from router.server import RouterServer
+
+        cfg = self.cfg
+        try:
+            if cfg.store.enabled and cfg.store.url is None and cfg.mode == "disaggregated":
+                from kv_transfer.redis_server import RedisServer
+                self.redis = await asyncio.to_thread(RedisServer().start)
+                cfg.store.url = self.redis.url
+            self.owns_ray = await asyncio.to_thread(start_ray, cfg)
+            pool_cfgs = {"prefill": cfg.pools.prefill, "decode": cfg.pools.decode, "colocated": cfg.pools.decode}
+            for role in pool_sizes(cfg):
+                self.pools[role] = await asyncio.to_thread(WorkerPool.create, role, cfg, pool_cfgs[role])
+            await asyncio.gather(*(p.wait_ready() for p in self.pools.values()))
+            self.backend = RayPoolsBackend(cfg, {r: p.handles for r, p in self.pools.items()},
+                                           available_codecs())
+            self.server = RouterServer(self.backend, cfg.router)
+            self.port = await self.server.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        if self.server is not None:
+            with contextlib.suppress(Exception):
+                await self.server.stop(grace_s)
+            self.server = None
+        for pool in self.pools.values():
+            with contextlib.suppress(Exception):
+                pool.shutdown()
+        self.pools.clear()
+        if self.owns_ray:
+            import ray
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(ray.shutdown)
+            self.owns_ray = False
+        if self.redis is not None:
+            self.redis.stop()
+            self.redis = None
+
+
+async def serve(cfg: ClusterConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    cluster = Cluster(cfg)
+    await cluster.start()
+    try:
+        print(f"Tandem ({cfg.mode}, model {cfg.model.model}) serving gRPC on {cluster.target}\n"
+              f"  try:  tandem generate --target {cluster.target} \"Once upon a time\"\n"
+              f"        tandem status --target {cluster.target}\n"
+              "  Ctrl-C drains and stops everything.", flush=True)
+        await stop.wait()
+        logger.info("stopping: draining requests")
+    finally:
+        await cluster.stop()
+    print("Tandem stopped.", flush=True)
+    return 0

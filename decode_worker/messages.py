@@ -1,0 +1,33 @@
+"""Messages between the router and the decode pool."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(slots=True)
+class StreamEvent:
+    """New tokens of one request from one engine step (text is the matching delta)."""
+    request_id: str
+    token_ids: list[int]
+    text: str
+    finish_reason: str | None = None
+    num_cached_tokens: int = 0
+
+
+@dataclass(slots=True)
+class DecodeStart:
+    """Start decoding a request whose KV the prefill worker shipped."""
+    request_id: str
+    kv_handle: Any
+    deadline: float | None = None          # time.time() epoch seconds
+
+
+@dataclass(slots=True)
+class FullRequest:
+    """Compute prompt and decode in one worker (colocated mode, or recovery re-prefill)."""
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: dict[str, Any]
+    cache_salt: bytes = b""
+    deadline: float | None = None

@@ -1,0 +1,110 @@
+"""The decode worker (a Ray actor in the decode pool; also the colocated worker).
+
+It imports shipped KV into its paged pool, decodes in a continuous batch, and publishes
+each step's tokens for all its requests to an ``Outbox`` the router long-polls. In the
+colocated role it also computes prompts itself (``submit``), which is the baseline every
+disaggregation comparison needs; a decode worker does that only when asked to recover a
+request.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from decode_worker.messages import DecodeStart, FullRequest, StreamEvent
+from decode_worker.outbox import Outbox
+from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.driver import EngineDriver
+from engine.load import load_figures
+from engine.outputs import RequestOutput
+from kv_transfer.handoff import KVReceiver
+from prefill_worker.messages import WorkerLoad
+
+logger = logging.getLogger(__name__)
+
+REAP_INTERVAL_S = 0.25
+
+
+class DecodeWorker:
+    def __init__(self, worker_id: str, engine_config: EngineConfig, kv_options: dict, role: str = "decode"):
+        self.worker_id, self.role = worker_id, role
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.engine = LLMEngine(engine_config)
+        self.driver = EngineDriver(self.engine, worker_id)
+        self.receiver = KVReceiver(self.engine.kv_layout, **kv_options)
+        self.outbox = Outbox()
+        self.deadlines: dict[str, float] = {}
+        self.started = time.monotonic()
+        self.driver.add_observer(self._on_step)
+        self._reaper: asyncio.Task | None = None
+        logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)
+
+    def _ensure_loop(self) -> None:
+        if self._reaper is None:
+            self.outbox.bind(asyncio.get_running_loop())
+            self._reaper = asyncio.get_running_loop().create_task(self._reap_expired())
+
+    def _on_step(self, outputs: list[RequestOutput]) -> None:
+        self.outbox.put([StreamEvent(o.request_id, o.new_token_ids, o.new_text, o.finish_reason,
+                                     o.num_cached_tokens) for o in outputs])
+        for o in outputs:
+            if o.finished:
+                self.deadlines.pop(o.request_id, None)
+
+    # -- requests ------------------------------------------------------------------------
+    async def start(self, req: DecodeStart) -> int:
+        """Receive and import a request's KV; returns the KV bytes received."""
+        self._ensure_loop()
+        seq_kv, nbytes = await asyncio.to_thread(self.receiver.receive, req.kv_handle, req.deadline)
+        if req.deadline is not None:
+            self.deadlines[req.request_id] = req.deadline
+        await self.driver.call(lambda e: e.import_kv(seq_kv))
+        return nbytes
+
+    async def submit(self, req: FullRequest) -> None:
+        """Compute the prompt here and decode (colocated role, or recovery)."""
+        self._ensure_loop()
+        params = SamplingParams.from_dict(req.sampling)
+        if req.deadline is not None:
+            self.deadlines[req.request_id] = req.deadline
+        await self.driver.call(lambda e: e.add_request(req.request_id, req.prompt_token_ids, params,
+                                                       cache_salt=req.cache_salt))
+
+    async def poll(self, cursor: int, timeout_s: float = 1.0) -> tuple[str, int, list[StreamEvent]]:
+        """(incarnation, new cursor, events after ``cursor``); a changed incarnation tells the
+        router this actor restarted and every request it held is gone."""
+        self._ensure_loop()
+        cursor, events = await self.outbox.events_after(cursor, timeout_s)
+        return self.incarnation, cursor, events
+
+    async def abort(self, request_id: str) -> bool:
+        self.deadlines.pop(request_id, None)
+        out = await self.driver.call(lambda e: e.abort(request_id))
+        if out is not None:
+            self.outbox.put([StreamEvent(request_id, [], "", "abort")])
+        return out is not None
+
+    async def _reap_expired(self) -> None:
+        """Deadline expiry frees KV here even if the router is gone."""
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            now = time.time()
+            for rid in [r for r, d in self.deadlines.items() if d < now]:
+                logger.info("request %s passed its deadline; aborting", rid)
+                await self.abort(rid)
+
+    # -- health and load -------------------------------------------------------------------
+    async def load(self) -> WorkerLoad:
+        wall = time.monotonic() - self.started
+        fig = await self.driver.call(lambda e: load_figures(e, self.driver.busy_s, wall))
+        return WorkerLoad(self.worker_id, self.incarnation, self.role, fig["queue_depth"], fig["running"],
+                          fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"], 0.0,
+                          cached_chunk_hashes=fig["cached_chunk_hashes"] if self.role == "colocated" else [])
+
+    async def ping(self) -> str:
+        return self.incarnation
+
+    def shutdown(self) -> None:
+        self.driver.stop()

@@ -1,0 +1,1 @@
+"""The prefill worker: prefix lookup, chunked prefill, first token, KV export and shipping."""

@@ -1,0 +1,45 @@
+"""Messages between the router and the prefill pool (dataclasses; Ray serialises them)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class PrefillRequest:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: dict[str, Any]              # engine.SamplingParams.to_dict()
+    cache_salt: bytes = b""
+    codec: str = ""                       # "" = the worker's default codec
+    decode_worker: str = ""               # who will receive the KV
+    deadline: float | None = None         # time.time() epoch seconds
+
+
+@dataclass(slots=True)
+class PrefillResult:
+    request_id: str
+    worker_id: str
+    first_token_id: int
+    first_text: str
+    finish_reason: str | None             # set when the request ended at its first token
+    num_cached_tokens: int
+    kv_handle: Any = None                 # a transport descriptor; None when finished
+    kv_bytes: int = 0
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class WorkerLoad:
+    worker_id: str
+    incarnation: str                      # changes when the actor restarts
+    role: str
+    queue_depth: int
+    running: int
+    free_kv_blocks: int
+    total_kv_blocks: int
+    tokens_per_s: float
+    prefill_tokens_per_s: float
+    healthy: bool = True
+    cached_chunk_hashes: list[bytes] = field(default_factory=list)
+    store: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,44 @@
+"""The prefill worker's use of the global store: fetch a cached prefix if it pays, write back."""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+import torch
+
+from engine.llm_engine import LLMEngine
+
+logger = logging.getLogger(__name__)
+
+
+class PrefixFetcher:
+    """Wraps the store client; with no store configured every call is a cheap no-op."""
+
+    def __init__(self, engine: LLMEngine, store_options: dict | None):
+        self.engine = engine
+        self.client = None
+        if store_options:
+            from kv_transfer.store.client import PrefixCacheClient
+            from kv_transfer.store.config import StoreConfig
+            self.client = PrefixCacheClient(StoreConfig(**store_options), engine.kv_layout)
+
+    async def fetch(self, token_ids: list[int], salt: bytes,
+                    prefill_tokens_per_s: float) -> tuple[torch.Tensor | None, float]:
+        """The KV of the longest stored prefix worth fetching (None: recompute), and ms spent."""
+        if self.client is None:
+            return None, 0.0
+        t0 = time.perf_counter()
+        kv = await asyncio.to_thread(self.client.fetch_prefix, token_ids, salt, prefill_tokens_per_s)
+        return kv, 1000 * (time.perf_counter() - t0)
+
+    def write_back(self, token_ids: list[int], kv: torch.Tensor, salt: bytes) -> None:
+        if self.client is not None:
+            self.client.write_back(token_ids, kv, salt)
+
+    def stats(self) -> dict:
+        return {} if self.client is None else self.client.stats_dict()
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()

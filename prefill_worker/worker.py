@@ -1,0 +1,101 @@
+"""The prefill worker (a Ray actor in the prefill pool).
+
+For each request: find the longest cached prefix (own block cache, then the global store,
+if fetching beats recomputing), prefill the rest in chunks, sample the first token, then
+export the KV, encode it and ship it to the assigned decode worker, and hand newly
+computed full chunks to the store's bounded write-back queue.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+
+from engine import EngineConfig, LLMEngine, SamplingParams
+from engine.driver import EngineDriver
+from engine.load import load_figures
+from kv_transfer.handoff import KVSender
+from prefill_worker.messages import PrefillRequest, PrefillResult, WorkerLoad
+from prefill_worker.prefix import PrefixFetcher
+
+logger = logging.getLogger(__name__)
+
+
+class PrefillWorker:
+    def __init__(self, worker_id: str, engine_config: EngineConfig, kv_options: dict,
+                 store_options: dict | None = None):
+        self.worker_id = worker_id
+        self.incarnation = uuid.uuid4().hex[:12]
+        self.engine = LLMEngine(engine_config)
+        self.driver = EngineDriver(self.engine, worker_id)
+        self.sender = KVSender(self.engine.kv_layout, **kv_options)
+        self.prefix = PrefixFetcher(self.engine, store_options)
+        self.started = time.monotonic()
+        self.prefill_tokens = 0
+        self.prefill_s = 0.0
+        logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)
+
+    @property
+    def prefill_tokens_per_s(self) -> float:
+        return self.prefill_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
+
+    async def prefill(self, req: PrefillRequest) -> PrefillResult:
+        rid = req.request_id
+        params = SamplingParams.from_dict(req.sampling)
+        t0 = time.perf_counter()
+        prefix_kv, store_ms = await self.prefix.fetch(req.prompt_token_ids, req.cache_salt,
+                                                       self.prefill_tokens_per_s)
+        queue = self.driver.subscribe(rid)
+        added = False
+        try:
+            await self.driver.call(lambda e: e.add_request(rid, req.prompt_token_ids, params, prefill_only=True,
+                                                           cached_prefix_kv=prefix_kv,
+                                                           cache_salt=req.cache_salt))
+            added = True
+            timeout = None if req.deadline is None else max(0.0, req.deadline - time.time())
+            out = await asyncio.wait_for(queue.get(), timeout)
+        except BaseException:
+            if added:
+                await asyncio.shield(self.driver.call(lambda e: e.abort(rid)))
+            raise
+        finally:
+            self.driver.unsubscribe(rid)
+        compute_s = time.perf_counter() - t0
+        computed = len(req.prompt_token_ids) - out.num_cached_tokens
+        self.prefill_tokens += computed
+        self.prefill_s += compute_s
+        timings = {"store_ms": store_ms, "prefill_ms": 1000 * compute_s}
+        result = PrefillResult(rid, self.worker_id, out.token_ids[-1], out.text, out.finish_reason,
+                               out.num_cached_tokens, timings_ms=timings)
+        if out.finished:
+            return result
+        seq_kv = await self.driver.call(lambda e: _export_and_release(e, rid))
+        self.prefix.write_back(req.prompt_token_ids, seq_kv.kv, req.cache_salt)
+        t1 = time.perf_counter()
+        result.kv_handle, result.kv_bytes = await asyncio.to_thread(
+            self.sender.send, seq_kv, req.codec or None, req.deadline)
+        timings["ship_ms"] = 1000 * (time.perf_counter() - t1)
+        return result
+
+    async def load(self) -> WorkerLoad:
+        wall = time.monotonic() - self.started
+        fig = await self.driver.call(lambda e: load_figures(e, self.driver.busy_s, wall))
+        return WorkerLoad(self.worker_id, self.incarnation, "prefill", fig["queue_depth"], fig["running"],
+                          fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"],
+                          self.prefill_tokens_per_s, cached_chunk_hashes=fig["cached_chunk_hashes"],
+                          store=self.prefix.stats())
+
+    async def ping(self) -> str:
+        return self.incarnation
+
+    def shutdown(self) -> None:
+        self.prefix.close()
+        self.driver.stop()
+
+
+def _export_and_release(engine: LLMEngine, request_id: str):
+    try:
+        return engine.export_kv(request_id)
+    finally:
+        engine.release(request_id)

@@ -1,0 +1,174 @@
+"""The disaggregated serving path end to end: real Ray pools, real redis-server, real gRPC."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("LMCACHE_TRACK_USAGE", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+from cluster.config import load_config  # noqa: E402
+from cluster.testing import BackgroundCluster  # noqa: E402
+from engine import LLM, SamplingParams  # noqa: E402
+from tandem_client import TandemClient  # noqa: E402
+from tandem_client.errors import InvalidArgument  # noqa: E402
+
+PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "The little dog was sad because",
+           "Tom had a red ball", "One day, a cat", "The sun was shining and", "Sara wanted to",
+           "There was a big tree"]
+MAX_TOKENS = 40
+
+
+def _cfg(mode: str, **extra: str):
+    overrides = [f"mode={mode}", "router.grpc_port=0", "pools.prefill.cpus_per_worker=0.25",
+                 "pools.decode.cpus_per_worker=0.25", "pools.decode.workers=2", "model.num_threads=1",
+                 "router.health_poll_s=0.2", "model.max_num_seqs=64"]
+    overrides += [f"{k}={v}" for k, v in extra.items()]
+    return load_config(None, overrides)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    with BackgroundCluster(_cfg("disaggregated")) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def client(cluster):
+    c = TandemClient(cluster.target, timeout=120)
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def offline():
+    llm = LLM("stories260K", max_num_seqs=64)
+    outs = llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=MAX_TOKENS))
+    return {p: o for p, o in zip(PROMPTS, outs)}
+
+
+def _free_blocks(cluster) -> dict[str, int]:
+    cluster.call(cluster.backend.registry.refresh_once())
+    return {v.name: v.free_kv_blocks for pool in cluster.backend.registry.views.values()
+            for v in pool.values()}
+
+
+def _wait_blocks_back(cluster, start: dict[str, int], timeout: float = 30.0) -> dict[str, int]:
+    end = time.monotonic() + timeout
+    now = _free_blocks(cluster)
+    while now != start and time.monotonic() < end:
+        time.sleep(0.2)
+        now = _free_blocks(cluster)
+    return now
+
+
+def test_32_concurrent_streams_are_token_identical_to_the_offline_engine(cluster, client, offline):
+    results: dict[int, object] = {}
+    errors: list[BaseException] = []
+
+    def run(i: int) -> None:
+        prompt = PROMPTS[i % len(PROMPTS)]
+        try:
+            with client.stream(prompt, max_tokens=MAX_TOKENS, temperature=0) as s:
+                pieces = [d.text for d in s]
+                results[i] = (prompt, s.result, "".join(pieces))
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    assert len(results) == 32
+    for prompt, res, streamed_text in results.values():
+        want = offline[prompt]
+        assert res.token_ids == want.token_ids, prompt
+        assert res.text == want.text == streamed_text
+        assert res.finish_reason == want.finish_reason
+        assert res.usage.prefill_worker.startswith("tandem-prefill-")
+        assert res.usage.decode_worker.startswith("tandem-decode-")
+        assert res.usage.completion_tokens == len(want.token_ids)
+
+
+def test_colocated_mode_gives_the_same_tokens_as_disaggregated(cluster, client, offline):
+    with BackgroundCluster(_cfg("colocated")) as colo:
+        with TandemClient(colo.target, timeout=120) as colo_client:
+            for prompt in PROMPTS[:4]:
+                a = client.generate(prompt, max_tokens=MAX_TOKENS, temperature=0)
+                b = colo_client.generate(prompt, max_tokens=MAX_TOKENS, temperature=0)
+                assert a.token_ids == b.token_ids == offline[prompt].token_ids
+                assert b.usage.prefill_worker == b.usage.decode_worker.replace("decode", "colocated") or \
+                    b.usage.prefill_worker.startswith("tandem-colocated-")
+
+
+def test_a_shared_system_prompt_is_served_from_cache_on_the_second_request(client):
+    system = " ".join(["The kind old man told the children a story about a brave little fox."] * 12)
+    first = client.generate(system + " Then Lily said", max_tokens=8, temperature=0)
+    second = client.generate(system + " Then Ben asked", max_tokens=8, temperature=0)
+    assert first.usage.prompt_tokens > 256
+    assert second.usage.cached_prompt_tokens >= 256
+    assert second.usage.cached_prompt_tokens < second.usage.prompt_tokens
+
+
+def test_cancelling_100_streams_mid_flight_returns_every_kv_block(cluster, client):
+    start = _free_blocks(cluster)
+    streams = [client.stream(PROMPTS[i % len(PROMPTS)], max_tokens=200, temperature=0, ignore_eos=True)
+               for i in range(100)]
+    for s in streams[:50]:
+        next(iter(s))          # wait for the first token: the request is in flight on both pools
+    for s in streams:
+        s.cancel()
+    assert _wait_blocks_back(cluster, start) == start
+
+
+def test_killing_a_decode_actor_mid_stream_still_completes_every_request_exactly(cluster, client, offline):
+    import ray
+
+    results: dict[int, object] = {}
+    errors: list[BaseException] = []
+    started = threading.Barrier(9)
+
+    def run(i: int) -> None:
+        prompt = PROMPTS[i]
+        try:
+            with client.stream(prompt, max_tokens=MAX_TOKENS, temperature=0) as s:
+                it = iter(s)
+                next(it)
+                started.wait(60)
+                for _ in it:
+                    time.sleep(0.01)   # keep the stream open across the kill
+                results[i] = (prompt, s.result)
+        except BaseException as exc:  # noqa: BLE001
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    started.wait(60)
+    ray.kill(cluster.cluster.pools["decode"].handles["tandem-decode-0"], no_restart=False)
+    for t in threads:
+        t.join(120)
+    assert not errors, errors
+    for prompt, res in results.values():
+        assert res.token_ids == offline[prompt].token_ids, prompt
+    assert len(results) == 8
+
+
+@pytest.mark.parametrize("kwargs, field", [
+    ({"prompt": ""}, "prompt.text"),
+    ({"prompt": "hi", "temperature": -1.0}, "sampling.temperature"),
+    ({"prompt": "hi", "top_p": 1.5}, "sampling.top_p"),
+    ({"prompt": "hi", "max_tokens": 100000}, "sampling.max_tokens"),
+    ({"prompt": "hi", "codec": "no-such-codec"}, "codec"),
+])
+def test_bad_input_gets_invalid_argument_naming_the_field(client, kwargs, field):
+    prompt = kwargs.pop("prompt")
+    with pytest.raises(InvalidArgument) as info:
+        client.generate(prompt, **kwargs)
+    assert info.value.field == field
