@@ -1,0 +1,249 @@
+"""The default backend: LMCache as the store engine, worker DRAM local, Redis remote.
+
+LMCache (pinned 0.5.6) runs its storage manager: an LRU DRAM tier in this process and a
+remote tier that is our ``TandemRedisConnector`` (wire-format values). Keys come from our
+``TandemTokenDatabase``; KV moves through our ``TandemKVConnector``. The engine is built
+directly rather than through ``LMCacheEngineBuilder``, whose ``destroy()`` is where the
+upstream redis connector hangs; ``close()`` here never waits on Redis.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+
+from kv_transfer.store.lmcache_env import (
+    engine_closed, engine_opened, import_lmcache, preserved_process_state,
+)
+
+import_lmcache()
+
+import torch  # noqa: E402
+
+from lmcache.v1.cache_engine import LMCacheEngine  # noqa: E402
+from lmcache.v1.config import LMCacheEngineConfig  # noqa: E402
+from lmcache.v1.metadata import LMCacheMetadata  # noqa: E402
+
+from engine.kv_export import KVLayout  # noqa: E402
+from kv_transfer.store.base import (  # noqa: E402
+    FetchSample, KVStore, StoreClosed, StoreUnavailable, TierHits, register_store,
+)
+from kv_transfer.store.config import StoreConfig  # noqa: E402
+from kv_transfer.store.keys import KeyScheme, tenant_bytes  # noqa: E402
+from kv_transfer.store.lmcache_keys import SALT_CONFIG, TandemTokenDatabase  # noqa: E402
+from kv_transfer.store.lmcache_kv_connector import TandemKVConnector  # noqa: E402
+from kv_transfer.store.lmcache_remote import (  # noqa: E402
+    PLUGIN_NAME, RemoteContext, plugin_extra_config, register_context, unregister_context,
+)
+from kv_transfer.store.redis_store import check_kv, open_redis  # noqa: E402
+from kv_transfer.store.remote_tier import RedisChunkTier  # noqa: E402
+from kv_transfer.store.values import ValueCodec  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+LOCAL = "LocalCPUBackend"
+REMOTE = f"RemoteBackend-{PLUGIN_NAME}"
+_MIN_BUFFER_CHUNKS = 8  # LMCache stages remote reads in DRAM even with no DRAM tier
+
+
+@register_store("lmcache")
+class LMCacheStore(KVStore):
+    """``KVStore`` on an LMCache engine with a DRAM tier and a Redis tier."""
+
+    def __init__(self, config: StoreConfig, layout: KVLayout) -> None:
+        super().__init__(config, layout)
+        self.scheme = KeyScheme(layout, config.codec, config.chunk_size, config.share_tenants)
+        self.dtype = getattr(torch, layout.dtype)
+        values = ValueCodec(layout, config.codec, config.codec_params, config.entropy)
+        self.url, self._server = open_redis(config)
+        self.tier = RedisChunkTier(self.url, values, config.chunk_size, config.op_timeout_s)
+        self.store_id = f"tandem-{config.instance_id or 'store'}-{uuid.uuid4().hex[:8]}"
+        self._ctx = RemoteContext(self.tier, max_pending_put_bytes=config.writeback_max_bytes)
+        register_context(self.store_id, self._ctx)
+        self._lock = threading.RLock()
+        self._closed = False
+        try:
+            self.engine = self._build_engine()
+        except BaseException:
+            self._release()
+            raise
+        engine_opened()
+
+    def _build_engine(self) -> LMCacheEngine:
+        cfg, lay = self.config, self.layout
+        chunk_bytes = (lay.num_layers * 2 * cfg.chunk_size * lay.num_kv_heads * lay.head_dim
+                       * self.dtype.itemsize)
+        dram = max(cfg.local_cpu_bytes, _MIN_BUFFER_CHUNKS * chunk_bytes)
+        lm_config = LMCacheEngineConfig.from_defaults(
+            chunk_size=cfg.chunk_size, local_cpu=True, max_local_cpu_size=dram / 2**30,
+            remote_serde="naive", save_unfull_chunk=False,
+            remote_storage_plugins=[PLUGIN_NAME], extra_config=plugin_extra_config(self.store_id),
+            blocking_timeout_secs=max(1, math.ceil(2 * cfg.op_timeout_s)),
+            lmcache_instance_id=self.store_id, enable_controller=False)
+        metadata = LMCacheMetadata(
+            model_name=self.scheme.prefix, world_size=1, local_world_size=1, worker_id=0,
+            local_worker_id=0, kv_dtype=self.dtype,
+            kv_shape=(lay.num_layers, 2, cfg.chunk_size, lay.num_kv_heads, lay.head_dim),
+            chunk_size=cfg.chunk_size)
+        with preserved_process_state():
+            engine = LMCacheEngine(lm_config, metadata, TandemTokenDatabase(self.scheme, self.dtype),
+                                   TandemKVConnector(lay.num_layers, lay.num_kv_heads, lay.head_dim),
+                                   broadcast_fn=lambda *a: None, broadcast_object_fn=lambda *a: None)
+            engine.post_init()
+        if cfg.local_cpu_bytes == 0:
+            engine.set_hot_cache(False)  # DRAM only stages remote reads
+        backends = list(engine.storage_manager.storage_backends)
+        if REMOTE not in backends:
+            engine.close()
+            raise RuntimeError(f"LMCache did not load the Tandem Redis connector: {backends}")
+        logger.info("LMCache store %s: DRAM %.0f MiB, Redis %s, codec %s, chunk %d",
+                    self.store_id, dram / 2**20, self.url, cfg.codec, cfg.chunk_size)
+        return engine
+
+    # -- KVStore -------------------------------------------------------------------
+    def _call(self, op, *args, **kwargs):
+        """Run an engine call; a Redis failure during it surfaces as ``StoreUnavailable``."""
+        with self._lock:
+            if self._closed:
+                raise StoreClosed("store is closed")
+            errors = self.tier.snapshot().errors
+            result = op(*args, **kwargs)
+            if self.tier.snapshot().errors != errors:
+                raise StoreUnavailable("redis failed during the operation")
+            return result
+
+    def lookup(self, token_ids: Sequence[int], salt: bytes | str | None = None) -> int:
+        return self.lookup_tiers(token_ids, salt).total
+
+    def lookup_tiers(self, token_ids: Sequence[int], salt: bytes | str | None = None) -> TierHits:
+        tokens = list(token_ids)
+        configs = {SALT_CONFIG: tenant_bytes(salt)}
+        local = self._call(self.engine.lookup, tokens=tokens, search_range=[LOCAL],
+                           request_configs=configs)
+        total = self._call(self.engine.lookup, tokens=tokens, request_configs=configs)
+        return TierHits(local=local, remote=max(0, total - local))
+
+    def get(self, token_ids: Sequence[int], num_tokens: int,
+            salt: bytes | str | None = None) -> torch.Tensor | None:
+        n = self.scheme.full_chunk_tokens(min(num_tokens, len(token_ids)))
+        if n == 0:
+            return None
+        lay = self.layout
+        kv_out = torch.empty(lay.num_layers, 2, n, lay.num_kv_heads, lay.head_dim, dtype=self.dtype)
+        mask = self._call(self.engine.retrieve, list(token_ids)[:n], kv_out=kv_out,
+                          request_configs={SALT_CONFIG: tenant_bytes(salt)})
+        got = int(mask.sum().item())
+        if got == 0:
+            return None
+        return kv_out if got == n else kv_out[:, :, :got].clone()
+
+    def put(self, token_ids: Sequence[int], kv: torch.Tensor,
+            salt: bytes | str | None = None) -> None:
+        check_kv(kv, self.layout, len(token_ids))
+        n = self.scheme.full_chunk_tokens(kv.shape[2])
+        if n == 0:
+            return
+        tokens = list(token_ids)[:n]
+        # Chunks Redis already holds are not copied or sent again (shared prefixes).
+        keys = self.scheme.chunk_keys(tokens, salt)
+        with self._lock:
+            remote_on = not self.engine.storage_manager.is_backend_bypassed(REMOTE)
+        have = self.tier.count_prefix(keys) * self.scheme.chunk_size if remote_on else 0
+        if have >= n:
+            return
+        mask = torch.zeros(n, dtype=torch.bool)
+        mask[have:] = True
+        self._call(self.engine.store, tokens, mask=mask, kv=kv,
+                   request_configs={SALT_CONFIG: tenant_bytes(salt)})
+
+    def set_remote_enabled(self, enabled: bool) -> bool:
+        with self._lock:
+            if not self._closed:
+                self.engine.storage_manager.set_backend_bypass(REMOTE, not enabled)
+        return True  # the DRAM tier keeps serving while Redis is bypassed
+
+    def measure_fetch(self, tier: str, num_chunks: int) -> FetchSample | None:
+        if tier == "remote":
+            return self.tier.measure_fetch(num_chunks)
+        if tier != "local" or self.config.local_cpu_bytes == 0:
+            return None
+        return self._measure_local(max(1, num_chunks))
+
+    def _measure_local(self, num_chunks: int) -> FetchSample | None:
+        """A real DRAM-tier retrieve of throw-away chunks, Redis bypassed meanwhile."""
+        lay, n = self.layout, num_chunks * self.scheme.chunk_size
+        tokens = torch.randint(0, 1 << 30, (n,)).tolist()
+        configs = {SALT_CONFIG: b"tandem-probe-" + uuid.uuid4().bytes}
+        kv = torch.randn(lay.num_layers, 2, n, lay.num_kv_heads, lay.head_dim).to(self.dtype)
+        manager = self.engine.storage_manager
+        with self._lock:
+            if self._closed:
+                raise StoreClosed("store is closed")
+            was_bypassed = manager.is_backend_bypassed(REMOTE)
+            manager.set_backend_bypass(REMOTE, True)
+            try:
+                self.engine.store(tokens, kv=kv, request_configs=configs)
+                started = time.perf_counter()
+                mask = self.engine.retrieve(tokens, kv_out=torch.empty_like(kv),
+                                            request_configs=configs)
+                elapsed = time.perf_counter() - started
+                for _, _, key in self.engine.token_database.process_tokens(
+                        tokens, request_configs=configs):
+                    manager.remove(key, [LOCAL])
+            finally:
+                manager.set_backend_bypass(REMOTE, was_bypassed)
+        got = int(mask.sum().item())
+        if got == 0:
+            return None  # DRAM tier too small to hold the probe
+        return FetchSample(kv[:, :, :got].numel() * kv.element_size(), elapsed)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        remote = self.engine.storage_manager.storage_backends[REMOTE]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with remote.lock:
+                pending = len(remote.put_tasks)
+            if not pending and not any(c.pending_put_bytes for c in self._ctx.connectors):
+                return True
+            time.sleep(0.005)
+        return False
+
+    def ping(self) -> bool:
+        return not self._closed and self.tier.ping()
+
+    def corrupt_entries(self) -> int:
+        return self.tier.snapshot().corrupt
+
+    def remote_errors(self) -> int:
+        return self.tier.snapshot().errors
+
+    def dropped_remote_puts(self) -> int:
+        return self._ctx.dropped_puts
+
+    def clear_local(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self.engine.storage_manager.clear(locations=[LOCAL])
+
+    def close(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        try:
+            self.engine.close()  # our connector's close never blocks; no Builder.destroy()
+        finally:
+            engine_closed()
+            self._release()
+
+    def _release(self) -> None:
+        for connector in self._ctx.connectors:
+            connector.join()
+        unregister_context(self.store_id)
+        self.tier.close()
+        if self._server is not None:
+            self._server.stop()
+            self._server = None

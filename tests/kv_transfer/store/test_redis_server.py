@@ -1,0 +1,104 @@
+"""The embedded private redis-server: no persistence, LRU, and nothing left running."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import redis
+
+from kv_transfer.redis_server import RedisServer, RedisServerError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def _wait_gone(pid: int, timeout_s: float = 5.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_private_server_has_no_persistence_and_evicts_lru():
+    with RedisServer(maxmemory="64mb") as server:
+        client = redis.Redis.from_url(server.url)
+        assert client.ping()
+        assert client.config_get("save")["save"] == ""
+        assert client.config_get("appendonly")["appendonly"] == "no"
+        assert client.config_get("maxmemory-policy")["maxmemory-policy"] == "allkeys-lru"
+        assert int(client.config_get("maxmemory")["maxmemory"]) == 64 << 20
+        assert client.connection_pool.connection_kwargs["host"] == "127.0.0.1"
+        client.close()
+        pid = server.pid
+    assert pid is not None and _wait_gone(pid)
+    assert not server.running
+
+
+def test_full_server_evicts_instead_of_failing_writes():
+    with RedisServer(maxmemory="4mb") as server:
+        client = redis.Redis.from_url(server.url)
+        blob = b"x" * (256 << 10)
+        for i in range(64):  # 16 MB into 4 MB: every SET must still succeed
+            assert client.set(f"k{i}", blob)
+        assert client.dbsize() < 64
+        assert client.get("k63") == blob
+        client.close()
+
+
+def test_stop_is_idempotent_and_restart_after_kill_reuses_the_port():
+    server = RedisServer().start()
+    port = server.port
+    server.kill()
+    assert not server.ping()
+    server.start()
+    assert server.port == port and server.ping()
+    server.stop()
+    server.stop()
+    assert not server.running
+
+
+def test_bad_settings_raise_a_clear_error_and_leave_nothing():
+    with pytest.raises(RedisServerError, match="maxmemory"):
+        RedisServer(maxmemory="lots").start()
+    with pytest.raises(RedisServerError, match="not found"):
+        RedisServer(executable="/nonexistent/redis-server").start()
+
+
+_OWNER = textwrap.dedent("""
+    import sys, time
+    from kv_transfer.redis_server import RedisServer
+    server = RedisServer().start()
+    print(server.pid, flush=True)
+    time.sleep(60)
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_server_dies_with_its_owner(sig):
+    owner = subprocess.Popen([sys.executable, "-c", _OWNER], cwd=ROOT, stdout=subprocess.PIPE,
+                             env={**os.environ, "PYTHONPATH": ROOT})
+    try:
+        pid = int(owner.stdout.readline())
+        assert _alive(pid)
+        owner.send_signal(sig)
+        owner.wait(timeout=10)
+        assert _wait_gone(pid), f"redis-server {pid} outlived its owner after {sig.name}"
+    finally:
+        if owner.poll() is None:
+            owner.kill()
+            owner.wait()
+        owner.stdout.close()
