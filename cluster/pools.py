@@ -112,4 +112,5 @@ def store_options(cfg: ClusterConfig) -> dict[str, Any] | None:
     if not s.enabled:
         return None
     return {"url": s.url, "chunk_size": s.chunk_size, "local_cpu_bytes": s.local_cpu_bytes,
-            "key_prefix": s.key_prefix, "codec": cfg.kv_transfer.codec, "entropy": cfg.kv_transfer.entropy}
+            "codec": cfg.kv_transfer.codec, "entropy": cfg.kv_transfer.entropy,
+            "share_tenants": s.tenant_sharing}

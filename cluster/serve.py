@@ -37,7 +37,6 @@ class Cluster:
 
     async def start(self) -> "Cluster":
         from cluster.ray_backend import RayPoolsBackend
-        from kv_transfer.codecs import available_codecs
         from router.server import RouterServer
 
         cfg = self.cfg
@@ -52,7 +51,7 @@ class Cluster:
                 self.pools[role] = await asyncio.to_thread(WorkerPool.create, role, cfg, pool_cfgs[role])
             await asyncio.gather(*(p.wait_ready() for p in self.pools.values()))
             self.backend = RayPoolsBackend(cfg, {r: p.handles for r, p in self.pools.items()},
-                                           available_codecs())
+                                           _codec_names())
             self.server = RouterServer(self.backend, cfg.router)
             self.port = await self.server.start()
         except BaseException:
@@ -77,6 +76,14 @@ class Cluster:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+
+
+def _codec_names() -> list[str]:
+    try:
+        from kv_transfer.codecs import available_codecs
+    except ImportError:
+        return ["raw"]
+    return available_codecs()
 
 
 async def serve(cfg: ClusterConfig) -> int:

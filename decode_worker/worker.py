@@ -19,7 +19,6 @@ from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.driver import EngineDriver
 from engine.load import load_figures
 from engine.outputs import RequestOutput
-from kv_transfer.handoff import KVReceiver
 from prefill_worker.messages import WorkerLoad
 
 logger = logging.getLogger(__name__)
@@ -33,7 +32,10 @@ class DecodeWorker:
         self.incarnation = uuid.uuid4().hex[:12]
         self.engine = LLMEngine(engine_config)
         self.driver = EngineDriver(self.engine, worker_id)
-        self.receiver = KVReceiver(self.engine.kv_layout, **kv_options)
+        self.receiver = None
+        if role == "decode":   # the colocated role never receives KV
+            from kv_transfer.handoff import KVReceiver
+            self.receiver = KVReceiver(self.engine.kv_layout, **kv_options)
         self.outbox = Outbox()
         self.deadlines: dict[str, float] = {}
         self.started = time.monotonic()

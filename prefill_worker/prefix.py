@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 
@@ -21,7 +22,8 @@ class PrefixFetcher:
         if store_options:
             from kv_transfer.store.client import PrefixCacheClient
             from kv_transfer.store.config import StoreConfig
-            self.client = PrefixCacheClient(StoreConfig(**store_options), engine.kv_layout)
+            self.client = PrefixCacheClient.open(StoreConfig(**store_options), engine.kv_layout)
+            self.client.calibrate()
 
     async def fetch(self, token_ids: list[int], salt: bytes,
                     prefill_tokens_per_s: float) -> tuple[torch.Tensor | None, float]:
@@ -29,15 +31,19 @@ class PrefixFetcher:
         if self.client is None:
             return None, 0.0
         t0 = time.perf_counter()
-        kv = await asyncio.to_thread(self.client.fetch_prefix, token_ids, salt, prefill_tokens_per_s)
+        kv = await asyncio.to_thread(self._plan_and_fetch, token_ids, salt, prefill_tokens_per_s)
         return kv, 1000 * (time.perf_counter() - t0)
+
+    def _plan_and_fetch(self, token_ids: list[int], salt: bytes, tps: float) -> torch.Tensor | None:
+        plan = self.client.plan(token_ids, salt, tps)
+        return self.client.fetch(plan)
 
     def write_back(self, token_ids: list[int], kv: torch.Tensor, salt: bytes) -> None:
         if self.client is not None:
             self.client.write_back(token_ids, kv, salt)
 
     def stats(self) -> dict:
-        return {} if self.client is None else self.client.stats_dict()
+        return {} if self.client is None else dataclasses.asdict(self.client.stats())
 
     def close(self) -> None:
         if self.client is not None:

@@ -28,12 +28,11 @@ class PrefillWorker:
         self.worker_id = worker_id
         self.incarnation = uuid.uuid4().hex[:12]
         self.engine = LLMEngine(engine_config)
+        self.prefill_tokens, self.prefill_s = _measure_prefill(self.engine)
         self.driver = EngineDriver(self.engine, worker_id)
         self.sender = KVSender(self.engine.kv_layout, **kv_options)
         self.prefix = PrefixFetcher(self.engine, store_options)
         self.started = time.monotonic()
-        self.prefill_tokens = 0
-        self.prefill_s = 0.0
         logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)
 
     @property
@@ -92,6 +91,17 @@ class PrefillWorker:
     def shutdown(self) -> None:
         self.prefix.close()
         self.driver.stop()
+
+
+def _measure_prefill(engine: LLMEngine) -> tuple[int, float]:
+    """Warm the kernels and measure prefill speed once, so the store's fetch-or-recompute
+    controller has a real figure before the first request."""
+    n = min(256, engine.max_model_len - 1)
+    tokens = [i % engine.model_config.vocab_size for i in range(1, n + 1)]
+    engine.prompt_logits(tokens)
+    t0 = time.perf_counter()
+    engine.prompt_logits(tokens)
+    return n, time.perf_counter() - t0
 
 
 def _export_and_release(engine: LLMEngine, request_id: str):
