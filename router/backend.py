@@ -13,6 +13,7 @@ in the generator's ``finally`` block.
 from __future__ import annotations
 
 import abc
+import importlib
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
@@ -57,6 +58,9 @@ class Backend(abc.ABC):
 
 
 _REGISTRY: dict[str, Callable[..., Backend]] = {}
+# Built-in backends register on import; importing lazily keeps torch out of the router
+# process unless the local engine is asked for.
+_BUILTIN_MODULES = {"local": "router.backends.local"}
 
 
 def register_backend(name: str) -> Callable[[Callable[..., Backend]], Callable[..., Backend]]:
@@ -71,10 +75,13 @@ def register_backend(name: str) -> Callable[[Callable[..., Backend]], Callable[.
 
 def create_backend(name: str, **kwargs) -> Backend:
     """Construct a registered backend; ValueError names the known ones."""
+    if name not in _REGISTRY and name in _BUILTIN_MODULES:
+        importlib.import_module(_BUILTIN_MODULES[name])
     if name not in _REGISTRY:
         raise ValueError(f"unknown backend {name!r}; known: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**kwargs)
 
 
 def backend_names() -> list[str]:
-    return sorted(_REGISTRY)
+    """Names ``create_backend`` accepts."""
+    return sorted(set(_REGISTRY) | set(_BUILTIN_MODULES))

@@ -78,8 +78,11 @@ def event_to_proto(request_id: str, event: TokenDelta | Finished) -> generate_pb
             delta=generate_pb2.TokenDelta(token_ids=event.token_ids, text=event.text,
                                           index=event.index))
     u = event.usage
+    d = event.delta
     return generate_pb2.GenerateResponse(
         request_id=request_id,
+        delta=None if d is None else generate_pb2.TokenDelta(token_ids=d.token_ids, text=d.text,
+                                                             index=d.index),
         finished=generate_pb2.Finished(
             reason=_FINISH_TO_PB[FinishReason(event.reason)],
             usage=generate_pb2.Usage(

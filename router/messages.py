@@ -70,9 +70,11 @@ class Usage:
 
 @dataclass(slots=True)
 class Finished:
-    """The last event of a generation."""
+    """The last event of a generation. ``delta``: tokens that arrived with the finish (sent
+    in the same stream message, so a one-token request costs one message)."""
     reason: FinishReason
     usage: Usage
+    delta: TokenDelta | None = None
 
 
 GenerateEvent = TokenDelta | Finished

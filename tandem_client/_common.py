@@ -73,14 +73,19 @@ class Accumulator:
         return bool(self.request_id)
 
     def feed(self, msg: generate_pb2.GenerateResponse) -> TokenDelta | None:
-        """The delta in ``msg``, or None when it is the final message (then ``result`` is set)."""
+        """The delta in ``msg`` (None when it has none); sets ``result`` on the final message."""
         self.request_id = msg.request_id
-        if msg.WhichOneof("event") == "delta":
+        delta = None
+        if msg.HasField("delta"):
             d = msg.delta
             delta = TokenDelta(token_ids=list(d.token_ids), text=d.text, index=d.index)
             self.token_ids += delta.token_ids
             self.text += delta.text
-            return delta
+        if msg.HasField("finished"):
+            self._finish(msg)
+        return delta
+
+    def _finish(self, msg: generate_pb2.GenerateResponse) -> None:
         f = msg.finished
         u = f.usage
         self.result = GenerationResult(
@@ -89,7 +94,6 @@ class Accumulator:
             usage=Usage(prompt_tokens=u.prompt_tokens, cached_prompt_tokens=u.cached_prompt_tokens,
                         completion_tokens=u.completion_tokens, ttft_ms=u.ttft_ms,
                         prefill_worker=u.prefill_worker, decode_worker=u.decode_worker))
-        return None
 
     def stream_ended(self) -> None:
         """Call at end of stream: a stream that ends without `finished` is a server fault."""

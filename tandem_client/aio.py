@@ -92,10 +92,10 @@ class AsyncTokenStream(AsyncIterator[TokenDelta]):
                 self._acc.stream_ended()
                 raise StopAsyncIteration
             delta = self._acc.feed(msg)
-            if delta is None:
+            if self._acc.result is not None:
                 self._done = True
-                raise StopAsyncIteration
-            return delta
+            if delta is not None:
+                return delta
 
     def cancel(self) -> None:
         """Stop the request; the server aborts it and frees its resources."""

@@ -82,10 +82,10 @@ class TokenStream(Iterator[TokenDelta]):
                 time.sleep(wait)
                 continue
             delta = self._acc.feed(msg)
-            if delta is None:
+            if self._acc.result is not None:
                 self._done = True
-                raise StopIteration
-            return delta
+            if delta is not None:
+                return delta
 
     def cancel(self) -> None:
         """Stop the request; the server aborts it and frees its resources."""

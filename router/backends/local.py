@@ -133,8 +133,9 @@ class LocalBackend(Backend):
                     raise _as_router_error(item)
                 if index == 0 and item.new_token_ids:
                     ttft_ms = (time.monotonic() - request.arrival_time) * 1000
+                delta = None
                 if item.new_token_ids or item.new_text:
-                    yield TokenDelta(list(item.new_token_ids), item.new_text, index)
+                    delta = TokenDelta(list(item.new_token_ids), item.new_text, index)
                     index += len(item.new_token_ids)
                 if item.finished:
                     finished = True
@@ -142,8 +143,10 @@ class LocalBackend(Backend):
                         prompt_tokens=len(item.prompt_token_ids),
                         cached_prompt_tokens=item.num_cached_tokens,
                         completion_tokens=len(item.token_ids), ttft_ms=ttft_ms,
-                        prefill_worker=self.worker_id, decode_worker=self.worker_id))
+                        prefill_worker=self.worker_id, decode_worker=self.worker_id), delta)
                     return
+                if delta is not None:
+                    yield delta
         finally:
             self._queues.pop(rid, None)
             if not finished and self._thread is not None:

@@ -1,0 +1,54 @@
+"""A real router (grpc.aio on a free loopback port) over a real stories260K engine."""
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+
+from cluster.config import RouterConfig
+from protos.tandem.v1 import tandem_service_pb2_grpc
+from router.backends.local import LocalBackend
+from router.testing import BackgroundRouter
+
+
+def make_llm():
+    from engine import LLM
+    return LLM(model="stories260K", max_num_seqs=8)
+
+
+@pytest.fixture
+def new_llm():
+    """A factory of fresh stories260K engines (one per backend that a test owns)."""
+    return make_llm
+
+
+@pytest.fixture(scope="module")
+def router():
+    with BackgroundRouter(LocalBackend(make_llm()), RouterConfig(grpc_port=0)) as r:
+        yield r
+
+
+@pytest.fixture
+def stub(router):
+    with grpc.insecure_channel(router.target) as channel:
+        yield tandem_service_pb2_grpc.TandemStub(channel)
+
+
+@pytest.fixture
+def on_engine(router):
+    """Run ``fn(engine)`` on the router's engine thread and return the result."""
+    def call(fn):
+        return router.call(router.backend.run_on_engine(fn))
+    return call
+
+
+@pytest.fixture
+def wait_until():
+    def wait(predicate, timeout=15.0, what="condition"):
+        end = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > end:
+                raise AssertionError(f"{what} not reached within {timeout} s")
+            time.sleep(0.02)
+    return wait

@@ -1,0 +1,41 @@
+"""A real router over a real stories260K engine for the SDK tests."""
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from cluster.config import RouterConfig
+from router.backends.local import LocalBackend
+from router.testing import BackgroundRouter
+
+
+@pytest.fixture(scope="module")
+def llm():
+    from engine import LLM
+    return LLM(model="stories260K", max_num_seqs=8)
+
+
+@pytest.fixture(scope="module")
+def router(llm):
+    with BackgroundRouter(LocalBackend(llm), RouterConfig(grpc_port=0)) as r:
+        yield r
+
+
+@pytest.fixture
+def free_blocks(router):
+    """Free KV blocks of the router's engine, read on the engine thread."""
+    def read():
+        return router.call(router.backend.run_on_engine(lambda e: e.free_block_count()))
+    return read
+
+
+@pytest.fixture
+def wait_until():
+    def wait(predicate, timeout=15.0, what="condition"):
+        end = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() > end:
+                raise AssertionError(f"{what} not reached within {timeout} s")
+            time.sleep(0.02)
+    return wait
