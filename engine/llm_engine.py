@@ -90,6 +90,7 @@ class LLMEngine:
                        detok, generator=gen, pending_prefix_kv=seq_kv.kv,
                        cache_salt=seq_kv.extra.get("cache_salt", b""))
         detok.step(seq.token_ids)   # text of tokens produced before the hand-over
+        seq.emitted_text_len = min(seq_kv.output_text_offset, len(detok.text))
         seq.first_token_time = time.monotonic()
         self.requests[seq.request_id] = seq
         self.scheduler.add(seq)
@@ -100,7 +101,7 @@ class LLMEngine:
             raise ValueError(f"request {request_id!r} is {seq.status.value}, not parked after prefill")
         kv = self.runner.read_kv(seq, 0, seq.num_computed)
         return SequenceKV(request_id, list(seq.token_ids), seq.prompt_len, kv, seq.sampling,
-                          generator_state(seq.generator),
+                          generator_state(seq.generator), seq.emitted_text_len,
                           extra={"num_cached_tokens": seq.num_cached_tokens, "cache_salt": seq.cache_salt})
 
     def read_prefix_kv(self, request_id: str, num_tokens: int) -> torch.Tensor:
@@ -153,7 +154,6 @@ class LLMEngine:
             self.stats["cached_tokens"] += seq.num_cached_tokens
         seq.token_ids.append(token)
         self.stats["generated_tokens"] += 1
-        text_before = len(seq.output_text)
         seq.detok.step(seq.token_ids)
         reason = check_stop(seq, token, self.eos_token_ids, self.max_model_len)
         if reason is not None:
@@ -161,7 +161,7 @@ class LLMEngine:
         elif seq.prefill_only:
             self.scheduler.running.remove(seq)
             seq.status = SequenceStatus.PARKED
-        return self._output(seq, [token], seq.output_text[text_before:])
+        return self._output(seq, [token], _stream_delta(seq))
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
@@ -236,3 +236,14 @@ class LLMEngine:
             return self.requests[request_id]
         except KeyError:
             raise UnknownRequestError(f"unknown request {request_id!r}") from None
+
+
+def _stream_delta(seq: Sequence) -> str:
+    """Text to stream now. While a stop string could still complete, its possible first
+    characters are held back: streamed text is never taken back by a later cut."""
+    text = seq.output_text
+    if seq.finish_reason is None and seq.sampling.stop:
+        text = text[:max(0, len(text) - (max(map(len, seq.sampling.stop)) - 1))]
+    delta = text[seq.emitted_text_len:]
+    seq.emitted_text_len = max(seq.emitted_text_len, len(text))
+    return delta

@@ -37,6 +37,7 @@ class Sequence:
     pending_prefix_start: int = 0       # first position of pending_prefix_kv not already cached
     finish_reason: str | None = None
     stop_text_cut: int | None = None
+    emitted_text_len: int = 0           # output chars already streamed (never taken back)
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
 
