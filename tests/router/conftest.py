@@ -43,12 +43,28 @@ def on_engine(router):
     return call
 
 
+def _wait(predicate, timeout=15.0, what="condition"):
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.02)
+
+
 @pytest.fixture
 def wait_until():
-    def wait(predicate, timeout=15.0, what="condition"):
-        end = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > end:
-                raise AssertionError(f"{what} not reached within {timeout} s")
-            time.sleep(0.02)
-    return wait
+    return _wait
+
+
+@pytest.fixture
+def engine_idle(router, on_engine):
+    """Waits (at the start and when called) until the engine holds no request and every KV
+    block is free again; returns the total block count."""
+    total = on_engine(lambda e: e.pool.num_blocks)
+
+    def wait_idle():
+        _wait(lambda: on_engine(lambda e: (e.free_block_count(), len(e.requests))) == (total, 0),
+              what="engine idle with every KV block free")
+        return total
+    wait_idle()
+    return wait_idle

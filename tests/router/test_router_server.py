@@ -53,50 +53,50 @@ def test_output_matches_the_offline_engine_exactly(stub, new_llm):
     assert "".join(m.delta.text for m in msgs) == want.text
 
 
-def test_first_token_reaches_the_client_while_the_request_is_still_running(stub, on_engine):
+def test_first_token_reaches_the_client_while_the_request_is_still_running(
+        stub, on_engine, engine_idle):
     call = stub.Generate(request(request_id="early-1", **LONG), timeout=60)
     first = next(call)
     assert first.HasField("delta") and not first.HasField("finished")
     assert on_engine(lambda e: "early-1" in e.requests)
     call.cancel()
+    engine_idle()
 
 
-def test_client_cancel_aborts_the_request_and_frees_its_kv_blocks(stub, on_engine, wait_until):
-    start = on_engine(lambda e: e.free_block_count())
+def test_client_cancel_aborts_the_request_and_frees_its_kv_blocks(stub, on_engine, engine_idle):
+    total = engine_idle()
     call = stub.Generate(request(request_id="cancel-1", **LONG), timeout=60)
     next(call)
-    assert on_engine(lambda e: e.free_block_count()) < start
+    assert on_engine(lambda e: e.free_block_count()) < total
     call.cancel()
-    wait_until(lambda: on_engine(lambda e: e.free_block_count()) == start, what="blocks freed")
-    assert on_engine(lambda e: "cancel-1" not in e.requests)
+    engine_idle()   # the abort reached the engine: no request held, every block free
 
 
-def test_grpc_deadline_gives_deadline_exceeded_and_frees_blocks(stub, on_engine, wait_until):
-    start = on_engine(lambda e: e.free_block_count())
+def test_grpc_deadline_gives_deadline_exceeded_and_frees_blocks(stub, engine_idle):
     with pytest.raises(grpc.RpcError) as info:
         list(stub.Generate(request(**LONG), timeout=0.3))
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    wait_until(lambda: on_engine(lambda e: e.free_block_count()) == start, what="blocks freed")
+    engine_idle()
 
 
-def test_request_deadline_ms_is_enforced_by_the_router(stub, on_engine, wait_until):
-    start = on_engine(lambda e: e.free_block_count())
+def test_request_deadline_ms_is_enforced_by_the_router(stub, engine_idle):
     req = request(**LONG)
     req.deadline_ms = 300
     with pytest.raises(grpc.RpcError) as info:
         list(stub.Generate(req, timeout=60))
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "deadline" in info.value.details()
-    wait_until(lambda: on_engine(lambda e: e.free_block_count()) == start, what="blocks freed")
+    engine_idle()
 
 
-def test_duplicate_in_flight_request_id_is_already_exists(stub):
+def test_duplicate_in_flight_request_id_is_already_exists(stub, engine_idle):
     first = stub.Generate(request(request_id="dup-1", **LONG), timeout=60)
     next(first)
     with pytest.raises(grpc.RpcError) as info:
         list(stub.Generate(request(request_id="dup-1", max_tokens=2), timeout=30))
     assert info.value.code() == grpc.StatusCode.ALREADY_EXISTS
     first.cancel()
+    engine_idle()
 
 
 def test_model_and_cluster_info(stub):

@@ -44,7 +44,8 @@ BAD_REQUESTS = [
 
 
 @pytest.mark.parametrize("name, req, field", BAD_REQUESTS, ids=[b[0] for b in BAD_REQUESTS])
-def test_bad_input_is_invalid_argument_naming_the_field(stub, on_engine, name, req, field):
+def test_bad_input_is_invalid_argument_naming_the_field(stub, on_engine, engine_idle, name, req,
+                                                        field):
     steps_before = on_engine(lambda e: e.stats["steps"])
     with pytest.raises(grpc.RpcError) as info:
         list(stub.Generate(req, timeout=10))

@@ -30,12 +30,25 @@ def free_blocks(router):
     return read
 
 
+def _wait(predicate, timeout=15.0, what="condition"):
+    end = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > end:
+            raise AssertionError(f"{what} not reached within {timeout} s")
+        time.sleep(0.02)
+
+
 @pytest.fixture
-def wait_until():
-    def wait(predicate, timeout=15.0, what="condition"):
-        end = time.monotonic() + timeout
-        while not predicate():
-            if time.monotonic() > end:
-                raise AssertionError(f"{what} not reached within {timeout} s")
-            time.sleep(0.02)
-    return wait
+def engine_idle(router):
+    """Waits (at the start and when called) until the engine holds no request and every KV
+    block is free again; returns the total block count."""
+    def state():
+        return router.call(router.backend.run_on_engine(
+            lambda e: (e.free_block_count(), len(e.requests), e.pool.num_blocks)))
+
+    def wait_idle():
+        _wait(lambda: (lambda f, n, t: f == t and n == 0)(*state()),
+              what="engine idle with every KV block free")
+        return state()[2]
+    wait_idle()
+    return wait_idle

@@ -44,8 +44,8 @@ def test_concurrent_requests_are_batched_and_each_is_exact(router):
     assert [r.token_ids for r in together] == [r.token_ids for r in alone] * 2
 
 
-def test_invalid_argument_and_deadline_are_typed(router, free_blocks, wait_until):
-    start = free_blocks()
+def test_invalid_argument_and_deadline_are_typed(router, engine_idle):
+    engine_idle()
 
     async def main():
         async with AsyncTandemClient(router.target) as client:
@@ -55,11 +55,11 @@ def test_invalid_argument_and_deadline_are_typed(router, free_blocks, wait_until
             with pytest.raises(DeadlineExceeded):
                 await client.generate("Once upon a time", timeout=0.3, **LONG)
     run(main())
-    wait_until(lambda: free_blocks() == start, what="blocks freed")
+    engine_idle()
 
 
-def test_cancel_raises_cancelled_in_the_reader_and_frees_blocks(router, free_blocks, wait_until):
-    start = free_blocks()
+def test_cancel_raises_cancelled_in_the_reader_and_frees_blocks(router, engine_idle):
+    engine_idle()
 
     async def main():
         async with AsyncTandemClient(router.target) as client:
@@ -70,11 +70,11 @@ def test_cancel_raises_cancelled_in_the_reader_and_frees_blocks(router, free_blo
                 async for _ in stream:
                     pass
     run(main())
-    wait_until(lambda: free_blocks() == start, what="blocks freed")
+    engine_idle()
 
 
-def test_cancelling_the_consumer_task_cancels_the_request(router, free_blocks, wait_until):
-    start = free_blocks()
+def test_cancelling_the_consumer_task_cancels_the_request(router, engine_idle):
+    engine_idle()
 
     async def main():
         async with AsyncTandemClient(router.target) as client:
@@ -89,11 +89,11 @@ def test_cancelling_the_consumer_task_cancels_the_request(router, free_blocks, w
             with pytest.raises(asyncio.CancelledError):
                 await task
     run(main())
-    wait_until(lambda: free_blocks() == start, what="blocks freed")
+    engine_idle()
 
 
-def test_leaving_async_with_cancels_on_the_server(router, free_blocks, wait_until):
-    start = free_blocks()
+def test_leaving_async_with_cancels_on_the_server(router, engine_idle):
+    engine_idle()
 
     async def main():
         async with AsyncTandemClient(router.target) as client:
@@ -103,4 +103,4 @@ def test_leaving_async_with_cancels_on_the_server(router, free_blocks, wait_unti
             assert info.healthy
             assert (await client.model_info()).model == "stories260K"
     run(main())
-    wait_until(lambda: free_blocks() == start, what="blocks freed")
+    engine_idle()

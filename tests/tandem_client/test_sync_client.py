@@ -79,23 +79,21 @@ def test_exactly_one_prompt_kind_is_required(client):
         client.generate("x", token_ids=[1])
 
 
-def test_timeout_raises_deadline_exceeded_and_frees_blocks(client, free_blocks, wait_until):
-    start = free_blocks()
+def test_timeout_raises_deadline_exceeded_and_frees_blocks(client, engine_idle):
     with pytest.raises(DeadlineExceeded):
         client.generate("Once upon a time", timeout=0.3, **LONG)
-    wait_until(lambda: free_blocks() == start, what="blocks freed")
+    engine_idle()
 
 
-def test_leaving_the_with_block_cancels_on_the_server(client, free_blocks, wait_until):
-    start = free_blocks()
+def test_leaving_the_with_block_cancels_on_the_server(client, free_blocks, engine_idle):
+    start = engine_idle()
     with client.stream("Once upon a time", **LONG) as stream:
         next(stream)
         assert free_blocks() < start
-    wait_until(lambda: free_blocks() == start, what="blocks freed")
+    engine_idle()
 
 
-def test_cancel_from_another_thread_unblocks_the_reader(client, free_blocks, wait_until):
-    start = free_blocks()
+def test_cancel_from_another_thread_unblocks_the_reader(client, engine_idle):
     stream = client.stream("Once upon a time", **LONG)
     next(stream)
     timer = threading.Timer(0.2, stream.cancel)
@@ -104,7 +102,7 @@ def test_cancel_from_another_thread_unblocks_the_reader(client, free_blocks, wai
         for _ in stream:
             pass
     timer.join()
-    wait_until(lambda: free_blocks() == start, what="blocks freed")
+    engine_idle()
 
 
 def test_model_and_cluster_info(client):
