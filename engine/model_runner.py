@@ -2,12 +2,17 @@
 
 Owns the KV cache tensor ``[L, 2, num_blocks * block_size, Hkv, D]`` (slot-major so that a
 token's cache slot is ``block * block_size + offset``).
+
+The flat token batch puts every decode row (one new token) first, in one span, then each
+prefill chunk; logits come back in the caller's sequence order. Per-step metadata is built
+once here and shared by all layers, with as few small tensors as possible: at batch 1 the
+model is memory-bound and each extra tiny op is time not spent streaming weights.
 """
 from __future__ import annotations
 
 import torch
 
-from engine.attention import AttentionGroup, AttentionMetadata
+from engine.attention import AttentionMetadata, AttentionSpan
 from engine.model import CausalLM
 from engine.sequence import Sequence
 
@@ -21,6 +26,7 @@ class ModelRunner:
         self.device = device
         self.kv_cache = torch.zeros(cfg.num_layers, 2, num_blocks * block_size, cfg.num_kv_heads,
                                     cfg.head_dim, dtype=dtype, device=device)
+        model.select_kernels()
 
     # -- batch preparation -------------------------------------------------------------
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
@@ -29,47 +35,69 @@ class ModelRunner:
         return table[pos // self.block_size] * self.block_size + pos % self.block_size
 
     def _prepare(self, seqs: list[Sequence], num_new: list[int]):
-        ids, positions, slots = [], [], []
-        decode_rows, prefill_groups = [], []
-        offset = 0
-        for seq, n in zip(seqs, num_new):
-            start = seq.num_computed
+        """Flat inputs, attention metadata, and the row of each sequence's last new token."""
+        bs, dev = self.block_size, self.device
+        decode = [i for i, n in enumerate(num_new) if n == 1]
+        prefill = [i for i, n in enumerate(num_new) if n != 1]
+        ids: list[int] = []
+        positions: list[int] = []
+        slots: list[int] = []
+        last_row = [0] * len(seqs)
+        spans: list[AttentionSpan] = []
+        for i in decode:
+            seq = seqs[i]
+            pos = seq.num_computed
+            last_row[i] = len(ids)
+            ids.append(seq.token_ids[pos])
+            positions.append(pos)
+            slots.append(seq.block_table[pos // bs] * bs + pos % bs)
+        if decode:
+            spans.append(self._decode_span([seqs[i] for i in decode]))
+        pos_tensors = [torch.tensor(positions, dtype=torch.long)] if positions else []
+        slot_tensors = [torch.tensor(slots, dtype=torch.long)] if slots else []
+        for i in prefill:
+            seq, n = seqs[i], num_new[i]
+            start, row = seq.num_computed, len(ids)
             ids.extend(seq.token_ids[start:start + n])
-            positions.append(torch.arange(start, start + n))
-            slots.append(self._slots(seq, start, start + n))
-            if n == 1:
-                decode_rows.append((offset, start + 1, seq))
-            else:
-                prefill_groups.append(self._prefill_group(seq, offset, start, n))
-            offset += n
-        groups = prefill_groups
-        if decode_rows:
-            groups.append(self._decode_group(decode_rows))
-        dev = self.device
-        meta = AttentionMetadata(torch.cat(slots).to(dev), groups)
-        return (torch.tensor(ids, dtype=torch.long, device=dev), torch.cat(positions).to(dev), meta)
+            pos_tensors.append(torch.arange(start, start + n))
+            slot_tensors.append(self._slots(seq, start, start + n))
+            spans.append(self._prefill_span(seq, row, start, n))
+            last_row[i] = row + n - 1
+        meta = AttentionMetadata(torch.cat(slot_tensors).to(dev), spans, bs, len(ids))
+        return (torch.tensor(ids, dtype=torch.long, device=dev), torch.cat(pos_tensors).to(dev),
+                meta, last_row)
 
-    def _prefill_group(self, seq: Sequence, offset: int, start: int, n: int) -> AttentionGroup:
+    def _prefill_span(self, seq: Sequence, row: int, start: int, n: int) -> AttentionSpan:
         dev = self.device
-        qi = torch.arange(offset, offset + n, device=dev).unsqueeze(0)
-        keys = self._slots(seq, 0, start + n).to(dev).unsqueeze(0)
-        mask = None
+        kv_len = start + n
+        span = AttentionSpan(row, row + n, 1, n, kv_len, None, causal=start == 0)
+        self._locate_keys(span, [seq.block_table], kv_len)
         if start > 0:
-            q_pos = torch.arange(start, start + n, device=dev).unsqueeze(1)
-            mask = (torch.arange(start + n, device=dev).unsqueeze(0) <= q_pos).view(1, 1, n, start + n)
-        return AttentionGroup(qi, keys, mask, torch.ones_like(qi, dtype=torch.bool))
+            q_pos = torch.arange(start, kv_len, device=dev).unsqueeze(1)
+            span.mask = (torch.arange(kv_len, device=dev).unsqueeze(0) <= q_pos).view(1, 1, n, kv_len)
+        return span
 
-    def _decode_group(self, rows: list[tuple[int, int, Sequence]]) -> AttentionGroup:
-        dev = self.device
-        max_len = max(length for _, length, _ in rows)
-        keys = torch.zeros(len(rows), max_len, dtype=torch.long)
-        mask = torch.zeros(len(rows), 1, 1, max_len, dtype=torch.bool)
-        for b, (_, length, seq) in enumerate(rows):
-            keys[b, :length] = self._slots(seq, 0, length)
-            mask[b, 0, 0, :length] = True
-        qi = torch.tensor([[r[0]] for r in rows], device=dev)
-        use_mask = None if len(rows) == 1 else mask.to(dev)
-        return AttentionGroup(qi, keys.to(dev), use_mask, torch.ones_like(qi, dtype=torch.bool))
+    def _decode_span(self, seqs: list[Sequence]) -> AttentionSpan:
+        lengths = [s.num_computed + 1 for s in seqs]
+        kv_len = max(lengths)
+        span = AttentionSpan(0, len(seqs), len(seqs), 1, kv_len, None)
+        self._locate_keys(span, [s.block_table for s in seqs], kv_len)
+        if min(lengths) != kv_len:
+            lens = torch.tensor(lengths, device=self.device)
+            span.mask = (torch.arange(kv_len, device=self.device) < lens.unsqueeze(1)).view(
+                len(seqs), 1, 1, kv_len)
+        return span
+
+    def _locate_keys(self, span: AttentionSpan, tables: list[list[int]], kv_len: int) -> None:
+        """A plain cache slice when one sequence's blocks are consecutive, else block tables."""
+        num_blocks = -(-kv_len // self.block_size)
+        if len(tables) == 1:
+            used = tables[0][:num_blocks]
+            if used[-1] - used[0] == num_blocks - 1 and all(b - a == 1 for a, b in zip(used, used[1:])):
+                span.slot_start = used[0] * self.block_size
+                return
+        padded = [t[:num_blocks] + [0] * (num_blocks - min(len(t), num_blocks)) for t in tables]
+        span.block_tables = torch.tensor(padded, dtype=torch.long, device=self.device)
 
     # -- execution ---------------------------------------------------------------------
     @torch.inference_mode()
@@ -80,12 +108,16 @@ class ModelRunner:
         for seq in seqs:
             if seq.pending_prefix_kv is not None:
                 self._write_prefix(seq)
-        ids, positions, meta = self._prepare(seqs, num_new)
+        ids, positions, meta, last_row = self._prepare(seqs, num_new)
         hidden = self.model(ids, positions, self.kv_cache, meta)
         if all_logits:
+            if len(seqs) != 1:
+                raise ValueError("all_logits needs exactly one sequence")
             return self.model.logits(hidden)
-        ends = torch.tensor(num_new).cumsum(0) - 1
-        return self.model.logits(hidden[ends[logit_rows].to(self.device)])
+        rows = [last_row[i] for i in logit_rows]
+        if rows != list(range(hidden.shape[0])):
+            hidden = hidden[torch.tensor(rows, dtype=torch.long, device=self.device)]
+        return self.model.logits(hidden)
 
     def _write_prefix(self, seq: Sequence) -> None:
         kv = seq.pending_prefix_kv

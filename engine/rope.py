@@ -39,11 +39,19 @@ class RotaryEmbedding:
     def to_device(self, device: torch.device) -> None:
         self.cos, self.sin = self.cos.to(device), self.sin.to(device)
 
+    def tables(self, positions: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin of ``positions`` as [N, 1, D] in the compute dtype (once per forward)."""
+        return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
+
+    @staticmethod
+    def apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
+              sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q: [N, Hq, D], k: [N, Hkv, D]; cos, sin: [N, 1, D] from ``tables``."""
+        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+
     def __call__(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [N, Hq, D], k: [N, Hkv, D]; positions: [N]."""
-        cos = self.cos[positions].unsqueeze(1).to(q.dtype)
-        sin = self.sin[positions].unsqueeze(1).to(q.dtype)
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        return self.apply(q, k, *self.tables(positions, q.dtype))
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
