@@ -8,7 +8,7 @@ from kv_transfer.codecs.base import (GroupShape, KVCodec, available_codecs, get_
                                      is_lossless, register_codec)
 from kv_transfer.codecs.entropy import (EntropyStage, available_entropy_stages,
                                         get_entropy_stage)
-from kv_transfer.codecs import raw as _raw, int8 as _int8, kivi as _kivi  # noqa: F401  (registration)
+from kv_transfer.codecs import raw as _raw, int8 as _int8, kivi as _kivi, ecq as _ecq  # noqa: F401,E501  (registration)
 
 __all__ = ["GroupShape", "KVCodec", "available_codecs", "get_codec", "is_lossless",
            "register_codec", "EntropyStage", "available_entropy_stages", "get_entropy_stage"]

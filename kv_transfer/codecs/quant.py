@@ -97,7 +97,9 @@ def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
         lane, width = lane * 2, width * 2
         words &= _lane_mask(lane, width)
     field = torch.int32 if bits == 4 else torch.int16
-    return words.view(field).view(-1, 64 // (8 * bits))[:, 0].contiguous().view(torch.uint8)
+    fields = words.view(field).view(-1, 64 // (8 * bits))[:, 0]
+    # a copy into fresh memory: .contiguous() keeps a 1-element view's stride, which .view() rejects
+    return torch.empty(fields.shape, dtype=field, device=fields.device).copy_(fields).view(torch.uint8)
 
 
 def unpack_bits(packed: torch.Tensor, bits: int) -> torch.Tensor:

@@ -6,9 +6,14 @@ Metadata payload::
 
     u32 N | N bytes UTF-8 JSON {request_id, prompt_len, sampling, output_text_offset, extra}
     | u32 M | M x i32 token ids | u8 has_rng | u32 R | R bytes rng state
+
+``bytes`` values inside ``extra`` (the engine puts its cache salt there) travel as
+``{"$b64": "<base64>"}`` and come back as bytes.
 """
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import struct
 from typing import Any
@@ -25,6 +30,7 @@ from kv_transfer.wire.stream import KVStreamEncoder
 
 _U32 = struct.Struct("<I")
 _MAX_TOKEN = (1 << 31) - 1
+_B64 = "$b64"
 
 
 def encode_sequence(seq: SequenceKV, layout: Any, codec: str = "raw", codec_params: dict | None = None,
@@ -62,7 +68,7 @@ def pack_meta(seq: SequenceKV) -> bytes:
            "sampling": seq.sampling.to_dict(), "output_text_offset": seq.output_text_offset,
            "extra": seq.extra}
     try:
-        text = json.dumps(doc, separators=(",", ":"), allow_nan=False).encode("utf-8")
+        text = json.dumps(doc, separators=(",", ":"), allow_nan=False, default=_bytes_to_json).encode("utf-8")
     except (TypeError, ValueError) as exc:
         raise ValueError(f"sequence metadata must be JSON-serialisable (extra={seq.extra!r}): {exc}") from None
     tokens = np.asarray(seq.token_ids, dtype=np.int64)
@@ -75,12 +81,27 @@ def pack_meta(seq: SequenceKV) -> bytes:
                      bytes([rng is not None]), _U32.pack(len(rng or b"")), bytes(rng or b"")])
 
 
+def _bytes_to_json(value: Any) -> dict:
+    """bytes values (e.g. a cache salt in ``extra``) travel as {"$b64": "..."}."""
+    if isinstance(value, (bytes, bytearray)):
+        return {_B64: base64.b64encode(bytes(value)).decode("ascii")}
+    raise TypeError(f"{type(value).__name__} is not JSON-serialisable")
+
+
+def _json_to_bytes(obj: dict) -> Any:
+    if len(obj) == 1 and _B64 in obj:
+        if not isinstance(obj[_B64], str):
+            raise ValueError("a $b64 value must be a string")
+        return base64.b64decode(obj[_B64], validate=True)
+    return obj
+
+
 def unpack_meta(payload: bytes, kv: torch.Tensor, layout: Any) -> SequenceKV:
     """Rebuild the ``SequenceKV`` from its metadata payload and decoded KV; KVFormatError if invalid."""
     try:
         pos = 0
         (n,) = _U32.unpack_from(payload, pos)
-        doc = json.loads(payload[pos + 4:pos + 4 + n].decode("utf-8"))
+        doc = json.loads(payload[pos + 4:pos + 4 + n].decode("utf-8"), object_hook=_json_to_bytes)
         pos += 4 + n
         (m,) = _U32.unpack_from(payload, pos)
         pos += 4
@@ -106,6 +127,7 @@ def unpack_meta(payload: bytes, kv: torch.Tensor, layout: Any) -> SequenceKV:
                          kv=kv, sampling=SamplingParams.from_dict(doc["sampling"]), rng_state=rng,
                          output_text_offset=doc["output_text_offset"], extra=doc["extra"])
         seq.validate(layout)
-    except (struct.error, IndexError, UnicodeDecodeError, ValueError, TypeError, RecursionError) as exc:
+    except (struct.error, IndexError, UnicodeDecodeError, ValueError, TypeError, RecursionError,
+            binascii.Error) as exc:
         raise KVFormatError(f"KV sequence metadata is invalid: {exc}") from None
     return seq
