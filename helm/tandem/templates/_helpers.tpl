@@ -1,0 +1,174 @@
+{{/* Names, labels and the values the templates derive. */}}
+
+{{- define "tandem.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 40 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+The resource name prefix. At most 40 characters: the RayCluster shares it, and KubeRay
+appends "-head-svc" and pod suffixes to a name of at most 53.
+*/}}
+{{- define "tandem.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 40 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 40 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "tandem.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "tandem.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "tandem.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "tandem.labels" -}}
+helm.sh/chart: {{ include "tandem.chart" . }}
+{{ include "tandem.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tandem
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Labels of Ray pods. No app.kubernetes.io/name: KubeRay sets it to "kuberay" and its head
+Service selects on it, so overriding it would cut the workers off the head.
+*/}}
+{{- define "tandem.rayPodLabels" -}}
+helm.sh/chart: {{ include "tandem.chart" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: tandem
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "tandem.image" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* Ray's head Service, created by KubeRay as <RayCluster name>-head-svc. */}}
+{{- define "tandem.rayHeadAddress" -}}
+{{- printf "%s-head-svc.%s.svc:6379" (include "tandem.fullname" .) .Release.Namespace }}
+{{- end }}
+
+{{- define "tandem.routerName" -}}
+{{- printf "%s-router" (include "tandem.fullname" .) }}
+{{- end }}
+
+{{- define "tandem.redisName" -}}
+{{- printf "%s-redis" (include "tandem.fullname" .) }}
+{{- end }}
+
+{{/* The Secret and key holding the Redis password; empty name: no AUTH. */}}
+{{- define "tandem.redisSecretName" -}}
+{{- if eq .Values.redis.mode "builtin" }}
+{{- default (include "tandem.redisName" .) .Values.redis.builtin.existingSecret }}
+{{- else }}
+{{- .Values.redis.external.existingSecret }}
+{{- end }}
+{{- end }}
+
+{{- define "tandem.redisSecretKey" -}}
+{{- if eq .Values.redis.mode "builtin" }}
+{{- .Values.redis.builtin.existingSecretPasswordKey }}
+{{- else }}
+{{- .Values.redis.external.existingSecretPasswordKey }}
+{{- end }}
+{{- end }}
+
+{{/* The store URL without the password; the router adds it from the Secret at start. */}}
+{{- define "tandem.redisUrl" -}}
+{{- if eq .Values.redis.mode "builtin" }}
+{{- printf "redis://%s.%s.svc:6379/0" (include "tandem.redisName" .) .Release.Namespace }}
+{{- else }}
+{{- required "redis.external.url is required when redis.mode is external" .Values.redis.external.url }}
+{{- end }}
+{{- end }}
+
+{{- define "tandem.tlsSecretName" -}}
+{{- default (printf "%s-tls" (include "tandem.fullname" .)) .Values.tls.existingSecret }}
+{{- end }}
+
+{{- define "tandem.authSecretName" -}}
+{{- default (printf "%s-api-keys" (include "tandem.fullname" .)) .Values.auth.existingSecret }}
+{{- end }}
+
+{{- define "tandem.tlsServerName" -}}
+{{- default (printf "%s.%s.svc" (include "tandem.routerName" .) .Release.Namespace) .Values.tls.serverName }}
+{{- end }}
+
+{{/* Environment shared by every Tandem container: no telemetry, Ray's token auth off. */}}
+{{- define "tandem.commonEnv" -}}
+- name: RAY_USAGE_STATS_ENABLED
+  value: "0"
+- name: RAY_AUTH_MODE
+  value: disabled
+- name: LMCACHE_TRACK_USAGE
+  value: "false"
+- name: DO_NOT_TRACK
+  value: "1"
+- name: PYTHONUNBUFFERED
+  value: "1"
+{{- end }}
+
+{{/* Ray resources of one pool's worker group: {"tandem_<pool>": workersPerPod}. */}}
+{{- define "tandem.poolRayResources" -}}
+{{- $pool := index .root.Values.pools .pool }}
+{{- dict (printf "tandem_%s" .pool) (int $pool.workersPerPod) | toJson }}
+{{- end }}
+
+{{/*
+The cluster config (cluster/config.py schema): config values plus what the chart derives.
+In colocated mode only the decode pool exists (cluster/ray_runtime.py).
+*/}}
+{{- define "tandem.clusterConfig" -}}
+{{- $cfg := deepCopy .Values.config }}
+{{- $pools := dict }}
+{{- range $pool := list "prefill" "decode" }}
+{{- $p := index $.Values.pools $pool }}
+{{- $gpus := 0 }}
+{{- if eq $.Values.accelerator "nvidia" }}{{ $gpus = int $p.gpusPerWorker }}{{ end }}
+{{- $_ := set $pools $pool (dict "workers" (mul $p.replicas $p.workersPerPod) "cpus_per_worker" (int $p.cpusPerWorker) "gpus_per_worker" $gpus "max_restarts" (int $p.maxRestarts)) }}
+{{- end }}
+{{- $_ := set $cfg "pools" $pools }}
+{{- $_ := set $cfg.model "device" (ternary "cuda" "cpu" (eq .Values.accelerator "nvidia")) }}
+{{- $_ := set $cfg.store "url" (include "tandem.redisUrl" .) }}
+{{- $_ := set $cfg.router "host" "0.0.0.0" }}
+{{- $_ := set $cfg.router "grpc_port" (int .Values.router.grpc.port) }}
+{{- if .Values.router.metrics.enabled }}
+{{- $_ := set $cfg.router "metrics_port" (int .Values.router.metrics.port) }}
+{{- end }}
+{{- $_ := set $cfg.ray "address" "auto" }}
+{{- $_ := set $cfg.ray "include_dashboard" false }}
+{{- toYaml $cfg }}
+{{- end }}
+
+{{/* The models volume mount and volume, when models.volume is set. */}}
+{{- define "tandem.modelsMount" -}}
+{{- if .Values.models.volume }}
+- name: models
+  mountPath: {{ .Values.models.mountPath }}
+  readOnly: true
+{{- end }}
+{{- end }}
+
+{{- define "tandem.modelsVolume" -}}
+{{- if .Values.models.volume }}
+- name: models
+  {{- toYaml .Values.models.volume | nindent 2 }}
+{{- end }}
+{{- end }}

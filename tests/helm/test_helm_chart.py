@@ -1,0 +1,262 @@
+"""The chart renders valid objects for every value set, and they say what the code expects:
+the config loads with the project's loader, the worker groups advertise POOL_RESOURCES,
+probes hit the gRPC health service, switches add and remove what they promise."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import helm_pipeline as hp
+from cluster.config import ClusterConfig, load_config
+from cluster.ray_runtime import POOL_RESOURCES, pool_sizes
+from conftest import VALUE_SETS
+
+KUBERAY_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/created-by")
+
+
+def cluster_config(release: hp.Rendered, tmp_path: Path) -> ClusterConfig:
+    text = release.one("ConfigMap", "-config")["data"]["config.yaml"]
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return load_config(path)
+
+
+def ray_group_resources(group: dict) -> dict[str, float]:
+    """The custom resources a KubeRay group advertises (`'{"name": n}'`, shell-quoted JSON)."""
+    return json.loads(group["rayStartParams"]["resources"].strip("'"))
+
+
+def router_container(release: hp.Rendered) -> dict:
+    return release.one("Deployment", "-router")["spec"]["template"]["spec"]["containers"][0]
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_value_set_renders_objects_that_pass_validation(releases, name):
+    kinds = {o["kind"] for o in releases[name].objects}
+    assert {"RayCluster", "Deployment", "Service", "ConfigMap", "Pod"} <= kinds
+    names = [(o["kind"], o["metadata"]["name"]) for o in releases[name].objects]
+    assert len(names) == len(set(names)), "two objects share a kind and name"
+    assert len(releases[name].one("RayCluster")["metadata"]["name"]) <= 53   # KubeRay's limit
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_rendered_config_loads_with_the_project_config_loader(releases, merged_values, name, tmp_path):
+    cfg = cluster_config(releases[name], tmp_path)
+    assert ClusterConfig.from_dict(cfg.to_dict()) == cfg
+    values = merged_values[name]
+    for pool in ("prefill", "decode"):
+        p = values["pools"][pool]
+        pc = getattr(cfg.pools, pool)
+        assert pc.workers == p["replicas"] * p["workersPerPod"]
+        assert pc.cpus_per_worker == p["cpusPerWorker"]
+        assert pc.gpus_per_worker == (p["gpusPerWorker"] if values["accelerator"] == "nvidia" else 0)
+        assert pc.max_restarts == p["maxRestarts"]
+    assert cfg.model.device == ("cuda" if values["accelerator"] == "nvidia" else "cpu")
+    assert cfg.router.host == "0.0.0.0"
+    assert cfg.router.grpc_port == values["router"]["grpc"]["port"]
+    assert cfg.router.metrics_port == (values["router"]["metrics"]["port"]
+                                       if values["router"]["metrics"]["enabled"] else None)
+    assert cfg.ray.address == "auto"
+    assert cfg.mode == values["config"]["mode"]
+    assert cfg.store.url is not None and "@" not in cfg.store.url, "no password in the ConfigMap"
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_worker_groups_advertise_the_pool_resources_the_actors_ask_for(releases, name, tmp_path):
+    release = releases[name]
+    cfg = cluster_config(release, tmp_path)
+    spec = release.one("RayCluster")["spec"]
+    advertised: dict[str, float] = {}
+    for group in spec["workerGroupSpecs"]:
+        for resource, amount in ray_group_resources(group).items():
+            advertised[resource] = advertised.get(resource, 0) + amount * group["replicas"]
+    # Exactly what the pools reserve: one unit of POOL_RESOURCES[role] per worker actor.
+    needed: dict[str, float] = {}
+    for role, workers in pool_sizes(cfg).items():
+        needed[POOL_RESOURCES[role]] = needed.get(POOL_RESOURCES[role], 0) + workers
+    assert advertised == needed
+    groups = {g["groupName"] for g in spec["workerGroupSpecs"]}
+    roles = set(pool_sizes(cfg))
+    assert {POOL_RESOURCES[r] for r in roles} == {f"tandem_{g}" for g in groups}
+    head = spec["headGroupSpec"]["rayStartParams"]
+    assert head["num-cpus"] == "0" and "resources" not in head, "no pool actor may land on the head"
+
+
+def test_each_pool_has_its_own_group_with_its_resource(releases):
+    groups = {g["groupName"]: g for g in releases["cpu-default"].one("RayCluster")["spec"]["workerGroupSpecs"]}
+    assert set(groups) == {"prefill", "decode"}
+    for pool, group in groups.items():
+        assert ray_group_resources(group) == {POOL_RESOURCES[pool]: 1}
+    colocated = releases["autoscaling-monitoring"].one("RayCluster")["spec"]["workerGroupSpecs"]
+    assert [g["groupName"] for g in colocated] == ["decode"]
+    assert ray_group_resources(colocated[0]) == {POOL_RESOURCES["colocated"]: 1}
+
+
+def test_gpu_groups_request_nvidia_gpus_and_cpu_groups_none(releases):
+    gpu = {g["groupName"]: g for g in releases["gpu-external-redis"].one("RayCluster")["spec"]["workerGroupSpecs"]}
+    prefill = gpu["prefill"]["template"]["spec"]
+    assert prefill["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == 2   # 2 workers x 1 GPU
+    assert gpu["prefill"]["rayStartParams"]["num-gpus"] == "2"
+    assert gpu["prefill"]["rayStartParams"]["num-cpus"] == "8"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in prefill["tolerations"]
+    assert prefill["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert "podAntiAffinity" in gpu["decode"]["template"]["spec"]["affinity"]
+    for group in releases["cpu-default"].one("RayCluster")["spec"]["workerGroupSpecs"]:
+        container = group["template"]["spec"]["containers"][0]
+        assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+        assert group["rayStartParams"]["num-gpus"] == "0"
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_every_ray_pod_and_the_router_mount_dev_shm_in_memory(releases, name):
+    release = releases[name]
+    pods = hp.ray_pod_templates(release.one("RayCluster"))
+    pods.append(release.one("Deployment", "-router")["spec"]["template"])
+    for pod in pods:
+        volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+        mounts = {m["mountPath"]: m["name"] for m in pod["spec"]["containers"][0]["volumeMounts"]}
+        assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+
+
+def test_ray_pods_leave_kuberay_selector_labels_alone(releases):
+    for pod in hp.ray_pod_templates(releases["cpu-default"].one("RayCluster")):
+        labels = pod["metadata"]["labels"]
+        assert not [k for k in labels if k in KUBERAY_LABELS or k.startswith("ray.io/")]
+
+
+def test_router_joins_the_kuberay_head_service_and_runs_the_launcher(releases):
+    release = releases["cpu-default"]
+    container = router_container(release)
+    args = container["args"]
+    head = args[args.index("--ray-head") + 1]
+    assert head == f"{release.one('RayCluster')['metadata']['name']}-head-svc.{hp.NAMESPACE}.svc:6379"
+    assert container["command"] == ["python", "/opt/tandem-k8s/tandem_k8s.py"] and args[0] == "serve"
+    assert args[args.index("--config") + 1] == "/etc/tandem/config.yaml"
+    scripts = release.one("ConfigMap", "-scripts")["data"]["tandem_k8s.py"]
+    assert scripts == (hp.CHART_DIR / "files" / "tandem_k8s.py").read_text()
+    strategy = release.one("Deployment", "-router")["spec"]["strategy"]
+    assert strategy == {"type": "Recreate"}, "a new router can start only after the old one let go of the pools"
+
+
+def test_router_probes_are_grpc_health_checks(releases):
+    container = router_container(releases["cpu-default"])
+    port = container["ports"][0]["containerPort"]
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[kind]["grpc"]["port"] == port
+    assert container["readinessProbe"]["grpc"]["service"] == "tandem.v1.Tandem"
+
+
+def test_tls_probes_run_the_health_check_with_tls(releases):
+    container = router_container(releases["tls-auth"])
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        command = container[kind]["exec"]["command"]
+        assert command[:3] == ["python", "/opt/tandem-k8s/tandem_k8s.py", "health"]
+        assert command[command.index("--tls-ca") + 1] == "/etc/tandem/tls/ca.crt"
+        assert command[command.index("--server-name") + 1] == "tandem.example.internal"
+
+
+def test_service_ports_follow_the_http_and_metrics_switches(releases):
+    def ports(name):
+        return {p["name"]: p["port"] for p in releases[name].one("Service", "-router")["spec"]["ports"]}
+    assert ports("cpu-default") == {"grpc": 50051}
+    assert ports("autoscaling-monitoring") == {"grpc": 50051, "http": 8080, "metrics": 9400}
+    assert releases["tls-auth"].one("Service", "-router")["spec"]["type"] == "LoadBalancer"
+
+
+def test_hpa_and_servicemonitor_only_when_enabled(releases):
+    default = releases["cpu-default"]
+    assert not default.of_kind("HorizontalPodAutoscaler") and not default.of_kind("ServiceMonitor")
+    assert default.one("Deployment", "-router")["spec"]["replicas"] == 1
+    scaled = releases["autoscaling-monitoring"]
+    hpa = scaled.one("HorizontalPodAutoscaler")
+    assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
+    assert hpa["spec"]["scaleTargetRef"]["name"] == scaled.one("Deployment", "-router")["metadata"]["name"]
+    assert "replicas" not in scaled.one("Deployment", "-router")["spec"], "the HPA owns the replica count"
+    monitor = scaled.one("ServiceMonitor")
+    service = scaled.one("Service", "-router")
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
+
+
+def test_pdb_selects_exactly_the_router_pods(releases):
+    release = releases["cpu-default"]
+    pdb = release.one("PodDisruptionBudget")
+    router_labels = release.one("Deployment", "-router")["spec"]["template"]["metadata"]["labels"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= router_labels.items()
+    redis_labels = release.one("StatefulSet", "-redis")["spec"]["template"]["metadata"]["labels"]
+    assert not pdb["spec"]["selector"]["matchLabels"].items() <= redis_labels.items()
+
+
+def test_builtin_redis_has_maxmemory_lru_and_auth_from_its_secret(releases):
+    release = releases["cpu-default"]
+    redis = release.one("StatefulSet", "-redis")["spec"]["template"]["spec"]["containers"][0]
+    command = " ".join(redis["args"])
+    assert "--maxmemory 1gb" in command and "--maxmemory-policy allkeys-lru" in command
+    assert '--requirepass "$REDIS_PASSWORD"' in command
+    secret = release.one("Secret", "-redis")
+    env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in redis["env"]}
+    assert env["REDIS_PASSWORD"] == {"name": secret["metadata"]["name"], "key": "redis-password"}
+    router_env = {e["name"]: e.get("valueFrom") for e in router_container(release)["env"]}
+    assert router_env["REDIS_PASSWORD"]["secretKeyRef"]["name"] == secret["metadata"]["name"]
+
+
+def test_external_redis_uses_its_url_and_existing_secret_and_no_builtin(releases, tmp_path):
+    release = releases["gpu-external-redis"]
+    assert not release.of_kind("StatefulSet") and not release.of_kind("Secret")
+    assert cluster_config(release, tmp_path).store.url == "rediss://redis.cache.svc:6380/2"
+    env = {e["name"]: e.get("valueFrom") for e in router_container(release)["env"]}
+    assert env["REDIS_PASSWORD"]["secretKeyRef"] == {"name": "llm-redis", "key": "password"}
+
+
+@pytest.mark.parametrize("name", ["tls-auth", "tls-inline"])
+def test_tls_and_api_keys_are_mounted_at_the_documented_paths(releases, name):
+    release = releases[name]
+    pod = release.one("Deployment", "-router")["spec"]["template"]["spec"]
+    mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    tls_secret = volumes[mounts["/etc/tandem/tls"]]["secret"]["secretName"]
+    keys_volume = volumes[mounts["/etc/tandem/auth"]]["secret"]
+    assert keys_volume["items"] == [{"key": "api-keys", "path": "api-keys"}]
+    created = {s["metadata"]["name"]: s for s in release.of_kind("Secret")}
+    if name == "tls-auth":
+        assert tls_secret == "tandem-router-cert" and tls_secret not in created
+    else:
+        assert created[tls_secret]["type"] == "kubernetes.io/tls"
+        assert set(created[tls_secret]["data"]) == {"tls.crt", "tls.key", "ca.crt"}
+    assert keys_volume["secretName"] in created, "no existing Secret named: the chart creates one"
+    test_args = release.one("Pod", "-test-generate")["spec"]["containers"][0]["args"]
+    assert "--tls-ca" in test_args and test_args[test_args.index("--api-key-file") + 1] == "/etc/tandem/auth/api-keys"
+
+
+def test_helm_test_pod_checks_health_then_generates_through_the_sdk(releases):
+    pod = releases["cpu-default"].one("Pod", "-test-generate")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = pod["spec"]["containers"][0]
+    assert container["command"] == ["python", "/opt/tandem-k8s/tandem_k8s.py"]
+    args = container["args"]
+    assert args[0] == "generate"
+    assert args[args.index("--target") + 1] == f"demo-tandem-router.{hp.NAMESPACE}.svc:50051"
+    assert pod["spec"]["restartPolicy"] == "Never"
+
+
+def test_notes_say_how_to_reach_the_service(releases):
+    notes = releases["cpu-default"].notes
+    assert "port-forward svc/demo-tandem-router 50051:50051" in notes
+    assert "tandem generate --target" in notes and "helm test demo" in notes
+    assert "WARNING" not in notes
+    assert "loadBalancer.ingress" in releases["tls-auth"].notes
+    assert "WARNING: more than one router pod" in releases["autoscaling-monitoring"].notes
+
+
+def test_every_container_runs_as_non_root(releases):
+    for release in releases.values():
+        for obj in release.objects:
+            spec = obj.get("spec", {})
+            pods = hp.ray_pod_templates(obj) if obj["kind"] == "RayCluster" else \
+                [spec["template"]] if "template" in spec else [obj] if obj["kind"] == "Pod" else []
+            for pod in pods:
+                assert pod["spec"]["securityContext"]["runAsNonRoot"] is True, obj["metadata"]["name"]
