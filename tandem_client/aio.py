@@ -116,8 +116,12 @@ class AsyncTokenStream(AsyncIterator[TokenDelta]):
         self.cancel()
 
     def __del__(self) -> None:
+        # An abandoned stream must not keep a request running on the server.
         if getattr(self, "_call", None) is not None and not self._done:
-            self._call.cancel()
+            try:
+                self._call.cancel()
+            except Exception:  # the channel or loop is already gone
+                pass
 
 
 class AsyncTandemClient:

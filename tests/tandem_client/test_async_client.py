@@ -104,3 +104,12 @@ def test_leaving_async_with_cancels_on_the_server(router, engine_idle):
             assert (await client.model_info()).model == "stories260K"
     run(main())
     engine_idle()
+
+
+def test_breaking_out_of_async_for_cancels_on_the_server(router, engine_idle):
+    async def main():
+        async with AsyncTandemClient(router.target) as client:
+            async for _ in client.stream("Once upon a time", **LONG):
+                break
+            await asyncio.to_thread(engine_idle)   # with the channel still open
+    run(main())

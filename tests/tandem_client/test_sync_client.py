@@ -93,6 +93,14 @@ def test_leaving_the_with_block_cancels_on_the_server(client, free_blocks, engin
     engine_idle()
 
 
+def test_breaking_out_of_the_loop_cancels_on_the_server(client, free_blocks, engine_idle):
+    total = engine_idle()
+    for _ in client.stream("Once upon a time", **LONG):
+        assert free_blocks() < total
+        break
+    engine_idle()
+
+
 def test_cancel_from_another_thread_unblocks_the_reader(client, engine_idle):
     stream = client.stream("Once upon a time", **LONG)
     next(stream)
