@@ -34,7 +34,8 @@ def with_password(url: str, password: str | None) -> str:
     parts = urlsplit(url)
     if parts.scheme == "unix":
         query = [(k, v) for k, v in parse_qsl(parts.query) if k != "password"]
-        return urlunsplit(parts._replace(query=urlencode(query + [("password", password)])))
+        # urlunsplit would drop the "//" of an empty host
+        return f"unix://{parts.netloc}{parts.path}?{urlencode(query + [('password', password)])}"
     if parts.scheme not in ("redis", "rediss") or not parts.hostname:
         raise LaunchError(f"store.url must be redis://host[:port][/db] or rediss://..., got {url!r}")
     user = quote(parts.username, safe="") if parts.username else ""
