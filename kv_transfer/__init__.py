@@ -6,9 +6,9 @@ Kept import-light on purpose (only the error types load here): the Redis fixture
 router import subpackages without paying for torch.
 """
 from kv_transfer.errors import (KVChecksumError, KVFormatError, KVModelMismatch,
-                                KVTransferError, KVTransferNotFound, KVTransferTimeout,
+                                KVTransferError, KVTransferFailed, KVTransferNotFound, KVTransferTimeout,
                                 KVTransferTooLarge, UnknownCodecError, UnknownTransportError)
 
 __all__ = ["KVTransferError", "KVFormatError", "KVChecksumError", "KVModelMismatch",
-           "KVTransferTimeout", "KVTransferTooLarge", "KVTransferNotFound",
+           "KVTransferTimeout", "KVTransferTooLarge", "KVTransferFailed", "KVTransferNotFound",
            "UnknownCodecError", "UnknownTransportError"]

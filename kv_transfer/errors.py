@@ -37,6 +37,12 @@ class KVTransferTooLarge(KVTransferError):
     """A transfer exceeds the size limit of the sender or the receiver."""
 
 
+class KVTransferFailed(KVTransferError):
+    """The transport itself failed: the peer died, an object was lost, the sender aborted."""
+
+    recoverable = True
+
+
 class KVTransferNotFound(KVTransferError, KeyError):
     """No transfer with this id exists (never sent, already consumed, or expired)."""
 

@@ -11,7 +11,7 @@ from kv_transfer.codecs import (GroupShape, KVCodec, available_codecs, available
 from kv_transfer.codecs.quant import pack_bits, unpack_bits
 from kv_transfer.errors import KVFormatError, UnknownCodecError
 from kv_transfer.wire import decode_kv, encode_kv
-from tests.kv_transfer.conftest import synthetic_kv
+from tests.kv_transfer.samples import synthetic_kv
 
 LOSSY = ["int8", "kivi4", "kivi2", "ecq"]
 

@@ -18,7 +18,7 @@ from kv_transfer.errors import (KVChecksumError, KVFormatError, KVModelMismatch,
 from kv_transfer.wire import (KVStreamDecoder, KVStreamEncoder, decode_kv, decode_sequence,
                               encode_kv, encode_sequence, split_frames, unpack_header)
 from kv_transfer.wire.frames import KVHeader, pack_section
-from tests.kv_transfer.conftest import synthetic_kv
+from tests.kv_transfer.samples import synthetic_kv
 
 CODECS = ["raw", "int8", "kivi4", "kivi2", "ecq"]
 

@@ -1,0 +1,133 @@
+"""Sender-side board for layer-wise streaming over Ray, and the actor mix-ins that serve it.
+
+Ray cannot hand out a reference to an object that does not exist yet, and a streaming
+generator's refs cannot be passed to another actor. So a streaming sender publishes each
+frame's ObjectRef on this per-process board as soon as it is ``ray.put``; the receiver
+long-polls the sender actor (``kv_transfer_poll``) for refs it has not seen and
+``ray.get``s them zero-copy while later layers are still being computed.
+
+The sender actor class mixes in ``RayKVSource`` (threaded actor: give it
+``max_concurrency >= 2`` so a poll is served while the actor encodes) or
+``AsyncRayKVSource`` (asyncio actor: encode in a thread, e.g. ``asyncio.to_thread``).
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+#: how long past its deadline an uncollected transfer keeps its objects alive
+GRACE_S = 5.0
+
+
+@dataclass(slots=True)
+class _Entry:
+    deadline: float
+    refs: list = field(default_factory=list)
+    sizes: list = field(default_factory=list)
+    closed: bool = False
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class PollResult:
+    """New frames since ``start``; ``done`` once the sender closed and nothing is left."""
+    refs: list
+    sizes: list
+    done: bool
+    error: str | None = None
+    known: bool = True
+
+
+class SectionBoard:
+    """Transfer id -> the ObjectRefs published so far, with a condition to wait on."""
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._entries: dict[str, _Entry] = {}
+
+    def open(self, transfer_id: str, deadline: float) -> None:
+        with self._cv:
+            self._sweep()
+            if transfer_id in self._entries:
+                raise ValueError(f"KV transfer {transfer_id!r} is already open")
+            self._entries[transfer_id] = _Entry(deadline)
+
+    def append(self, transfer_id: str, ref: Any, size: int) -> bool:
+        """Publish a frame; False when the receiver already gave up (released) or it expired."""
+        with self._cv:
+            entry = self._entries.get(transfer_id)
+            if entry is None:
+                return False
+            entry.refs.append(ref)
+            entry.sizes.append(size)
+            self._cv.notify_all()
+            return True
+
+    def close(self, transfer_id: str, error: str | None = None) -> None:
+        with self._cv:
+            entry = self._entries.get(transfer_id)
+            if entry is not None:
+                entry.closed, entry.error = True, error
+                self._cv.notify_all()
+
+    def wait(self, transfer_id: str, start: int, wait_s: float) -> PollResult:
+        """Frames from index ``start`` on, waiting up to ``wait_s`` for at least one."""
+        end = time.monotonic() + max(0.0, wait_s)
+        with self._cv:
+            while True:
+                entry = self._entries.get(transfer_id)
+                if entry is None:
+                    return PollResult([], [], True, None, known=False)
+                if entry.error is not None:
+                    return PollResult([], [], True, entry.error)
+                if len(entry.refs) > start or entry.closed:
+                    return PollResult(entry.refs[start:], entry.sizes[start:],
+                                      entry.closed, None)
+                left = end - time.monotonic()
+                if left <= 0:
+                    return PollResult([], [], False)
+                self._cv.wait(left)
+
+    def release(self, transfer_id: str) -> None:
+        """The receiver is done: drop our references so Ray can free the objects."""
+        with self._cv:
+            self._entries.pop(transfer_id, None)
+
+    def __len__(self) -> int:
+        with self._cv:
+            return len(self._entries)
+
+    def _sweep(self) -> None:
+        now = time.time()
+        for tid in [t for t, e in self._entries.items() if e.deadline + GRACE_S < now]:
+            logger.warning("streamed KV transfer %s expired before its receiver finished", tid)
+            del self._entries[tid]
+
+
+BOARD = SectionBoard()
+
+
+class RayKVSource:
+    """Mix into a (threaded) Ray actor that streams KV with ``get_transport("ray", streaming=True)``."""
+
+    def kv_transfer_poll(self, transfer_id: str, start: int, wait_s: float) -> PollResult:
+        return BOARD.wait(transfer_id, start, wait_s)
+
+    def kv_transfer_release(self, transfer_id: str) -> None:
+        BOARD.release(transfer_id)
+
+
+class AsyncRayKVSource:
+    """Mix into an asyncio Ray actor that streams KV with ``get_transport("ray", streaming=True)``."""
+
+    async def kv_transfer_poll(self, transfer_id: str, start: int, wait_s: float) -> PollResult:
+        return await asyncio.to_thread(BOARD.wait, transfer_id, start, wait_s)
+
+    async def kv_transfer_release(self, transfer_id: str) -> None:
+        BOARD.release(transfer_id)
