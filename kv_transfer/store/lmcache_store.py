@@ -8,6 +8,8 @@ upstream redis connector hangs; ``close()`` here never waits on Redis.
 """
 from __future__ import annotations
 
+import asyncio
+import concurrent.futures
 import logging
 import math
 import threading
@@ -151,13 +153,19 @@ class LMCacheStore(KVStore):
         keys = self.scheme.chunk_keys(tokens, salt)
         with self._lock:
             remote_on = not self.engine.storage_manager.is_backend_bypassed(REMOTE)
-        have = self.tier.count_prefix(keys) * self.scheme.chunk_size if remote_on else 0
-        if have >= n:
-            return
-        mask = torch.zeros(n, dtype=torch.bool)
-        mask[have:] = True
-        self._call(self.engine.store, tokens, mask=mask, kv=kv,
-                   request_configs={SALT_CONFIG: tenant_bytes(salt)})
+        have, failure = 0, None
+        try:
+            if remote_on:
+                have = self.tier.count_prefix(keys) * self.scheme.chunk_size
+        except StoreUnavailable as exc:
+            failure = exc  # the DRAM tier still takes the chunks; then the caller hears
+        if have < n:
+            mask = torch.zeros(n, dtype=torch.bool)
+            mask[have:] = True
+            self._call(self.engine.store, tokens, mask=mask, kv=kv,
+                       request_configs={SALT_CONFIG: tenant_bytes(salt)})
+        if failure is not None:
+            raise failure
 
     def set_remote_enabled(self, enabled: bool) -> bool:
         with self._lock:
@@ -201,15 +209,28 @@ class LMCacheStore(KVStore):
         return FetchSample(kv[:, :, :got].numel() * kv.element_size(), elapsed)
 
     def flush(self, timeout_s: float = 30.0) -> bool:
-        remote = self.engine.storage_manager.storage_backends[REMOTE]
         deadline = time.monotonic() + timeout_s
+        if not self._started_queued_puts(timeout_s):
+            return False
         while time.monotonic() < deadline:
-            with remote.lock:
-                pending = len(remote.put_tasks)
-            if not pending and not any(c.pending_put_bytes for c in self._ctx.connectors):
+            if not any(c.pending_put_bytes for c in self._ctx.connectors):
                 return True
             time.sleep(0.005)
         return False
+
+    def _started_queued_puts(self, timeout_s: float) -> bool:
+        """Wait until every remote put LMCache has scheduled so far has started (it then
+        shows in the connector's pending bytes): its loop runs callbacks in order."""
+        async def barrier() -> None:
+            await asyncio.sleep(0)
+        loop = self.engine.storage_manager.loop
+        if not loop.is_running():
+            return True
+        try:
+            asyncio.run_coroutine_threadsafe(barrier(), loop).result(timeout_s)
+            return True
+        except (concurrent.futures.TimeoutError, RuntimeError):
+            return False
 
     def ping(self) -> bool:
         return not self._closed and self.tier.ping()
@@ -233,6 +254,12 @@ class LMCacheStore(KVStore):
             if self._closed:
                 return
             self._closed = True
+            # No new remote work; the in-flight I/O finishes (each call bounded by the op
+            # timeout) before LMCache frees the DRAM its memory objects live in.
+            self.engine.storage_manager.set_backend_bypass(REMOTE, True)
+        self._started_queued_puts(self.config.op_timeout_s)
+        for connector in self._ctx.connectors:
+            connector.join()
         try:
             self.engine.close()  # our connector's close never blocks; no Builder.destroy()
         finally:

@@ -1,0 +1,133 @@
+"""End to end with the real engine: reuse across processes, corruption, Redis dying."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+import pytest
+import redis
+
+from engine import SamplingParams
+from kv_transfer.store import PrefixCacheClient, StoreConfig
+from kv_transfer.store.breaker import BreakerState
+from kv_transfer.store.keys import KeyScheme
+from kv_transfer.store.prefill_flow import decode_to_end, prefill_with_store
+from store_helpers import STORY
+
+CHUNK = 32
+PARAMS = SamplingParams(max_tokens=16, temperature=0.0)
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+
+
+@pytest.fixture(scope="module")
+def prompts(stories_llm):
+    """Two prompts sharing their first 256 tokens, and their store-free greedy outputs."""
+    ids = stories_llm.tokenizer.encode(STORY * 6)
+    first, second = ids[:300], ids[:256] + ids[300:360]
+    baseline = [o.token_ids for o in stories_llm.generate([first, second], PARAMS)]
+    return first, second, baseline
+
+
+def open_client(url: str, layout, **kw) -> PrefixCacheClient:
+    opts = dict(url=url, chunk_size=CHUNK, local_cpu_bytes=16 << 20, calibrate=False,
+                op_timeout_s=0.5, breaker_failures=2, breaker_reset_s=0.2)
+    opts.update(kw)
+    return PrefixCacheClient.open(StoreConfig(**opts), layout)
+
+
+def run(llm, client, rid, prompt, salt="tenant-a", speed=1.0):
+    out = prefill_with_store(llm.engine, client, rid, prompt, PARAMS, salt, speed)
+    return out, decode_to_end(llm.engine, out.seq_kv).token_ids
+
+
+def test_a_prefix_stored_by_another_process_is_reused_with_identical_output(
+        stories_llm, prompts, redis_url):
+    first, second, (base_first, base_second) = prompts
+    proc = subprocess.run(
+        [sys.executable, os.path.join(HERE, "store_writer_proc.py"), redis_url, str(CHUNK),
+         "tenant-a", json.dumps([first])],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": ROOT})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert json.loads(proc.stdout.splitlines()[-1])["token_ids"] == base_first
+    with open_client(redis_url, stories_llm.engine.kv_layout) as client:
+        out, tokens = run(stories_llm, client, "reuse", second)
+        assert out.plan.decision == "fetch" and out.plan.hit_remote == 256
+        assert out.fetched_tokens == 256 and out.first.num_cached_tokens == 256
+        assert tokens == base_second
+        other_tenant, tokens = run(stories_llm, client, "other-tenant", second, salt="tenant-b")
+        assert other_tenant.plan.decision == "miss" and tokens == base_second
+
+
+def _flip(client, key):
+    value = bytearray(client.get(key))
+    value[-5] ^= 0x10
+    client.set(key, bytes(value))
+
+
+def _truncate(client, key):
+    client.set(key, client.get(key)[: len(client.get(key)) // 2])
+
+
+def _pickle(client, key):
+    client.set(key, pickle.dumps({"kv": [0.0] * 64}))
+
+
+@pytest.mark.parametrize("damage", [_flip, _truncate, _pickle], ids=["flip", "truncate", "pickle"])
+def test_corrupt_values_are_recomputed_with_exact_output(stories_llm, prompts, redis_url, damage):
+    first, second, (_, base_second) = prompts
+    layout = stories_llm.engine.kv_layout
+    with open_client(redis_url, layout) as client:
+        run(stories_llm, client, "write", first)
+        assert client.flush()
+        keys = KeyScheme(layout, "raw", CHUNK).chunk_keys(second[:256], "tenant-a")
+        admin = redis.Redis.from_url(redis_url)
+        damage(admin, keys[3])
+        client.store.clear_local()
+        out, tokens = run(stories_llm, client, "read", second)
+        assert out.plan.decision == "fetch" and out.fetched_tokens == 3 * CHUNK
+        assert out.first.num_cached_tokens == 3 * CHUNK
+        assert tokens == base_second
+        stats = client.stats()
+        assert stats.corrupt_entries == 1 and stats.fetch_shortfalls == 1
+        assert client.flush()              # the recomputed chunk was written back, valid
+        client.store.clear_local()
+        again, tokens = run(stories_llm, client, "again", second)
+        assert again.fetched_tokens == again.plan.usable_tokens == 288 and tokens == base_second
+        assert client.stats().corrupt_entries == 1
+        admin.close()
+
+
+def test_killing_redis_mid_run_loses_no_request_and_restart_resumes_hits(
+        stories_llm, prompts, own_redis):
+    first, second, (base_first, base_second) = prompts
+    layout = stories_llm.engine.kv_layout
+    with open_client(own_redis.url, layout) as client:
+        assert run(stories_llm, client, "r0", first)[1] == base_first
+        client.flush()
+        outputs = []
+        for i in range(6):
+            if i == 2:
+                own_redis.kill()
+                client.store.clear_local()
+            prompt = first if i % 2 else second
+            outputs.append(run(stories_llm, client, f"r{i + 1}", prompt)[1])
+        assert outputs == [base_second, base_first] * 3
+        assert client.breaker.state is not BreakerState.CLOSED
+        assert client.stats().breaker_opens >= 1
+        own_redis.start()
+        deadline = time.monotonic() + 10
+        while client.breaker.state is not BreakerState.CLOSED and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert client.breaker.state is BreakerState.CLOSED
+        assert run(stories_llm, client, "after-1", first)[1] == base_first
+        assert client.flush()
+        client.store.clear_local()
+        out, tokens = run(stories_llm, client, "after-2", second)
+        assert out.plan.hit_remote == 256 and out.fetched_tokens == 256
+        assert tokens == base_second
