@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test bench lint setup redis clean help
+.PHONY: run test bench lint protos setup redis clean help
 
 help:
 	@echo "make run    - set up and run Tandem on the embedded default model"
@@ -54,6 +54,9 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+protos: setup
+	$(PY) -m protos.build
 
 lint: setup
 	$(PY) -m compileall -q engine kv_transfer cluster router prefill_worker decode_worker
