@@ -111,7 +111,8 @@ def strict_schema(schema: Any) -> Any:
 
 @functools.cache
 def crd_validator(crd_path: Path, version: str) -> jsonschema.Draft7Validator:
-    crd = yaml.safe_load(crd_path.read_text())
+    # The KubeRay CRD is ~1 MB of YAML: the C loader reads it in a fraction of the time.
+    crd = yaml.load(crd_path.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     for v in crd["spec"]["versions"]:
         if v["name"] == version:
             schema = strict_schema(copy.deepcopy(v["schema"]["openAPIV3Schema"]))
