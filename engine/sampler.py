@@ -13,33 +13,82 @@ from engine.sampling_params import SamplingParams
 def sample(logits: torch.Tensor, params: list[SamplingParams],
            generators: list[torch.Generator | None]) -> list[int]:
     """logits: [B, V] float32. Returns one token id per row."""
-    greedy_rows = [i for i, p in enumerate(params) if p.greedy]
     out = [0] * len(params)
+    greedy_rows = [i for i, p in enumerate(params) if p.greedy]
     if greedy_rows:
         ids = logits[greedy_rows].argmax(dim=-1).tolist()
         for row, tok in zip(greedy_rows, ids):
             out[row] = tok
-    for i, p in enumerate(params):
-        if p.greedy:
-            continue
-        probs = _filtered_probs(logits[i], p)
-        out[i] = int(torch.multinomial(probs.cpu(), 1, generator=generators[i]).item())
+    random_rows = [i for i, p in enumerate(params) if not p.greedy]
+    if random_rows:
+        picked = _sample_rows(logits[random_rows], [params[i] for i in random_rows],
+                              [generators[i] for i in random_rows])
+        for row, tok in zip(random_rows, picked):
+            out[row] = tok
     return out
 
 
-def _filtered_probs(row: torch.Tensor, p: SamplingParams) -> torch.Tensor:
-    row = row / p.temperature
-    if p.top_k > 0 and p.top_k < row.shape[-1]:
-        kth = torch.topk(row, p.top_k).values[-1]
-        row = row.masked_fill(row < kth, float("-inf"))
-    if p.top_p < 1.0:
-        sorted_logits, order = torch.sort(row, descending=True)
-        cum = sorted_logits.softmax(-1).cumsum(-1)
-        # Drop a token once the mass before it already reaches top_p; the first always stays.
-        drop = (cum - sorted_logits.softmax(-1)) >= p.top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        row = torch.empty_like(row).scatter_(0, order, sorted_logits)
-    return row.softmax(-1)
+# top-p alone needs the nucleus sorted; it nearly always lies within the top 1024 tokens,
+# and a top-k of 1024 costs ~9 ms for 32 rows of a 32k vocabulary where a full sort costs ~70.
+_NUCLEUS_CANDIDATES = 1024
+
+
+def _sample_rows(logits: torch.Tensor, params: list[SamplingParams],
+                 generators: list[torch.Generator | None]) -> list[int]:
+    """Temperature, top-k, top-p for all rows at once; one uniform draw per row from the
+    row's own generator (inverse CDF), so a row's tokens never depend on its batch mates."""
+    dev, vocab = logits.device, logits.shape[-1]
+    temps = torch.tensor([p.temperature for p in params], dtype=logits.dtype, device=dev)
+    logits = logits / temps.unsqueeze(1)
+    draws = torch.cat([torch.rand(1, generator=g) for g in generators]).to(dev, logits.dtype)
+    out = [0] * len(params)
+    plain = [i for i, p in enumerate(params) if not _filters(p, vocab)]
+    if plain:
+        picked = _inverse_cdf(logits[plain].softmax(dim=-1), draws[plain])
+        for row, tok in zip(plain, picked.tolist()):
+            out[row] = tok
+    filtered = [i for i, p in enumerate(params) if _filters(p, vocab)]
+    if filtered:
+        rows = [params[i] for i in filtered]
+        picked = _sample_filtered(logits[filtered], rows, draws[filtered], _NUCLEUS_CANDIDATES)
+        for row, tok in zip(filtered, picked.tolist()):
+            out[row] = tok
+    return out
+
+
+def _filters(p: SamplingParams, vocab: int) -> bool:
+    return 0 < p.top_k < vocab or p.top_p < 1.0
+
+
+def _sample_filtered(logits: torch.Tensor, params: list[SamplingParams], draws: torch.Tensor,
+                     candidates: int) -> torch.Tensor:
+    """Sample among each row's top-k / nucleus, working on the sorted top candidates only."""
+    dev, vocab = logits.device, logits.shape[-1]
+    ks = [p.top_k if 0 < p.top_k < vocab else vocab for p in params]
+    # Wide enough for every row's top-k, and for top-p-only rows the candidate window.
+    width = max(k if k < vocab else min(candidates, vocab) for k in ks)
+    top_k = torch.tensor(ks, device=dev)
+    top_p = torch.tensor([p.top_p for p in params], dtype=logits.dtype, device=dev).unsqueeze(1)
+    has_k = top_k < vocab
+    vals, idx = logits.topk(width, dim=-1)                      # sorted, largest first
+    ranks = torch.arange(width, device=dev).unsqueeze(0)
+    vals = vals.masked_fill(ranks >= top_k.unsqueeze(1), float("-inf"))
+    # Probabilities over the top-k set, or over the whole vocabulary when there is no top-k.
+    lse = torch.where(has_k, vals.logsumexp(dim=-1), logits.logsumexp(dim=-1))
+    probs = (vals - lse.unsqueeze(1)).exp()
+    cum = probs.cumsum(dim=-1)
+    if width < vocab and bool(((~has_k) & (cum[:, -1] < top_p.squeeze(1))).any()):
+        return _sample_filtered(logits, params, draws, vocab)  # a nucleus wider than the candidates
+    # Drop a token once the mass before it already reaches top_p; the first always stays.
+    probs = probs.masked_fill(cum - probs >= top_p, 0.0)
+    return idx.gather(1, _inverse_cdf(probs, draws).unsqueeze(1)).squeeze(1)
+
+
+def _inverse_cdf(probs: torch.Tensor, draws: torch.Tensor) -> torch.Tensor:
+    """Index of each row's draw in [0, 1) under its (unnormalised) probabilities."""
+    cdf = probs.cumsum(dim=-1)
+    target = (draws * cdf[:, -1]).unsqueeze(1)
+    return torch.searchsorted(cdf, target, right=True).squeeze(1).clamp_(max=probs.shape[-1] - 1)
 
 
 def make_generator(seed: int) -> torch.Generator:

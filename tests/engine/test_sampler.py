@@ -12,10 +12,11 @@ from engine.sampler import generator_state, make_generator, restore_generator, s
 PROBS = torch.tensor([0.5, 0.3, 0.15, 0.05])
 
 
-def _draws(params: SamplingParams, n: int, logits: torch.Tensor | None = None, seed: int = 0) -> Counter:
-    row = (PROBS.log() if logits is None else logits).unsqueeze(0)
-    gen = make_generator(seed)
-    return Counter(sample(row, [params], [gen])[0] for _ in range(n))
+def _draws(params: SamplingParams, n: int, seed: int = 0) -> Counter:
+    """``n`` independent draws from PROBS: one batch of ``n`` rows, each with its own generator."""
+    rows = PROBS.log().expand(n, -1).contiguous()
+    gens = [make_generator(seed * 1_000_003 + i) for i in range(n)]
+    return Counter(sample(rows, [params] * n, gens))
 
 
 def test_greedy_picks_the_argmax_per_row():
@@ -86,3 +87,28 @@ def test_unseeded_sampling_follows_the_engine_seed():
     same = [LLM("stories260K", seed=3).generate(["Tom"], sp)[0].token_ids for _ in range(2)]
     other = LLM("stories260K", seed=4).generate(["Tom"], sp)[0].token_ids
     assert same[0] == same[1] != other
+
+
+def test_a_nucleus_wider_than_the_candidate_window_is_still_exact():
+    vocab, n = 2048, 400
+    row = -torch.arange(vocab, dtype=torch.float32) * 1e-4     # nearly flat, strictly ordered
+    probs = row.softmax(-1)
+    nucleus = int(((probs.cumsum(-1) - probs) < 0.9).sum())     # ~1850 tokens: wider than 1024
+    sp = SamplingParams(temperature=1.0, top_p=0.9)
+    seen = sample(row.expand(n, -1).contiguous(), [sp] * n, [make_generator(i) for i in range(n)])
+    assert nucleus > 1024
+    assert max(seen) >= 1024 and max(seen) < nucleus
+
+
+def test_each_row_samples_as_if_it_were_alone_in_the_batch():
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(6, 2000, generator=gen) * 2
+    params = [SamplingParams(temperature=0.7), SamplingParams(temperature=1.0, top_k=20),
+              SamplingParams(temperature=0), SamplingParams(temperature=1.3, top_p=0.5),
+              SamplingParams(temperature=0.9, top_k=300, top_p=0.8), SamplingParams(temperature=1.0)]
+    batched_gens = [make_generator(i) for i in range(6)]
+    alone_gens = [make_generator(i) for i in range(6)]
+    for _ in range(20):
+        batched = sample(logits, params, batched_gens)
+        alone = [sample(logits[i:i + 1], [params[i]], [alone_gens[i]])[0] for i in range(6)]
+        assert batched == alone
