@@ -1,0 +1,1 @@
+"""Load-test targets: Tandem over gRPC, OpenAI-compatible over HTTP."""
