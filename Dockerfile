@@ -14,6 +14,8 @@ FROM ${PYTHON_IMAGE} AS build
 ARG TORCH_VERSION=2.13.0
 ARG TORCH_INDEX_URL
 ARG LMCACHE_VERSION=0.5.6
+# The Ray the chart declares (helm/tandem values.yaml ray.version): KubeRay picks its probes by it.
+ARG RAY_VERSION=2.60.0
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PATH=/opt/venv/bin:$PATH
@@ -25,9 +27,10 @@ RUN python -m venv /opt/venv \
       pip install --no-cache-dir "torch==${TORCH_VERSION}"; \
     fi
 WORKDIR /src
-# LMCache without its CUDA and cloud dependencies (README: "Installing LMCache without CUDA").
+# Ray at the chart's version; LMCache without its CUDA and cloud dependencies (README:
+# "Installing LMCache without CUDA").
 COPY requirements/ requirements/
-RUN pip install --no-cache-dir -r requirements/lmcache-cpu.txt \
+RUN pip install --no-cache-dir "ray[default]==${RAY_VERSION}" -r requirements/lmcache-cpu.txt \
  && pip install --no-cache-dir --no-deps "lmcache==${LMCACHE_VERSION}"
 COPY . .
 # The project and its dependencies; the bundled default model ships as package data.

@@ -108,10 +108,6 @@ def test_inconsistent_switches_fail_with_a_clear_message(values, message):
         hp.render(hp.CHART_DIR, values)
 
 
-def _fields(cls) -> dict[str, type]:
-    return {f.name: f.type for f in dataclasses.fields(cls)}
-
-
 def test_config_section_matches_cluster_config():
     """Every schema key is a ClusterConfig field, and every field is settable or derived:
     a field added to cluster/config.py fails here until the chart renders it."""

@@ -14,6 +14,8 @@ import zipfile
 from importlib import metadata
 from pathlib import Path
 
+import yaml
+
 import helm_pipeline as hp
 
 REPO = hp.REPO
@@ -75,6 +77,14 @@ def test_torch_is_pinned_like_the_makefile_and_installed_first():
     project_step = next(n for n, a in runs if re.search(r"pip install (--no-cache-dir )?\.(\s|$)", a))
     assert torch_step < project_step
     assert "--no-deps \"lmcache==${LMCACHE_VERSION}\"" in " ".join(a for _, a in runs)
+
+
+def test_image_ray_is_the_version_the_chart_declares():
+    steps = instructions()
+    args = dict(a.split("=", 1) if "=" in a else (a, None) for i, a in steps if i == "ARG")
+    chart_ray = yaml.safe_load((hp.CHART_DIR / "values.yaml").read_text())["ray"]["version"]
+    assert args["RAY_VERSION"] == chart_ray
+    assert any('"ray[default]==${RAY_VERSION}"' in a for i, a in steps if i == "RUN")
 
 
 def context_paths() -> list[str]:
