@@ -96,17 +96,6 @@ def test_32_concurrent_streams_are_token_identical_to_the_offline_engine(cluster
         assert res.usage.completion_tokens == len(want.token_ids)
 
 
-def test_colocated_mode_gives_the_same_tokens_as_disaggregated(cluster, client, offline):
-    with BackgroundCluster(_cfg("colocated")) as colo:
-        with TandemClient(colo.target, timeout=120) as colo_client:
-            for prompt in PROMPTS[:4]:
-                a = client.generate(prompt, max_tokens=MAX_TOKENS, temperature=0)
-                b = colo_client.generate(prompt, max_tokens=MAX_TOKENS, temperature=0)
-                assert a.token_ids == b.token_ids == offline[prompt].token_ids
-                assert b.usage.prefill_worker == b.usage.decode_worker.replace("decode", "colocated") or \
-                    b.usage.prefill_worker.startswith("tandem-colocated-")
-
-
 def test_a_shared_system_prompt_is_served_from_cache_on_the_second_request(client):
     system = " ".join(["The kind old man told the children a story about a brave little fox."] * 12)
     first = client.generate(system + " Then Lily said", max_tokens=8, temperature=0)

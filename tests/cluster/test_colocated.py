@@ -1,0 +1,37 @@
+"""Colocated mode (both phases in each worker) serves the same tokens as the offline engine,
+on the same router and config as the disaggregated mode; tests/cluster/test_serving.py holds
+the disaggregated cluster to the same offline outputs, so the three agree."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+from cluster.config import load_config  # noqa: E402
+from cluster.testing import BackgroundCluster  # noqa: E402
+from engine import LLM, SamplingParams  # noqa: E402
+from tandem_client import TandemClient  # noqa: E402
+
+PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "Tom had a red ball", "One day, a cat"]
+
+
+@pytest.fixture(scope="module")
+def colocated():
+    cfg = load_config(None, ["mode=colocated", "router.grpc_port=0", "pools.decode.workers=2",
+                             "pools.decode.cpus_per_worker=0.25", "model.num_threads=1"])
+    with BackgroundCluster(cfg) as c:
+        yield c
+
+
+def test_colocated_cluster_matches_the_offline_engine_and_names_one_worker_for_both_phases(colocated):
+    want = LLM("stories260K").generate(PROMPTS, SamplingParams(temperature=0, max_tokens=40))
+    with TandemClient(colocated.target, timeout=120) as client:
+        for prompt, offline in zip(PROMPTS, want):
+            got = client.generate(prompt, max_tokens=40, temperature=0)
+            assert got.token_ids == offline.token_ids
+            assert got.text == offline.text
+            assert got.usage.prefill_worker == got.usage.decode_worker
+            assert got.usage.decode_worker.startswith("tandem-colocated-")
+        assert client.cluster_info().mode == "colocated"
