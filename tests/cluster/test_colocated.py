@@ -13,6 +13,7 @@ from cluster.config import load_config  # noqa: E402
 from cluster.testing import BackgroundCluster  # noqa: E402
 from engine import LLM, SamplingParams  # noqa: E402
 from tandem_client import TandemClient  # noqa: E402
+from tandem_client.errors import Unavailable  # noqa: E402
 
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "Tom had a red ball", "One day, a cat"]
 
@@ -20,7 +21,8 @@ PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "Tom had a red b
 @pytest.fixture(scope="module")
 def colocated():
     cfg = load_config(None, ["mode=colocated", "router.grpc_port=0", "pools.decode.workers=2",
-                             "pools.decode.cpus_per_worker=0.25", "model.num_threads=1"])
+                             "pools.decode.cpus_per_worker=0.25", "model.num_threads=1",
+                             "router.health_poll_s=0.2"])
     with BackgroundCluster(cfg) as c:
         yield c
 
@@ -35,3 +37,17 @@ def test_colocated_cluster_matches_the_offline_engine_and_names_one_worker_for_b
             assert got.usage.prefill_worker == got.usage.decode_worker
             assert got.usage.decode_worker.startswith("tandem-colocated-")
         assert client.cluster_info().mode == "colocated"
+
+
+def test_with_no_healthy_worker_left_a_request_gets_unavailable_within_its_deadline(colocated):
+    import time
+
+    import ray
+
+    for handle in colocated.cluster.pools["colocated"].handles.values():
+        ray.kill(handle, no_restart=True)
+    with TandemClient(colocated.target, timeout=20, retries=1) as client:
+        t0 = time.monotonic()
+        with pytest.raises(Unavailable):
+            client.generate("Once upon a time", max_tokens=8)
+        assert time.monotonic() - t0 < 20

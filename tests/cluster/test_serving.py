@@ -25,7 +25,7 @@ MAX_TOKENS = 40
 
 def _cfg(mode: str, **extra: str):
     overrides = [f"mode={mode}", "router.grpc_port=0", "pools.prefill.cpus_per_worker=0.25",
-                 "pools.decode.cpus_per_worker=0.25", "pools.decode.workers=2", "model.num_threads=1",
+                 "pools.decode.cpus_per_worker=0.25", "pools.decode.workers=2", "pools.prefill.workers=2", "model.num_threads=1",
                  "router.health_poll_s=0.2", "model.max_num_seqs=64"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
     return load_config(None, overrides)
@@ -147,6 +147,20 @@ def test_killing_a_decode_actor_mid_stream_still_completes_every_request_exactly
     for prompt, res in results.values():
         assert res.token_ids == offline[prompt].token_ids, prompt
     assert len(results) == 8
+
+
+def test_a_dead_prefill_worker_is_retried_on_another_without_the_client_noticing(cluster, client):
+    import ray
+
+    long_prompt = " ".join(PROMPTS * 6)
+    want = LLM("stories260K").generate([long_prompt], SamplingParams(temperature=0, max_tokens=8))[0]
+    # Dead, but the router has not noticed yet: the next request is routed to it and must be retried.
+    ray.kill(cluster.cluster.pools["prefill"].handles["tandem-prefill-0"], no_restart=True)
+    cluster.backend.registry.views["prefill"]["tandem-prefill-0"].healthy = True
+    results = [client.generate(long_prompt, max_tokens=8, temperature=0) for _ in range(4)]
+    assert [r.token_ids for r in results] == [want.token_ids] * 4
+    assert {r.usage.prefill_worker for r in results} == {"tandem-prefill-1"}
+    assert not cluster.backend.registry.views["prefill"]["tandem-prefill-0"].healthy
 
 
 @pytest.mark.parametrize("kwargs, field", [
