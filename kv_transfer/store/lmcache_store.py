@@ -62,6 +62,8 @@ class LMCacheStore(KVStore):
         values = ValueCodec(layout, config.codec, config.codec_params, config.entropy)
         self.url, self._server = open_redis(config)
         self.tier = RedisChunkTier(self.url, values, config.chunk_size, config.op_timeout_s)
+        if config.url is not None:
+            self.tier.check_eviction_policy()
         self.store_id = f"tandem-{config.instance_id or 'store'}-{uuid.uuid4().hex[:8]}"
         self._ctx = RemoteContext(self.tier, max_pending_put_bytes=config.writeback_max_bytes)
         register_context(self.store_id, self._ctx)
@@ -83,7 +85,7 @@ class LMCacheStore(KVStore):
             chunk_size=cfg.chunk_size, local_cpu=True, max_local_cpu_size=dram / 2**30,
             remote_serde="naive", save_unfull_chunk=False,
             remote_storage_plugins=[PLUGIN_NAME], extra_config=plugin_extra_config(self.store_id),
-            blocking_timeout_secs=max(1, math.ceil(2 * cfg.op_timeout_s)),
+            blocking_timeout_secs=max(10, math.ceil(10 * cfg.op_timeout_s)),  # backstop only
             lmcache_instance_id=self.store_id, enable_controller=False)
         metadata = LMCacheMetadata(
             model_name=self.scheme.prefix, world_size=1, local_world_size=1, worker_id=0,

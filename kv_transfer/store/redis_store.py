@@ -52,6 +52,8 @@ class RedisStore(KVStore):
         values = ValueCodec(layout, config.codec, config.codec_params, config.entropy)
         self.url, self._server = open_redis(config)
         self.tier = RedisChunkTier(self.url, values, config.chunk_size, config.op_timeout_s)
+        if config.url is not None:
+            self.tier.check_eviction_policy()
         self._closed = False
 
     def _live(self) -> None:

@@ -175,6 +175,19 @@ class RedisChunkTier:
             raise self._failed("probe", exc) from exc
         return FetchSample(len(keys) * chunk.numel() * chunk.element_size(), elapsed)
 
+    def check_eviction_policy(self) -> str | None:
+        """Warn if Redis would refuse writes when full instead of evicting (best effort:
+        managed Redis services often forbid CONFIG)."""
+        try:
+            policy = self.client.config_get("maxmemory-policy").get("maxmemory-policy")
+        except (redis.RedisError, OSError):
+            return None
+        policy = policy.decode() if isinstance(policy, bytes) else policy
+        if policy == "noeviction":
+            logger.warning("redis at %s has maxmemory-policy noeviction: a full store will "
+                           "refuse writes (counted, not raised); use allkeys-lru", self.url)
+        return policy
+
     def ping(self) -> bool:
         try:
             return bool(self.client.ping())

@@ -133,3 +133,16 @@ def test_bad_input_raises_value_error_and_closed_store_raises(make_store, backen
     store.close()
     with pytest.raises(StoreClosed):
         store.lookup(TOKENS, "t")
+
+
+def test_a_noeviction_redis_refusing_writes_is_counted_never_raised(make_store, own_redis, caplog):
+    import redis
+    admin = redis.Redis.from_url(own_redis.url)
+    admin.config_set("maxmemory-policy", "noeviction")
+    admin.config_set("maxmemory", "1mb")              # below what an empty server uses
+    store = make_store("redis", url=own_redis.url)
+    assert "noeviction" in caplog.text
+    store.put(TOKENS, synthetic_kv(len(TOKENS)), "t")
+    assert store.tier.snapshot().rejected_puts == 5 and store.remote_errors() == 0
+    assert store.lookup(TOKENS, "t") == 0
+    admin.close()
