@@ -46,7 +46,7 @@ def test_presets_rebuild_from_their_recorded_params():
     assert get_codec("kivi2").bits == 2 and get_codec("kivi4", window=16).window == 16
 
 
-@pytest.mark.parametrize("name,max_rel_err", [("int8", 0.01), ("kivi4", 0.1), ("kivi2", 0.45), ("ecq", 0.12)])
+@pytest.mark.parametrize("name,max_rel_err", [("int8", 0.01), ("kivi4", 0.1), ("kivi2", 0.45), ("ecq", 0.2)])
 def test_lossy_codecs_reconstruct_real_kv_within_their_error_bound(name, max_rel_err, stories_kv):
     kv, _ = stories_kv
     out, _ = _round_trip(get_codec(name), kv)
