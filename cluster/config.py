@@ -118,6 +118,47 @@ class StoreConfig:
     key_prefix: str = _spec("tandem", _name)
 
 
+def _env_name(v: Any) -> str | None:
+    ok = v is None or re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", v)
+    return None if ok else f"must be an environment variable name, got {v!r}"
+
+
+@dataclass(slots=True)
+class AuthConfig:
+    """API keys (docs/security.md): never on the command line, only a file or an env var."""
+    enabled: bool | None = None                 # None: on unless the router binds loopback only
+    keys_file: str | None = None                # lines "<key>" or "<tenant>:<key> [rps=N ...]"
+    keys_env: str = _spec("TANDEM_API_KEYS", _env_name)   # the same lines; ',' also separates
+
+
+@dataclass(slots=True)
+class TLSConfig:
+    """TLS for gRPC, HTTP and metrics; ``client_ca`` set: clients need a certificate (mTLS)."""
+    cert: str | None = None
+    key: str | None = None
+    client_ca: str | None = None
+
+
+@dataclass(slots=True)
+class LimitsConfig:
+    """Refused at the edge when exceeded (400/413, INVALID_ARGUMENT/RESOURCE_EXHAUSTED)."""
+    max_prompt_tokens: int | None = _spec(None, _ge(1))   # None: the model's context
+    max_tokens: int | None = _spec(None, _ge(1))          # None: the model's context
+    max_body_bytes: int = _spec(4 << 20, _ge(1024))       # HTTP request body
+    max_message_bytes: int = _spec(4 << 20, _ge(1024))    # gRPC received message
+    tenant_rps: float | None = _spec(None, _gt(0))        # requests/s per tenant; None: no limit
+    tenant_burst: int | None = _spec(None, _ge(1))        # None: max(1, tenant_rps)
+    tenant_max_concurrency: int | None = _spec(None, _ge(1))
+
+
+@dataclass(slots=True)
+class AdmissionConfig:
+    """SLO-aware admission against the ``slo`` objectives (docs/metrics.md, router/admission.py)."""
+    enabled: bool = True
+    miss_margin: float = _spec(0.0, _ge(-0.9))  # refuse when estimate > objective * (1 + margin)
+    max_queue: int = _spec(256, _ge(1))         # admitted requests still waiting for a first token
+
+
 @dataclass(slots=True)
 class RouterConfig:
     """The gRPC front end."""
@@ -130,6 +171,11 @@ class RouterConfig:
     max_inflight: int = _spec(1024, _ge(1))     # admitted requests beyond this: RESOURCE_EXHAUSTED
     max_prompt_chars: int = _spec(1 << 20, _ge(1))
     health_poll_s: float = _spec(1.0, _gt(0))
+    http_port: int | None = _spec(None, _port)  # OpenAI-compatible HTTP; null: off, 0: any free port
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TLSConfig = field(default_factory=TLSConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
 
 
 @dataclass(slots=True)
@@ -166,6 +212,12 @@ class ClusterConfig:
         if self.model.max_num_batched_tokens < self.model.block_size:
             raise ConfigError("model.max_num_batched_tokens",
                               f"must be >= model.block_size ({self.model.block_size})")
+        tls = self.router.tls
+        if (tls.cert is None) != (tls.key is None):
+            raise ConfigError("router.tls.key" if tls.key is None else "router.tls.cert",
+                              "router.tls.cert and router.tls.key must be set together")
+        if tls.client_ca is not None and tls.cert is None:
+            raise ConfigError("router.tls.client_ca", "needs router.tls.cert and router.tls.key")
 
     def require_choice(self, path: str, allowed: Iterable[str]) -> None:
         """Raise ConfigError unless the string at ``path`` is in ``allowed`` (a registry's names)."""

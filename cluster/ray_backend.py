@@ -19,7 +19,8 @@ from cluster.worker_views import WorkerRegistry
 from decode_worker.messages import DecodeStart, FullRequest, StreamEvent
 from engine.hashing import chunk_hashes
 from engine.loader import load_tokenizer
-from prefill_worker.messages import PrefillRequest, PrefillResult
+from prefill_worker.messages import PrefillRequest, PrefillResult, WorkerLoad
+from router.admission import Capacity
 from router.backend import Backend, Tokenizer
 from router.errors import NoHealthyWorker, RequestTimedOut, WorkerFailed
 from router.messages import (ClusterInfo, Finished, FinishReason, GenerateEvent, GenerateRequest,
@@ -47,6 +48,7 @@ class RayPoolsBackend(Backend):
         self.decode_policy = create_policy(cfg.router.decode_policy)
         self.codecs = codecs
         self.block_size = cfg.model.block_size
+        self.kv_bytes_sent: dict[str, int] = {}   # codec -> encoded KV bytes shipped (metrics)
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -100,6 +102,9 @@ class RayPoolsBackend(Backend):
             else:
                 res = await self._prefill(request, rid, prompt, params, salt, decoder, ctx, deadline)
                 usage.prefill_worker, usage.decode_worker = res.worker_id, decoder.name
+                if res.kv_bytes:
+                    codec = request.codec or self.cfg.kv_transfer.codec
+                    self.kv_bytes_sent[codec] = self.kv_bytes_sent.get(codec, 0) + res.kv_bytes
                 if not generated:
                     usage.cached_prompt_tokens = res.num_cached_tokens
                 for ev in self._emit(request, usage, generated, [res.first_token_id], res.first_text,
@@ -216,6 +221,20 @@ class RayPoolsBackend(Backend):
     async def health(self) -> bool:
         roles = ["colocated"] if self.colocated else ["prefill", "decode"]
         return all(self.registry.healthy(r) for r in roles)
+
+    # -- hooks read by router.admission and router.metrics -----------------------------------
+    def admission_capacity(self) -> Capacity:
+        """Prefill speed the healthy prefill workers measured, and the decode pool's size."""
+        speeds = [] if self.colocated else [
+            v.last_load.prefill_tokens_per_s for v in self.registry.healthy("prefill")
+            if v.last_load is not None and v.last_load.prefill_tokens_per_s > 0]
+        return Capacity(sum(speeds) if speeds else None,
+                        max(1, len(self.registry.healthy(self.stream_role))))
+
+    def worker_reports(self) -> list[tuple[str, WorkerLoad]]:
+        """(worker, last WorkerLoad) for every worker that has reported."""
+        return [(v.name, v.last_load) for pool in self.registry.views.values()
+                for v in pool.values() if v.last_load is not None]
 
 
 def _remaining(request: GenerateRequest) -> float | None:

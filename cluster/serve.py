@@ -52,7 +52,7 @@ class Cluster:
             await asyncio.gather(*(p.wait_ready() for p in self.pools.values()))
             self.backend = RayPoolsBackend(cfg, {r: p.handles for r, p in self.pools.items()},
                                            _codec_names())
-            self.server = RouterServer(self.backend, cfg.router)
+            self.server = RouterServer(self.backend, cfg.router, slo=cfg.slo)
             self.port = await self.server.start()
         except BaseException:
             await self.stop()
@@ -94,7 +94,10 @@ async def serve(cfg: ClusterConfig) -> int:
     cluster = Cluster(cfg)
     await cluster.start()
     try:
-        print(f"Tandem ({cfg.mode}, model {cfg.model.model}) serving gRPC on {cluster.target}\n"
+        extra = "".join(f", {name} on {cfg.router.host}:{port}" for name, port in (
+            ("OpenAI HTTP", cluster.server.http_port), ("metrics", cluster.server.metrics_port))
+            if port)
+        print(f"Tandem ({cfg.mode}, model {cfg.model.model}) serving gRPC on {cluster.target}{extra}\n"
               f"  try:  tandem generate --target {cluster.target} \"Once upon a time\"\n"
               f"        tandem status --target {cluster.target}\n"
               "  Ctrl-C drains and stops everything.", flush=True)

@@ -6,7 +6,10 @@
     await server.stop()
 
 The health service reports ``SERVING`` for ``""`` and ``tandem.v1.Tandem`` while
-``backend.health()`` is true, polled every ``health_poll_s``.
+``backend.health()`` is true, polled every ``health_poll_s``. Beside gRPC, the same
+``Gateway`` (auth, limits, admission, metrics) serves the OpenAI-compatible HTTP API on
+``http_port`` and Prometheus metrics on ``metrics_port`` when those are set; TLS from
+``router.tls`` covers all three.
 """
 from __future__ import annotations
 
@@ -18,10 +21,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cluster.config import RouterConfig
-from protos.tandem.v1 import tandem_service_pb2, tandem_service_pb2_grpc
+from cluster.config import RouterConfig, SLOConfig
+from protos.tandem.v1 import tandem_service_pb2
+from router import logging_context
+from router.auth import build_authenticator
 from router.backend import Backend
-from router.service import TandemService
+from router.gateway import Gateway, build_gateway
+from router.http.chat import chat_template_of
+from router.http.server import HttpServer, MetricsServer
+from router.service import TandemService, add_to_server
+from router.tls import grpc_credentials, load_tls, ssl_context
 from router.validation import Limits, RequestValidator
 
 logger = logging.getLogger(__name__)
@@ -35,10 +44,17 @@ class RouterServer:
     """Owns the grpc.aio server, the health poller and the backend's lifetime."""
 
     def __init__(self, backend: Backend, config: RouterConfig | None = None,
-                 options: list[tuple[str, object]] | None = None) -> None:
+                 options: list[tuple[str, object]] | None = None,
+                 slo: SLOConfig | None = None) -> None:
         self.backend = backend
         self.config = config or RouterConfig()
+        self.slo = slo or SLOConfig()
         self._options = options or []
+        self.gateway: Gateway | None = None
+        self.http: HttpServer | None = None
+        self.metrics_server: MetricsServer | None = None
+        self.http_port: int | None = None
+        self.metrics_port: int | None = None
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._health_task: asyncio.Task | None = None
@@ -48,28 +64,51 @@ class RouterServer:
     async def start(self) -> int:
         """Start the backend, then listen; return the bound port (useful with grpc_port=0)."""
         cfg = self.config
+        logging_context.install()
+        auth = build_authenticator(cfg.auth, cfg.host)   # config errors before anything starts
+        tls = load_tls(cfg.tls)
         await self.backend.start()
         info = await self.backend.model_info()
         validator = RequestValidator(Limits.from_model_info(info, cfg.max_prompt_chars),
                                      self.backend.tokenizer.encode)
-        self.service = TandemService(self.backend, validator,
-                                     request_timeout_s=cfg.request_timeout_s,
-                                     max_inflight=cfg.max_inflight)
-        server = grpc.aio.server(options=self._options)
-        tandem_service_pb2_grpc.add_TandemServicer_to_server(self.service, server)
+        self.gateway = build_gateway(self.backend, validator, info, cfg, self.slo, auth)
+        self.service = TandemService(self.gateway)
+        size = cfg.limits.max_message_bytes
+        server = grpc.aio.server(options=[("grpc.max_receive_message_length", size),
+                                          *self._options])
+        add_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(
             [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
         address = f"{cfg.host}:{cfg.grpc_port}"
-        self.port = server.add_insecure_port(address)
+        self.port = (server.add_secure_port(address, grpc_credentials(tls)) if tls
+                     else server.add_insecure_port(address))
         if not self.port:
             raise OSError(f"cannot bind the router to {address}")
         await self._set_health(await self._backend_healthy())
         await server.start()
         self._server = server
         self._health_task = asyncio.create_task(self._poll_health(), name="router-health")
-        logger.info("router serving %s on %s:%d", info.model, cfg.host, self.port)
+        try:
+            await self._start_http(tls)
+        except BaseException:
+            await self.stop(grace=0)
+            raise
+        logger.info("router serving %s: gRPC %s:%d, HTTP %s, metrics %s, TLS %s", info.model,
+                    cfg.host, self.port, self.http_port or "off", self.metrics_port or "off",
+                    "on" if tls else "off")
         return self.port
+
+    async def _start_http(self, tls) -> None:
+        cfg = self.config
+        ctx = ssl_context(tls) if tls else None
+        if cfg.http_port is not None:
+            self.http = HttpServer(self.gateway, cfg.limits.max_body_bytes,
+                                   chat_template_of(self.backend.tokenizer), ctx)
+            self.http_port = await self.http.start(cfg.host, cfg.http_port)
+        if cfg.metrics_port is not None:
+            self.metrics_server = MetricsServer(self.gateway.metrics, ctx)
+            self.metrics_port = await self.metrics_server.start(cfg.host, cfg.metrics_port)
 
     async def stop(self, grace: float | None = 1.0) -> None:
         """Stop accepting, let running streams end within ``grace`` s, close the backend."""
@@ -77,6 +116,10 @@ class RouterServer:
             self._health_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._health_task
+        for listener in (self.http, self.metrics_server):
+            if listener is not None:
+                await listener.stop()
+        self.http = self.metrics_server = None
         if self._server is not None:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace)

@@ -1,0 +1,261 @@
+"""The OpenAI-compatible HTTP server (aiohttp.web) beside gRPC, and the metrics listener.
+
+Routes (docs/openai.md, ``GET /openapi.json``): ``POST /v1/completions``,
+``POST /v1/chat/completions`` (SSE when ``stream: true``), ``GET /v1/models[/{id}]``
+(these need ``Authorization: Bearer <key>`` when auth is on, checked before the body is
+read), and the open ``GET /health`` and ``GET /openapi.json``. Every request goes through
+the same ``Gateway`` as gRPC. A client that disconnects cancels its handler
+(``handler_cancellation``), which aborts the request and frees its KV.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import ssl
+from pathlib import Path
+
+from aiohttp import web
+
+from router.auth import Principal, bearer_token
+from router.errors import RouterError
+from router.gateway import ClientGone, Gateway
+from router.http.errors import HttpError, error_body, response_for
+from router.http.openai_api import OpenAIRequest, parse_chat, parse_completion
+from router.http.responses import ResponseBuilder, sse
+from router.messages import Finished, TokenDelta
+from router.metrics import CONTENT_TYPE, RouterMetrics
+
+logger = logging.getLogger(__name__)
+
+OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+_HEALTH_TIMEOUT_S = 2.0
+_STATUS_NAMES = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied",
+                 404: "not_found", 413: "resource_exhausted"}
+
+
+class HttpServer:
+    """Serves the OpenAI API over ``gateway``; ``start()`` returns the bound port."""
+
+    def __init__(self, gateway: Gateway, max_body_bytes: int, chat_template: str | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        self.gateway, self.max_body_bytes = gateway, max_body_bytes
+        self.chat_template, self.ssl_context = chat_template, ssl_context
+        self.openapi = json.loads(OPENAPI_PATH.read_text())
+        app = web.Application(client_max_size=max_body_bytes, middlewares=[self._errors])
+        app.router.add_get("/health", self.health)
+        app.router.add_get("/openapi.json", self.openapi_doc)
+        app.router.add_get("/v1/models", self.models)
+        app.router.add_get("/v1/models/{model:.+}", self.model)
+        app.router.add_post("/v1/completions", self.completions)
+        app.router.add_post("/v1/chat/completions", self.chat_completions)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self.port: int | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context,
+                           shutdown_timeout=1.0)
+        await site.start()
+        self.port = self._runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+    # -- middleware and helpers ----------------------------------------------------------
+    @web.middleware
+    async def _errors(self, request: web.Request, handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except asyncio.CancelledError:
+            raise
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            self._count(exc.status)
+            return response_for(exc)
+        except (HttpError, RouterError) as exc:
+            return response_for(exc, chat=request.path.endswith("/chat/completions"))
+        except Exception as exc:  # a bug: answer 500 in OpenAI's shape, keep serving
+            logger.exception("HTTP %s %s failed", request.method, request.path)
+            return response_for(exc)
+
+    def _count(self, status: int) -> None:
+        self.gateway.metrics.request("http").done(_STATUS_NAMES.get(status, f"http_{status}"))
+
+    def _principal(self, request: web.Request) -> Principal:
+        return self.gateway.authenticate(bearer_token(request.headers.get("Authorization")), "http")
+
+    async def _body(self, request: web.Request) -> object:
+        if request.content_length is not None and request.content_length > self.max_body_bytes:
+            raise HttpError(413, f"request body too large: {request.content_length} bytes, the "
+                            f"limit is {self.max_body_bytes}")
+        try:
+            data = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            raise HttpError(413, f"request body too large: the limit is {self.max_body_bytes} "
+                            "bytes") from None
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError):
+            raise HttpError(400, "the request body is not valid JSON") from None
+
+    def _parse(self, request: web.Request, body: object, chat: bool) -> OpenAIRequest:
+        info = self.gateway.info
+        parsed = parse_chat(body, info.model, self.chat_template) if chat \
+            else parse_completion(body, info.model)
+        raw = parsed.raw
+        raw.request_id = request.headers.get("X-Request-Id", "")
+        raw.tenant = request.headers.get("X-Tandem-Tenant", "")
+        deadline = request.headers.get("X-Tandem-Deadline-Ms")
+        if deadline is not None:
+            if not deadline.isdigit() or len(deadline) > 12:
+                raise HttpError(400, "X-Tandem-Deadline-Ms must be a whole number of ms",
+                                param="X-Tandem-Deadline-Ms")
+            raw.deadline_ms = int(deadline)
+        return parsed
+
+    # -- routes ---------------------------------------------------------------------------
+    async def health(self, request: web.Request) -> web.Response:
+        try:
+            ok = bool(await asyncio.wait_for(self.gateway.backend.health(), _HEALTH_TIMEOUT_S))
+        except Exception:   # a failing probe means not serving, whatever the cause
+            ok = False
+        if ok:
+            return web.json_response({"status": "ok"})
+        body = error_body(503, "no healthy backend", "service_unavailable_error")
+        body["status"] = "unavailable"
+        return web.json_response(body, status=503)
+
+    async def openapi_doc(self, request: web.Request) -> web.Response:
+        return web.json_response(self.openapi)
+
+    def _model_entry(self) -> dict:
+        info = self.gateway.info
+        return {"id": info.model, "object": "model", "created": 0, "owned_by": "tandem",
+                "max_model_len": info.max_model_len, "vocab_size": info.vocab_size}
+
+    async def models(self, request: web.Request) -> web.Response:
+        self._principal(request)
+        return web.json_response({"object": "list", "data": [self._model_entry()]})
+
+    async def model(self, request: web.Request) -> web.Response:
+        self._principal(request)
+        name = request.match_info["model"]
+        if name != self.gateway.info.model:
+            raise HttpError(404, f"model {name[:128]!r} does not exist", param="model",
+                            code="model_not_found")
+        return web.json_response(self._model_entry())
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=False)
+
+    async def chat_completions(self, request: web.Request) -> web.StreamResponse:
+        return await self._generate(request, chat=True)
+
+    async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        principal = self._principal(request)
+        try:
+            parsed = self._parse(request, await self._body(request), chat)
+        except HttpError as exc:
+            self._count(exc.status)
+            raise
+        except RouterError:
+            self._count(400)
+            raise
+        state: dict = {}
+
+        def on_request(req) -> None:
+            state["builder"] = ResponseBuilder(req.request_id, self.gateway.info.model, chat)
+
+        if parsed.stream:
+            return await self._stream(request, parsed, principal, state, on_request)
+        texts: list[str] = []
+
+        async def collect(event) -> None:
+            delta = event if isinstance(event, TokenDelta) else event.delta
+            if delta is not None:
+                texts.append(delta.text)
+
+        finished = await self.gateway.generate(parsed.raw, principal, collect, protocol="http",
+                                               fill_max_tokens=parsed.fill_max_tokens,
+                                               on_request=on_request)
+        builder: ResponseBuilder = state["builder"]
+        return web.json_response(builder.whole("".join(texts), finished),
+                                 headers={"X-Request-Id": builder.id.split("-", 1)[1]})
+
+    async def _stream(self, request: web.Request, parsed: OpenAIRequest, principal: Principal,
+                      state: dict, on_request) -> web.StreamResponse:
+        resp: web.StreamResponse | None = None
+
+        async def write(chunk: bytes) -> None:
+            try:
+                await resp.write(chunk)
+            except ConnectionError:   # the client left between two tokens
+                raise ClientGone("the client closed the connection") from None
+
+        async def send(event) -> None:
+            nonlocal resp
+            builder: ResponseBuilder = state["builder"]
+            if resp is None:
+                resp = web.StreamResponse(headers={
+                    "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                    "X-Request-Id": builder.id.split("-", 1)[1]})
+                await resp.prepare(request)
+                if builder.chat:
+                    await write(sse(builder.role_chunk()))
+            if isinstance(event, Finished):
+                await write(sse(builder.finish_chunk(event)))
+                if parsed.include_usage:
+                    await write(sse(builder.usage_chunk(event)))
+            else:
+                await write(sse(builder.delta_chunk(event)))
+
+        try:
+            await self.gateway.generate(parsed.raw, principal, send, protocol="http",
+                                        fill_max_tokens=parsed.fill_max_tokens,
+                                        on_request=on_request)
+        except ClientGone:
+            return resp
+        except RouterError as exc:
+            if resp is None:
+                raise
+            err = json.loads(response_for(exc, chat=state["builder"].chat).body)
+            await _quietly(resp.write(sse(err)))
+            return resp
+        await _quietly(resp.write(sse("[DONE]")))
+        await _quietly(resp.write_eof())
+        return resp
+
+
+async def _quietly(coro) -> None:
+    try:
+        await coro
+    except ConnectionError:
+        logger.debug("client left before the end of its stream")
+
+
+class MetricsServer:
+    """``GET /metrics`` (Prometheus text format) on its own port; TLS like the rest."""
+
+    def __init__(self, metrics: RouterMetrics, ssl_context: ssl.SSLContext | None = None) -> None:
+        self.metrics, self.ssl_context = metrics, ssl_context
+        app = web.Application()
+        app.router.add_get("/metrics", self.scrape)
+        self._runner = web.AppRunner(app, access_log=None)
+        self.port: int | None = None
+
+    async def scrape(self, request: web.Request) -> web.Response:
+        body = await self.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+    async def start(self, host: str, port: int) -> int:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context,
+                          shutdown_timeout=1.0).start()
+        self.port = self._runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
