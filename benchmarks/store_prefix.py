@@ -11,7 +11,8 @@ prefill of the rest), against ``cold`` (no store) measured in the same run:
 - ``warm_redis``: DRAM tier emptied before each request, the prefix comes from Redis;
 - ``forced_fetch_redis``: as warm_redis but the controller is told recompute is very slow,
   i.e. what fetching costs when the controller would not have chosen it.
-The controller gets the prefill speed measured by the cold runs. Codecs: ``raw`` and the
+Cases are interleaved repetition by repetition (noise hits all alike); the controller gets
+the prefill speed of two warm-up cold runs. Codecs: ``raw`` and the
 best lossy codec, picked in the same run (fastest estimated fetch + decode among those whose
 relative KV error is <= 5% on this model's real prefix KV); ``--codecs`` overrides.
 Last, a bookkeeping replay of the Mooncake conversation trace's prefix structure: hit rate
@@ -39,9 +40,9 @@ from kv_transfer.store.values import ValueCodec
 
 BENCH = "store_prefix"
 TRACE = "/work/shared/traces/mooncake_conversation_trace.jsonl"
-SETUPS = {  # model: (prompt tokens, cached prefix tokens, store chunk)
-    "llama-100m": (4096, 3584, 256),
-    "stories260K": (448, 384, 32),
+SETUPS = {  # model: (prompt tokens, cached prefix tokens, store chunk, repetition factor)
+    "llama-100m": (4096, 3584, 256, 1),
+    "stories260K": (448, 384, 32, 8),   # milliseconds per request: more repetitions
 }
 PARAMS = SamplingParams(max_tokens=2, temperature=0.0)  # parks after the first token
 
@@ -99,7 +100,9 @@ def suffix_agreement(engine, prompt: list[int], prefix_kv: torch.Tensor) -> dict
 
 
 def bench_model(model: str, codecs: list[str] | None, reps: int, server: RedisServer) -> None:
-    prompt_len, cached, chunk = SETUPS[model]
+    """Cold and warm cases interleaved repetition by repetition, so noise hits all alike."""
+    prompt_len, cached, chunk, factor = SETUPS[model]
+    reps *= factor
     llm = LLM(model=model, enable_prefix_caching=False, seed=0, max_num_seqs=2,
               max_model_len=prompt_len + 64)
     engine = llm.engine
@@ -107,58 +110,76 @@ def bench_model(model: str, codecs: list[str] | None, reps: int, server: RedisSe
     vocab = engine.model_config.vocab_size
     prompt = [rng.randrange(3, vocab) for _ in range(prompt_len)]
     earlier = prompt[:cached] + [rng.randrange(3, vocab) for _ in range(64)]  # computed before
-    cold_ttft(engine, prompt, "warmup")
-    colds = [cold_ttft(engine, prompt, f"cold{i}") for i in range(reps)]
-    cold = statistics.median(colds)
-    speed = prompt_len / cold
-    emit(model=model, case="cold", figure="ttft_s", median=cold, reps=reps,
-         prefill_tokens_per_s=speed, prompt_tokens=prompt_len, cached_tokens=cached)
+    warm_up = [cold_ttft(engine, prompt, f"warmup{i}") for i in range(2)]
+    speed = prompt_len / min(warm_up)   # what the prefill worker would have measured
     if codecs is None:
-        probe = PrefixCacheClient.open(StoreConfig(url=server.url, chunk_size=chunk,
-                                                   backend="redis"), engine.kv_layout)
-        redis_bps = probe.cost.snapshot()["remote"]["bytes_per_s"]
-        probe.close()
+        with PrefixCacheClient.open(StoreConfig(url=server.url, chunk_size=chunk, backend="redis"),
+                                    engine.kv_layout) as probe:
+            redis_bps = probe.cost.snapshot()["remote"]["bytes_per_s"]
         best, rows = pick_lossy(engine, prompt, chunk, redis_bps)
         for row in rows:
             emit(model=model, case="codec_probe", figure="lossy_codec", **row)
         codecs = ["raw", best]
-    for codec in codecs:
-        bench_codec(engine, model, codec, chunk, prompt, earlier, cold, speed, reps, server)
-
-
-def bench_codec(engine, model, codec, chunk, prompt, earlier, cold, speed, reps, server) -> None:
-    config = StoreConfig(url=server.url, chunk_size=chunk, codec=codec, local_cpu_bytes=1 << 30,
-                         writeback_max_bytes=1 << 30, instance_id=f"bench-{codec}")
-    with PrefixCacheClient.open(config, engine.kv_layout) as client:
-        salt = f"bench-{model}-{codec}"
-        prefill_with_store(engine, client, "store", earlier, PARAMS, salt, speed)
-        client.flush(120)
-        tier = client.store.tier.snapshot()
-        wire_per_token = tier.bytes_put / max(1, tier.chunks_put * chunk)
-        cases = {"warm_dram": (False, speed), "warm_redis": (True, speed),
-                 "forced_fetch_redis": (True, 1e-3)}
-        for case, (from_redis, tps) in cases.items():
-            ttfts, outcome = [], None
-            for i in range(reps + 1):           # the first repetition warms up
-                if from_redis:
-                    client.store.clear_local()
-                outcome = prefill_with_store(engine, client, f"{case}{i}", prompt, PARAMS, salt, tps,
-                                             write_back=False)
-                if i:
-                    ttfts.append(outcome.ttft_s)
-            ttft = statistics.median(ttfts)
-            plan = outcome.plan
+    clients = {}
+    cases = {"warm_dram": (False, speed), "warm_redis": (True, speed),
+             "forced_fetch_redis": (True, 1e-3)}
+    times: dict[tuple, list[float]] = {("cold", None): []}
+    last: dict[tuple, object] = {}
+    try:
+        for codec in codecs:
+            clients[codec] = client = PrefixCacheClient.open(StoreConfig(
+                url=server.url, chunk_size=chunk, codec=codec, local_cpu_bytes=512 << 20,
+                writeback_max_bytes=1 << 30, instance_id=f"bench-{codec}"), engine.kv_layout)
+            prefill_with_store(engine, client, f"store-{codec}", earlier, PARAMS, _salt(model, codec),
+                               speed)
+            client.flush(300)
+        for rep in range(reps + 1):               # repetition 0 warms every path up
+            cold = cold_ttft(engine, prompt, f"cold{rep}")
+            if rep:
+                times[("cold", None)].append(cold)
+            for codec, client in clients.items():
+                for case, (from_redis, tps) in cases.items():
+                    if from_redis:
+                        client.store.clear_local()
+                    out = prefill_with_store(engine, client, f"{case}-{codec}-{rep}", prompt, PARAMS,
+                                             _salt(model, codec), tps, write_back=False)
+                    if rep:
+                        times.setdefault((case, codec), []).append(out.ttft_s)
+                    last[(case, codec)] = out
+        cold = statistics.median(times[("cold", None)])
+        emit(model=model, case="cold", figure="ttft_s", median=cold, reps=reps,
+             prefill_tokens_per_s=speed, prompt_tokens=prompt_len, cached_tokens=cached, chunk=chunk)
+        for (case, codec), values in times.items():
+            if case == "cold":
+                continue
+            out = last[(case, codec)]
+            ttft = statistics.median(values)
             emit(model=model, codec=codec, case=case, figure="ttft_s", median=ttft, reps=reps,
-                 ratio_vs_cold=ttft / cold, decision=plan.decision, fetched_tokens=outcome.fetched_tokens,
-                 hit_dram=plan.hit_local, hit_redis=plan.hit_remote,
-                 est_fetch_s=plan.est_fetch_s, est_recompute_s=plan.est_recompute_s)
-        if codec != "raw":
-            client.store.clear_local()
-            kv = client.store.get(prompt, len(prompt) - 1, salt)
-            emit(model=model, codec=codec, case="warm_redis", figure="quality",
-                 **suffix_agreement(engine, prompt, kv))
-        emit(model=model, codec=codec, figure="store", wire_bytes_per_token=wire_per_token,
-             raw_bytes_per_token=client.cost.bytes_per_token, cost_model=client.cost.snapshot())
+                 ratio_vs_cold=ttft / cold, decision=out.plan.decision,
+                 fetched_tokens=out.fetched_tokens, hit_dram=out.plan.hit_local,
+                 hit_redis=out.plan.hit_remote, est_fetch_s=out.plan.est_fetch_s,
+                 est_recompute_s=out.plan.est_recompute_s)
+        for codec, client in clients.items():
+            report_codec(engine, model, codec, chunk, prompt, client)
+    finally:
+        for client in clients.values():
+            client.close()
+
+
+def _salt(model: str, codec: str) -> str:
+    return f"bench-{model}-{codec}"
+
+
+def report_codec(engine, model, codec, chunk, prompt, client) -> None:
+    tier = client.store.tier.snapshot()
+    if codec != "raw":
+        client.store.clear_local()
+        kv = client.store.get(prompt, len(prompt) - 1, _salt(model, codec))
+        emit(model=model, codec=codec, case="warm_redis", figure="quality",
+             **suffix_agreement(engine, prompt, kv))
+    emit(model=model, codec=codec, figure="store",
+         wire_bytes_per_token=tier.bytes_put / max(1, tier.chunks_put * chunk),
+         raw_bytes_per_token=client.cost.bytes_per_token, cost_model=client.cost.snapshot())
 
 
 def replay_trace(workers: int = 4, block: int = 512, path: str = TRACE) -> None:
@@ -206,13 +227,13 @@ def _replay(rows, workers, block, cap, shared, routing) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--quick", action="store_true", help="stories260K only, 2 repetitions")
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="stories260K only, 3 repetitions")
+    parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--models", default=",".join(SETUPS))
     parser.add_argument("--codecs", default=None, help="e.g. raw,int8 (default: raw + best lossy)")
     args = parser.parse_args()
     models = ["stories260K"] if args.quick else args.models.split(",")
-    reps = 2 if args.quick else args.reps
+    reps = 3 if args.quick else args.reps
     codecs = args.codecs.split(",") if args.codecs else None
     emit(figure="machine", cpus=os.cpu_count(), torch_threads=torch.get_num_threads())
     with RedisServer(maxmemory="2gb") as server:

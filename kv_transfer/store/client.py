@@ -143,8 +143,8 @@ class PrefixCacheClient:
                 self._stats.fetch_failures += 1
             return None
         elapsed = time.perf_counter() - started
-        self._timed_ok(elapsed)
         got = 0 if kv is None else int(kv.shape[2])
+        self._timed_ok(elapsed, per_bytes=got * self.cost.bytes_per_token)
         self._observe(plan, got, elapsed)
         with self._lock:
             self._stats.fetches += 1
@@ -196,7 +196,7 @@ class PrefixCacheClient:
 
     def _timed_ok(self, seconds: float, per_bytes: int = 0) -> None:
         # A remote call slower than the op timeout counts against Redis even if it
-        # returned (a big write-back is allowed its transfer time at 100 MB/s).
+        # returned (a big transfer is allowed its bytes' time at 100 MB/s on top).
         if seconds > self.config.op_timeout_s + per_bytes / 1e8:
             self._failure()
         elif self.breaker.allow():

@@ -123,12 +123,20 @@ class LMCacheStore(KVStore):
         return self.lookup_tiers(token_ids, salt).total
 
     def lookup_tiers(self, token_ids: Sequence[int], salt: bytes | str | None = None) -> TierHits:
-        tokens = list(token_ids)
         configs = {SALT_CONFIG: tenant_bytes(salt)}
-        local = self._call(self.engine.lookup, tokens=tokens, search_range=[LOCAL],
-                           request_configs=configs)
-        total = self._call(self.engine.lookup, tokens=tokens, request_configs=configs)
-        return TierHits(local=local, remote=max(0, total - local))
+        manager = self.engine.storage_manager
+
+        def both_tiers() -> tuple[int, int]:
+            # One hashing pass; DRAM first, then Redis for the chunks right after it
+            # (what LMCache's own lookup does, split by tier for the cost model).
+            keys = [key for _, _, key in self.engine.token_database.process_tokens(
+                list(token_ids), request_configs=configs)]
+            local, _ = manager.batched_contains(keys, [LOCAL])
+            remote = manager.batched_contains(keys[local:], [REMOTE])[0] if local < len(keys) else 0
+            return local, remote
+
+        local, remote = self._call(both_tiers)
+        return TierHits(local=local * self.scheme.chunk_size, remote=remote * self.scheme.chunk_size)
 
     def get(self, token_ids: Sequence[int], num_tokens: int,
             salt: bytes | str | None = None) -> torch.Tensor | None:

@@ -11,7 +11,7 @@ import time
 import pytest
 import redis
 
-from engine import SamplingParams
+from engine import LLM, SamplingParams
 from kv_transfer.store import PrefixCacheClient, StoreConfig
 from kv_transfer.store.breaker import BreakerState
 from kv_transfer.store.keys import KeyScheme
@@ -55,12 +55,13 @@ def test_a_prefix_stored_by_another_process_is_reused_with_identical_output(
         env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1])["token_ids"] == base_first
-    with open_client(redis_url, stories_llm.engine.kv_layout) as client:
-        out, tokens = run(stories_llm, client, "reuse", second)
+    fresh = LLM(model="stories260K", enable_prefix_caching=False, seed=0)
+    with open_client(redis_url, fresh.engine.kv_layout) as client:
+        out, tokens = run(fresh, client, "reuse", second)
         assert out.plan.decision == "fetch" and out.plan.hit_remote == 256
         assert out.fetched_tokens == 256 and out.first.num_cached_tokens == 256
         assert tokens == base_second
-        other_tenant, tokens = run(stories_llm, client, "other-tenant", second, salt="tenant-b")
+        other_tenant, tokens = run(fresh, client, "other-tenant", second, salt="tenant-b")
         assert other_tenant.plan.decision == "miss" and tokens == base_second
 
 
