@@ -15,7 +15,7 @@ class StoreConfig:
     backend: str = "lmcache"                 # store registry name: "lmcache" | "redis"
     url: str | None = None                   # redis://host:port[/db]; None = private server
     chunk_size: int = 256                    # tokens per stored chunk (full chunks only)
-    local_cpu_bytes: int = 1 << 30           # the worker's DRAM tier (lmcache backend)
+    local_cpu_bytes: int = 256 << 20         # DRAM tier (lmcache backend), committed at start
     codec: str = "raw"                       # kv_transfer codec for values at rest in Redis
     codec_params: dict[str, Any] | None = None
     entropy: str | None = None               # optional entropy stage of the wire format
