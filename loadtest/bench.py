@@ -71,8 +71,9 @@ class _InterruptHandler:
             try:
                 loop.add_signal_handler(sig, self._fire, sig)
                 self.installed.append(sig)
+                logger.debug("installed %s handler", sig.name)
             except (NotImplementedError, RuntimeError, ValueError):
-                pass   # not the main thread (tests, embedded use): no handler
+                logger.debug("no %s handler: not the main thread", sig.name)
         return self
 
     def _fire(self, sig: signal.Signals) -> None:

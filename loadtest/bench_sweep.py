@@ -78,12 +78,13 @@ def _plots(cfg: BenchConfig, summary: dict[str, Any], reports: dict[float, RunRe
 def format_sweep(result: dict[str, Any]) -> str:
     s = result["sweep"]
     lines = [f"sweep ({s['policy']['mode']}): stopped: {s['stop_reason']}",
-             f"  {'rate':>8} {'pass':>5} {'attain':>7} {'goodput':>8} {'sustain':>7} "
+             f"  {'rate':>8} {'sent/s':>7} {'pass':>5} {'attain':>7} {'goodput':>8} {'sustain':>7} "
              f"{'ttft p99':>9} {'tpot p99':>9}  saturation"]
     for st in s["steps"]:
         def cell(v: Any, fmt: str) -> str:
             return format(v, fmt) if v is not None else "-"
-        lines.append(f"  {st['rate']:>8.3g} {('yes' if st['passed'] else 'no'):>5} "
+        lines.append(f"  {st['rate']:>8.3g} {cell(st['send_rate_rps'], '>7.3g')} "
+                     f"{('yes' if st['passed'] else 'no'):>5} "
                      f"{st['slo_attainment']:>7.1%} {st['goodput_rps']:>8.3g} "
                      f"{cell(st['sustained_rps'], '>7.3g')} {cell(st['ttft_p99_ms'], '>9.1f')} "
                      f"{cell(st['tpot_p99_ms'], '>9.1f')}  {'; '.join(st['saturation'])}")

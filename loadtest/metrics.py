@@ -11,6 +11,8 @@ Definitions (stated in every report):
 - Sustained rate = ok requests / (last end - first send - median ok e2e): the rate the
   server kept up with, without the drain tail that a short run's duration includes (for a
   server that keeps up it is close to the offered rate; for an overloaded one it falls).
+- Send rate = (requests - 1) / (last send - first send): the rate actually offered, which
+  for a short replay of a trace can differ from the trace's mean rate.
 """
 from __future__ import annotations
 
@@ -91,7 +93,10 @@ def summarize(records: Sequence[RequestRecord], duration_s: float, slo: SLO,
     prompt = sum(r.prompt_tokens or r.sent_prompt_tokens for r in ok)
     cached = sum(r.cached_prompt_tokens for r in ok)
     completion = sum(r.completion_tokens for r in ok)
-    sustained = None
+    sustained = send_rate = None
+    sends = sorted(r.send_s for r in records)
+    if len(sends) >= 2 and sends[-1] > sends[0]:
+        send_rate = (len(sends) - 1) / (sends[-1] - sends[0])
     ends = [r.end_s for r in records if r.end_s is not None]
     if ok and ends:
         window = (max(ends) - min(r.send_s for r in records)
@@ -107,6 +112,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float, slo: SLO,
             "e2e": distribution(r.e2e_ms for r in ok),
         },
         "throughput": {"duration_s": duration_s, "offered_rps": offered_rps,
+                       "send_rate_rps": send_rate,
                        "sent_rps": per_s(total), "completed_rps": per_s(len(ok)),
                        "sustained_rps": sustained,
                        "input_tokens_per_s": per_s(prompt),

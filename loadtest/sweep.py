@@ -3,7 +3,7 @@
 A step *passes* when its SLO attainment reaches ``attainment_target`` and it is not
 over-saturated. It is *over-saturated* when more than ``max_failure_fraction`` of its
 requests failed, or its sustained rate (see ``metrics``) fell below ``min_throughput_ratio``
-of the offered rate.
+of the rate actually sent (its send rate; the nominal rate when too few were sent).
 A grid stops ``patience`` steps after the first failing rate; bisection doubles from
 ``low`` until a step fails (or ``high`` passes), then halves the gap until it is within
 ``tolerance`` (relative) or ``max_steps`` runs were made.
@@ -69,9 +69,10 @@ def saturation_reasons(figures: dict[str, Any], rate: float, policy: SweepPolicy
         reasons.append(f"failures {counts['failed']}/{total} > "
                        f"{policy.max_failure_fraction:.0%}")
     sustained = throughput.get("sustained_rps") or 0.0
-    if sustained < policy.min_throughput_ratio * rate:
+    offered = throughput.get("send_rate_rps") or rate
+    if sustained < policy.min_throughput_ratio * offered:
         reasons.append(f"sustained {sustained:.3g} req/s < {policy.min_throughput_ratio:.0%} "
-                       f"of offered {rate:.3g}")
+                       f"of the {offered:.3g} req/s sent")
     return reasons
 
 
@@ -170,6 +171,7 @@ def step_row(s: StepResult) -> dict[str, Any]:
             "goodput_rps": f["goodput"]["goodput_rps"],
             "completed_rps": f["throughput"]["completed_rps"],
             "sustained_rps": f["throughput"].get("sustained_rps"),
+            "send_rate_rps": f["throughput"].get("send_rate_rps"),
             "requests": f["counts"]["total"], "failed": f["counts"]["failed"],
             "ttft_p50_ms": lat["ttft"]["p50"], "ttft_p99_ms": lat["ttft"]["p99"],
             "tpot_p50_ms": lat["tpot"]["p50"], "tpot_p99_ms": lat["tpot"]["p99"],

@@ -94,7 +94,9 @@ def test_summary_counts_failures_against_attainment_and_goodput():
 def test_sustained_rate_leaves_out_the_drain_tail():
     # 4 ok requests sent at 0,1,2,3 s, each taking 0.5 s: window 3.5 s - median 0.5 s = 3 s
     records = [rec(i, ttft=100, e2e=500) for i in range(4)]
-    assert summarize(records, 3.5, SLO())["throughput"]["sustained_rps"] == pytest.approx(4 / 3)
+    throughput = summarize(records, 3.5, SLO())["throughput"]
+    assert throughput["sustained_rps"] == pytest.approx(4 / 3)
+    assert throughput["send_rate_rps"] == pytest.approx(1.0)     # 3 gaps in 3 s
 
 
 def test_an_empty_run_summarises_to_zeros_not_errors():

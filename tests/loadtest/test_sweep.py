@@ -15,8 +15,8 @@ CAPACITY = 10.0
 def figures(rate: float, attainment: float, failed: int = 0, total: int = 100,
             sustained: float | None = None) -> dict:
     return {"counts": {"total": total, "failed": failed},
-            "throughput": {"completed_rps": rate, "sustained_rps": rate if sustained is None
-                           else sustained},
+            "throughput": {"completed_rps": rate, "send_rate_rps": rate,
+                           "sustained_rps": rate if sustained is None else sustained},
             "goodput": {"slo_attainment": attainment, "goodput_rps": rate * attainment},
             "latency_ms": {k: {"p50": 1.0, "p99": 2.0} for k in ("ttft", "tpot")}}
 
@@ -87,6 +87,10 @@ def test_saturation_is_failures_or_a_lagging_sustained_rate():
     assert saturation_reasons(figures(10, 1.0), 10, policy) == []
     assert "failures 6/100" in saturation_reasons(figures(10, 0.9, failed=6), 10, policy)[0]
     assert "sustained 7" in saturation_reasons(figures(10, 1.0, sustained=7), 10, policy)[0]
+    # a replay whose opening rows are sparse: judged against the rate actually sent
+    sparse = figures(10, 1.0, sustained=1.9)
+    sparse["throughput"]["send_rate_rps"] = 2.0
+    assert saturation_reasons(sparse, 10, policy) == []
     # high attainment but saturated still fails the step
     assert not judge(10, figures(10, 1.0, failed=10), policy).passed
 
