@@ -197,3 +197,15 @@ def test_compare_refuses_other_files_and_mixed_kinds(first_run, tmp_path):
     result = json.loads((out / "result.json").read_text())
     with pytest.raises(ReportError, match="cannot compare"):
         compare(result, dict(result, kind="sweep"))
+
+
+def test_slow_requests_time_out_and_the_harness_cap_is_never_exceeded(tandem_url, tmp_path):
+    cfg = config(tandem_url, max_requests=6, request_timeout_s=0.3, max_inflight=2,
+                 options=TargetOptions(request_timeout_s=0.3))
+    report = run(cfg, synthetic(inp="fixed:16", out="fixed:400", rate=200.0), tmp_path)
+    by_status = report.result["figures"]["counts"]["by_status"]
+    assert sum(by_status.values()) == 6
+    assert by_status.get("timeout", 0) >= 1 and by_status.get("client_overload", 0) >= 1
+    sent = [r for r in report.records if r.status.value != "client_overload"]
+    assert max_overlap(sent) <= 2
+    assert all(r.error for r in report.records)
