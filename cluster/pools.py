@@ -28,7 +28,9 @@ def engine_config(cfg: ClusterConfig, num_threads: int | None = None) -> EngineC
 def kv_options(cfg: ClusterConfig) -> dict[str, Any]:
     k = cfg.kv_transfer
     return {"codec": k.codec, "entropy": k.entropy, "transport": k.transport,
-            "deadline_s": k.deadline_s, "max_bytes": k.max_bytes}
+            "deadline_s": k.deadline_s, "max_bytes": k.max_bytes,
+            # Layer-wise streaming needs the sender to be a Ray actor, which pool workers are.
+            "streaming": k.transport == "ray"}
 
 
 def _gpus(pool: PoolConfig) -> float:

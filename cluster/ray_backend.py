@@ -22,7 +22,7 @@ from engine.loader import load_tokenizer
 from prefill_worker.messages import PrefillRequest, PrefillResult, WorkerLoad
 from router.admission import Capacity
 from router.backend import Backend, Tokenizer
-from router.errors import NoHealthyWorker, RequestTimedOut, WorkerFailed
+from router.errors import BackendFailure, NoHealthyWorker, RequestTimedOut, WorkerFailed
 from router.messages import (ClusterInfo, Finished, FinishReason, GenerateEvent, GenerateRequest,
                              ModelInfo, PoolInfo, TokenDelta, Usage, WorkerHealth, WorkerInfo)
 from router.policies import RoutingContext, WorkerView, create_policy
@@ -48,7 +48,7 @@ class RayPoolsBackend(Backend):
         self.decode_policy = create_policy(cfg.router.decode_policy)
         self.codecs = codecs
         self.block_size = cfg.model.block_size
-        self.kv_bytes_sent: dict[str, int] = {}   # codec -> encoded KV bytes shipped (metrics)
+        self.kv_bytes_sent: dict[str, int] = {}   # codec -> encoded KV bytes received by decode
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -102,9 +102,6 @@ class RayPoolsBackend(Backend):
             else:
                 res = await self._prefill(request, rid, prompt, params, salt, decoder, ctx, deadline)
                 usage.prefill_worker, usage.decode_worker = res.worker_id, decoder.name
-                if res.kv_bytes:
-                    codec = request.codec or self.cfg.kv_transfer.codec
-                    self.kv_bytes_sent[codec] = self.kv_bytes_sent.get(codec, 0) + res.kv_bytes
                 if not generated:
                     usage.cached_prompt_tokens = res.num_cached_tokens
                 for ev in self._emit(request, usage, generated, [res.first_token_id], res.first_text,
@@ -113,8 +110,10 @@ class RayPoolsBackend(Backend):
                 if res.finish_reason is not None:
                     finished = True
                     return
-                await self._call(request, decoder, decoder.handle.start.remote(
+                nbytes = await self._call(request, decoder, decoder.handle.start.remote(
                     DecodeStart(rid, res.kv_handle, deadline)), recover=True)
+                codec = request.codec or self.cfg.kv_transfer.codec
+                self.kv_bytes_sent[codec] = self.kv_bytes_sent.get(codec, 0) + int(nbytes or 0)
             while True:
                 item = await self._next(request, queue)
                 if isinstance(item, WorkerGone):
@@ -167,9 +166,8 @@ class RayPoolsBackend(Backend):
             raise WorkerFailed(f"worker {worker.name} failed: {type(exc).__name__}") from None
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if getattr(exc, "cause", None) is not None else exc
-            if isinstance(cause, ValueError):
-                from router.errors import InvalidRequest
-                raise InvalidRequest("prompt", str(cause)) from None
+            if isinstance(cause, ValueError):   # validation let through what a worker refuses: a bug
+                raise BackendFailure(f"worker {worker.name} refused the request: {cause}") from None
             raise WorkerFailed(f"worker {worker.name}: {type(cause).__name__}: {cause}") from None
 
     async def _next(self, request: GenerateRequest, queue: asyncio.Queue) -> StreamEvent | WorkerGone:

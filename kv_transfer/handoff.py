@@ -1,55 +1,76 @@
-"""Prefill-to-decode KV hand-off: encode a ``SequenceKV``, move it, decode it on the other side.
+"""Prefill-to-decode KV hand-off over a transport, layer group by layer group.
 
-The sender encodes with the deployment's codec (or the request's override) into the
-versioned, checksummed wire format and publishes it through the configured transport;
-the small handle it returns travels with the router's messages. The receiver fetches and
-verifies it against its own ``KVLayout`` before anything reaches its engine.
+The sender opens a transfer, hands the small descriptor to the router at once, and
+encodes and sends the layer groups (then the sequence metadata) in the background; with
+the streaming Ray transport the decode worker decodes early groups while later ones are
+still being encoded. Everything is checked against the receiver's own ``KVLayout``
+before it reaches its engine.
 """
 from __future__ import annotations
 
 import logging
-import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 from engine.kv_export import KVLayout, SequenceKV
-from kv_transfer.errors import KVTransferTimeout, KVTransferTooLarge
 from kv_transfer.transports import get_transport
-from kv_transfer.wire import decode_sequence, encode_sequence
+from kv_transfer.transports.kv_stream import receive_sequence, send_kv
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(slots=True)
+class Handoff:
+    """An opened transfer: ``descriptor`` goes to the receiver, ``run()`` sends the bytes."""
+    descriptor: Any
+    run: Callable[[], int]          # returns bytes sent
+    streaming: bool
+
+
 class KVSender:
     def __init__(self, layout: KVLayout, codec: str = "raw", entropy: str | None = None,
-                 transport: str = "ray", deadline_s: float = 10.0, max_bytes: int = 1 << 30):
+                 transport: str = "ray", deadline_s: float = 10.0, max_bytes: int = 1 << 30,
+                 streaming: bool = False, layers_per_section: int = 1):
         self.layout, self.codec, self.entropy = layout, codec, entropy
-        self.transport = get_transport(transport)
+        self.streaming = streaming
+        self.transport = get_transport(transport, streaming=True) if streaming else get_transport(transport)
         self.deadline_s, self.max_bytes = deadline_s, max_bytes
+        self.layers_per_section = layers_per_section
 
-    def send(self, seq: SequenceKV, codec: str | None = None, deadline: float | None = None):
-        """Encode and publish; returns (handle, bytes)."""
-        blob = encode_sequence(seq, self.layout, codec=codec or self.codec, entropy=self.entropy)
-        if len(blob) > self.max_bytes:
-            raise KVTransferTooLarge(f"KV of request {seq.request_id} is {len(blob)} bytes; "
-                                     f"the limit is {self.max_bytes}")
-        return self.transport.publish(seq.request_id, blob, _deadline(deadline, self.deadline_s)), len(blob)
+    def open(self, seq: SequenceKV, codec: str | None = None, deadline: float | None = None) -> Handoff:
+        # A recovered request is re-sent under the same request id: each attempt gets its own transfer.
+        transfer_id = f"{seq.request_id}/{uuid.uuid4().hex[:8]}"
+        stream = self.transport.open_send(transfer_id, _deadline(deadline, self.deadline_s), self.max_bytes)
+
+        def run() -> int:
+            stats = send_kv(stream, seq.kv, self.layout, codec or self.codec, entropy=self.entropy,
+                            layers_per_section=self.layers_per_section, seq=seq)
+            return stats.bytes_moved
+
+        if self.streaming:
+            return Handoff(stream.descriptor, run, True)
+        sent = run()   # complete mode: the descriptor lists every frame only after close
+        return Handoff(stream.descriptor, lambda: sent, False)
 
 
 class KVReceiver:
     def __init__(self, layout: KVLayout, codec: str = "raw", entropy: str | None = None,
-                 transport: str = "ray", deadline_s: float = 10.0, max_bytes: int = 1 << 30):
+                 transport: str = "ray", deadline_s: float = 10.0, max_bytes: int = 1 << 30,
+                 streaming: bool = False, layers_per_section: int = 1):
         self.layout = layout
         self.transport = get_transport(transport)
         self.deadline_s, self.max_bytes = deadline_s, max_bytes
 
-    def receive(self, handle, deadline: float | None = None) -> tuple[SequenceKV, int]:
-        """Fetch and verify; raises the kv_transfer typed errors."""
-        limit = _deadline(deadline, self.deadline_s)
-        blob = self.transport.fetch(handle, limit, self.max_bytes)
-        if time.time() > limit:
-            raise KVTransferTimeout("KV arrived after the request's deadline")
-        return decode_sequence(blob, self.layout), len(blob)
+    def receive(self, descriptor: Any, deadline: float | None = None) -> tuple[SequenceKV, int]:
+        """Fetch, verify and decode; raises the kv_transfer typed errors."""
+        stream = self.transport.open_receive(descriptor, _deadline(deadline, self.deadline_s), self.max_bytes)
+        seq = receive_sequence(stream, self.layout)
+        return seq, stream.stats.bytes_moved
 
 
 def _deadline(deadline: float | None, default_s: float) -> float:
+    import time
     own = time.time() + default_s
     return own if deadline is None else min(deadline, own)

@@ -16,13 +16,14 @@ from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.driver import EngineDriver
 from engine.load import load_figures
 from kv_transfer.handoff import KVSender
+from kv_transfer.transports.ray_source import AsyncRayKVSource
 from prefill_worker.messages import PrefillRequest, PrefillResult, WorkerLoad
 from prefill_worker.prefix import PrefixFetcher
 
 logger = logging.getLogger(__name__)
 
 
-class PrefillWorker:
+class PrefillWorker(AsyncRayKVSource):
     def __init__(self, worker_id: str, engine_config: EngineConfig, kv_options: dict,
                  store_options: dict | None = None):
         self.worker_id = worker_id
@@ -32,6 +33,8 @@ class PrefillWorker:
         self.driver = EngineDriver(self.engine, worker_id)
         self.sender = KVSender(self.engine.kv_layout, **kv_options)
         self.prefix = PrefixFetcher(self.engine, store_options)
+        self.kv_bytes_sent = 0
+        self._sending: set[asyncio.Task] = set()
         self.started = time.monotonic()
         logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)
 
@@ -72,10 +75,23 @@ class PrefillWorker:
         seq_kv = await self.driver.call(lambda e: _export_and_release(e, rid))
         self.prefix.write_back(req.prompt_token_ids, seq_kv.kv, req.cache_salt)
         t1 = time.perf_counter()
-        result.kv_handle, result.kv_bytes = await asyncio.to_thread(
-            self.sender.send, seq_kv, req.codec or None, req.deadline)
+        handoff = await asyncio.to_thread(self.sender.open, seq_kv, req.codec or None, req.deadline)
+        if handoff.streaming:   # the decode worker starts receiving while we encode
+            task = asyncio.get_running_loop().create_task(self._send_in_background(rid, handoff))
+            self._sending.add(task)
+            task.add_done_callback(self._sending.discard)
+        else:
+            result.kv_bytes = handoff.run()
+            self.kv_bytes_sent += result.kv_bytes
+        result.kv_handle = handoff.descriptor
         timings["ship_ms"] = 1000 * (time.perf_counter() - t1)
         return result
+
+    async def _send_in_background(self, request_id: str, handoff) -> None:
+        try:
+            self.kv_bytes_sent += await asyncio.to_thread(handoff.run)
+        except Exception as exc:   # the stream was aborted: the receiver sees the error
+            logger.warning("request %s: KV send failed: %s", request_id, exc)
 
     async def load(self) -> WorkerLoad:
         wall = time.monotonic() - self.started
