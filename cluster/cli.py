@@ -2,6 +2,7 @@
 
 ``tandem run``      - generate offline on a model and print text and timings.
 ``tandem serve``    - start a cluster; ``tandem generate`` / ``tandem status`` talk to one.
+``tandem bench``    - load-test a cluster or any OpenAI-compatible endpoint (loadtest/).
 """
 from __future__ import annotations
 
@@ -54,7 +55,12 @@ def _add_serving(sub: argparse._SubParsersAction) -> None:
     add_commands(sub)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_run, _add_serving]
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from loadtest.cli import add_commands
+    add_commands(sub)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_run, _add_serving, _add_bench]
 
 
 def build_parser() -> argparse.ArgumentParser:
