@@ -32,7 +32,7 @@ $(STAMP)/torch: $(STAMP)/venv
 	touch $@
 
 $(STAMP)/project: $(STAMP)/torch pyproject.toml requirements/lmcache-cpu.txt
-	$(PIP) install -e ".[dev]" -r requirements/lmcache-cpu.txt
+	$(PIP) install -e ".[dev]" -r requirements/lmcache-cpu.txt --config-settings editable_mode=compat
 	$(PIP) install --no-deps $(LMCACHE_PIN)
 	touch $@
 
