@@ -71,8 +71,9 @@ class KVCodec(ABC):
 
     @abstractmethod
     def decode(self, payload: memoryview, shape: GroupShape, dtype: torch.dtype,
-               device: torch.device | str = "cpu") -> torch.Tensor:
-        """Rebuild ``[l, 2, T, H, D]`` in ``dtype`` on ``device``; KVFormatError if ``payload``
+               device: torch.device | str = "cpu", out: torch.Tensor | None = None) -> torch.Tensor:
+        """Rebuild ``[l, 2, T, H, D]`` in ``dtype`` on ``device`` (written into ``out`` and
+        returned when given: saves an allocation and a copy); KVFormatError if ``payload``
         cannot be this codec's encoding of ``shape``."""
 
     @abstractmethod

@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 from kv_transfer.codecs.base import GroupShape, KVCodec, expect_size, register_codec
-from kv_transfer.codecs.quant import PayloadReader, as_bytes, inverse_scale, side_info_fp16
+from kv_transfer.codecs.quant import (PayloadReader, as_bytes, deliver, float_scratch, inverse_scale,
+                                      side_info_fp16, to_codes)
 
 _QMAX = 127.0
 
@@ -39,18 +40,18 @@ class Int8Codec(KVCodec):
         return [as_bytes(key_scale), as_bytes(value_scale), as_bytes(codes)]
 
     def decode(self, payload: memoryview, shape: GroupShape, dtype: torch.dtype,
-               device: torch.device | str = "cpu") -> torch.Tensor:
+               device: torch.device | str = "cpu", out: torch.Tensor | None = None) -> torch.Tensor:
         expect_size(payload, self.max_encoded_size(shape, dtype), self.name)
         l, _, t, h, d = shape.dims
         reader = PayloadReader(payload, self.name)
         key_scale = reader.tensor(torch.float16, (l, 1, h, d), device).float()
         value_scale = reader.tensor(torch.float16, (l, t, 1, 1), device).float()
-        codes = reader.tensor(torch.int8, shape.dims, device)
+        values = float_scratch(shape.dims, device, out)
+        reader.cast_into(torch.int8, values)
         reader.done()
-        out = torch.empty(shape.dims, dtype=torch.float32, device=codes.device)
-        torch.mul(codes[:, 0], key_scale, out=out[:, 0])
-        torch.mul(codes[:, 1], value_scale, out=out[:, 1])
-        return out if dtype == torch.float32 else out.to(dtype)
+        values[:, 0].mul_(key_scale)
+        values[:, 1].mul_(value_scale)
+        return deliver(values, dtype, out)
 
     def max_encoded_size(self, shape: GroupShape, dtype: torch.dtype) -> int:
         l, _, t, h, d = shape.dims
@@ -60,4 +61,4 @@ class Int8Codec(KVCodec):
 def _quantize(x: torch.Tensor, inverse: torch.Tensor, out: torch.Tensor) -> None:
     scaled = x * inverse
     scaled.round_().clamp_(-_QMAX, _QMAX)
-    out.copy_(scaled)
+    to_codes(scaled, torch.int8, out)

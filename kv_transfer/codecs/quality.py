@@ -105,6 +105,21 @@ def measure(engine, cases: Sequence[QualityCase], codec: str, codec_params: dict
                          agree / positions, same / total, exact / len(cases), wire, fp16)
 
 
+def prefill_export(engine, ids: list[int], request_id: str, sampling=None):
+    """Run ``ids`` as a prefill-only request; its exported ``SequenceKV`` (prompt KV and the
+    first sampled token), the request released."""
+    from engine import SamplingParams
+    params = sampling or SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
+    engine.add_request(request_id, ids, params, prefill_only=True)
+    while engine.requests[request_id].status.value != "parked":
+        engine.step()
+        if request_id not in engine.requests:
+            raise RuntimeError(f"request {request_id} finished before parking (max_tokens=1?)")
+    seq = engine.export_kv(request_id)
+    engine.release(request_id)
+    return seq
+
+
 def _teacher_forced_top1(engine, seq, kv: torch.Tensor, continuation: list[int]) -> torch.Tensor:
     """argmax at each position after t1 when ``kv`` holds the context and the raw greedy
     continuation is fed in."""

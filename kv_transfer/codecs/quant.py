@@ -48,6 +48,17 @@ class PayloadReader:
         out = torch.from_numpy(raw).view(dtype).reshape(shape)
         return out if torch.device(device).type == "cpu" else out.to(device)
 
+    def cast_into(self, dtype: torch.dtype, dest: torch.Tensor) -> None:
+        """Read ``dest.numel()`` elements of ``dtype`` and write them, converted, into ``dest``
+        (one pass, no intermediate copy on CPU)."""
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        raw = self.take(dest.numel() * itemsize)
+        if dest.device.type == "cpu":
+            np_dtype = torch.empty((), dtype=dtype).numpy().dtype
+            dest.numpy()[...] = np.frombuffer(raw, dtype=np_dtype).reshape(dest.shape)
+        else:
+            dest.copy_(torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).copy()).view(dtype).view(dest.shape))
+
     def rest(self) -> memoryview:
         return self.take(len(self._view) - self._pos)
 
@@ -57,12 +68,38 @@ class PayloadReader:
 
 
 def side_info_fp16(x: torch.Tensor, what: str, codec: str) -> torch.Tensor:
-    """``x`` rounded to fp16 (scales, zero points, means travel as fp16); ValueError if it overflows."""
-    if not bool(torch.isfinite(x).all()):
-        raise ValueError(f"{codec}: KV holds non-finite values ({what} is not finite)")
-    if float(x.abs().max()) > FP16_MAX:
-        raise ValueError(f"{codec}: {what} exceeds the fp16 range; use the raw codec for this KV")
+    """``x`` rounded to fp16 (scales, zero points, means travel as fp16); ValueError if it
+    is not finite or overflows fp16."""
+    peak = float(x.abs().amax()) if x.numel() else 0.0
+    if not peak <= FP16_MAX:                 # also catches NaN
+        raise ValueError(f"{codec}: {what} is {peak}: the KV holds non-finite values or exceeds "
+                         "the fp16 range; use the raw codec for this KV")
     return x.to(torch.float16)
+
+
+def to_codes(x: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Already rounded and clamped float codes as integers. Via int16: float32 -> int16 ->
+    8-bit is ~2x faster on CPU than a direct float32 -> 8-bit conversion (torch 2.13)."""
+    wide = x.to(torch.int16)
+    if out is None:
+        return wide.to(dtype)
+    return out.copy_(wide)
+
+
+def float_scratch(shape: tuple[int, ...], device, out: torch.Tensor | None) -> torch.Tensor:
+    """Where a codec computes float32 values: ``out`` itself when it is float32, else fresh."""
+    if out is not None and out.dtype == torch.float32:
+        return out
+    return torch.empty(shape, dtype=torch.float32, device=device)
+
+
+def deliver(scratch: torch.Tensor, dtype: torch.dtype, out: torch.Tensor | None) -> torch.Tensor:
+    """Hand float32 ``scratch`` back as ``dtype``, into ``out`` when one was given."""
+    if out is None:
+        return scratch if dtype == torch.float32 else scratch.to(dtype)
+    if out is not scratch:
+        out.copy_(scratch)
+    return out
 
 
 def inverse_scale(scale16: torch.Tensor) -> torch.Tensor:
@@ -72,50 +109,37 @@ def inverse_scale(scale16: torch.Tensor) -> torch.Tensor:
     return torch.where(s > 0, 1.0 / s, torch.zeros_like(s))
 
 
-def _lane_mask(lane: int, width: int) -> int:
-    """An int64 mask keeping the low ``width`` bits of every ``lane``-bit lane."""
-    unit = (1 << width) - 1
-    mask = 0
-    for start in range(0, 64, lane):
-        mask |= unit << start
-    return mask - (1 << 64) if mask >= 1 << 63 else mask
-
-
-def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
-    """Pack uint8 codes (< 2**bits) into ``numel * bits / 8`` bytes, first code in the low bits.
-
-    Works on int64 words of 8 codes at once (a shift-or cascade that halves the gaps
-    between fields), so no per-byte strided ops; ``codes.numel()`` must be a multiple of 8.
-    """
+def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack int16 codes (each < 2**bits) into ``ceil(n * bits / 8)`` bytes, first code in the
+    low bits of a byte. Works on whole words (2 or 4 int16 codes per int32/int64) with two
+    or three vectorised ops instead of per-byte strided ones. Little-endian hosts only."""
     flat = codes.reshape(-1)
     if bits == 8:
-        return flat
-    words = flat.view(torch.int64)
-    lane, width = 8, bits
-    while lane < 64:
-        words = words | (words >> (lane - width))
-        lane, width = lane * 2, width * 2
-        words &= _lane_mask(lane, width)
-    field = torch.int32 if bits == 4 else torch.int16
-    fields = words.view(field).view(-1, 64 // (8 * bits))[:, 0]
-    # a copy into fresh memory: .contiguous() keeps a 1-element view's stride, which .view() rejects
-    return torch.empty(fields.shape, dtype=field, device=fields.device).copy_(fields).view(torch.uint8)
+        return flat.to(torch.uint8)
+    per = 8 // bits
+    if flat.numel() % per:
+        flat = torch.cat([flat, flat.new_zeros(per - flat.numel() % per)])
+    if bits == 4:
+        words = flat.view(torch.int32)                  # c0 | c1 << 16
+        return (words | (words >> 12)).to(torch.uint8)  # low byte: c0 | c1 << 4
+    words = flat.view(torch.int64)                      # c0 | c1 << 16 | c2 << 32 | c3 << 48
+    pairs = words | (words >> 14)
+    return (pairs | (pairs >> 28)).to(torch.uint8)
 
 
-def unpack_bits(packed: torch.Tensor, bits: int) -> torch.Tensor:
-    """Inverse of ``pack_bits``: a flat uint8 tensor of ``packed.numel() * 8 // bits`` codes."""
+def unpack_codes(packed: torch.Tensor, bits: int) -> torch.Tensor:
+    """Inverse of ``pack_codes``: int16 codes, ``packed.numel() * 8 // bits`` of them."""
+    flat = packed.reshape(-1)
     if bits == 8:
-        return packed.reshape(-1)
-    field = torch.int32 if bits == 4 else torch.int16
-    words = packed.reshape(-1).view(field).to(torch.int64) & ((1 << (8 * bits)) - 1)
-    lane, width = 64, 8 * bits
-    while lane > 8:
-        lane, width = lane // 2, width // 2
-        words = words | (words << (lane - width))
-        words &= _lane_mask(lane, width)
-    return words.view(torch.uint8)
+        return flat.to(torch.int16)
+    if bits == 4:
+        words = flat.to(torch.int32)
+        return ((words | (words << 12)) & 0x000F000F).view(torch.int16)
+    words = flat.to(torch.int64)
+    words = (words | (words << 28)) & 0x0000000F0000000F
+    return ((words | (words << 14)) & 0x0003000300030003).view(torch.int16)
 
 
 def packed_size(count: int, bits: int) -> int:
-    """Bytes that ``count`` codes of ``bits`` bits take, padded to a whole 8-code word."""
-    return (count + 7) // 8 * bits
+    """Bytes that ``count`` codes of ``bits`` bits take once packed."""
+    return (count * bits + 7) // 8

@@ -22,10 +22,14 @@ class RawCodec(KVCodec):
         return [as_bytes(kv)]
 
     def decode(self, payload: memoryview, shape: GroupShape, dtype: torch.dtype,
-               device: torch.device | str = "cpu") -> torch.Tensor:
+               device: torch.device | str = "cpu", out: torch.Tensor | None = None) -> torch.Tensor:
         expect_size(payload, self.max_encoded_size(shape, dtype), self.name)
         reader = PayloadReader(payload, self.name)
-        return reader.tensor(dtype, shape.dims, device)
+        if out is None:
+            return reader.tensor(dtype, shape.dims, device)
+        bits = {1: torch.uint8, 2: torch.int16, 4: torch.int32}[out.element_size()]
+        reader.cast_into(bits, out.view(bits))     # a plain copy of the bytes, no conversion
+        return out
 
     def max_encoded_size(self, shape: GroupShape, dtype: torch.dtype) -> int:
         return shape.numel * torch.empty((), dtype=dtype).element_size()

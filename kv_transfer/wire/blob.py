@@ -30,8 +30,8 @@ def decode_kv(blob: bytes | memoryview, layout: Any, device: torch.device | str 
         if section.index == META_INDEX:
             decoder.decode_meta(section)
             continue
-        start, group = decoder.decode_section(section)
-        out[start:start + group.shape[0]] = group
+        start, count = section.layer_start, section.layer_count
+        decoder.decode_section(section, out=out[start:start + count])
     decoder.finish()
     return out
 

@@ -56,8 +56,8 @@ def decode_sequence(blob: bytes | memoryview, layout: Any, device: torch.device 
         if section.index == META_INDEX:
             meta = decoder.decode_meta(section)
             continue
-        start, group = decoder.decode_section(section)
-        kv[start:start + group.shape[0]] = group
+        start, count = section.layer_start, section.layer_count
+        decoder.decode_section(section, out=kv[start:start + count])
     decoder.finish()
     return unpack_meta(meta, kv, layout)
 

@@ -127,18 +127,23 @@ class KVStreamDecoder:
                                 f"+{section.layer_count}, the header says {h.layer_range(section.index)}")
         return section
 
-    def decode_section(self, frame: bytes | memoryview | Section) -> tuple[int, torch.Tensor]:
-        """``(first_layer, kv_group)`` of one KV section frame (a whole frame, or a parsed one)."""
+    def decode_section(self, frame: bytes | memoryview | Section,
+                       out: torch.Tensor | None = None) -> tuple[int, torch.Tensor]:
+        """``(first_layer, kv_group)`` of one KV section frame (a whole frame, or a parsed one).
+        With ``out`` (the destination ``[l, 2, T, H, D]`` slice, layout dtype) the group is
+        decoded in place there."""
         section = frame if isinstance(frame, Section) else self._whole_frame(frame)
         if section.index == META_INDEX:
             raise KVFormatError("decode_section got the metadata section; use decode_meta")
         h = self.header
         shape = GroupShape(section.layer_count, h.num_tokens, h.num_kv_heads, h.head_dim)
+        if out is not None and (tuple(out.shape) != shape.dims or out.dtype != self.dtype):
+            raise ValueError(f"out must be {shape.dims} {self.dtype}, got {tuple(out.shape)} {out.dtype}")
         payload = self._payload(section, shape)
         if h.num_tokens == 0:
-            kv = torch.empty(shape.dims, dtype=self.dtype, device=self.device)
+            kv = torch.empty(shape.dims, dtype=self.dtype, device=self.device) if out is None else out
         else:
-            kv = self.codec.decode(payload, shape, self.dtype, self.device)
+            kv = self.codec.decode(payload, shape, self.dtype, self.device, out=out)
         if tuple(kv.shape) != shape.dims or kv.dtype != self.dtype:   # a codec bug, never the blob
             raise KVFormatError(f"codec {h.codec} decoded {tuple(kv.shape)} {kv.dtype}, expected {shape.dims}")
         self._done.add(section.index)

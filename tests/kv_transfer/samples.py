@@ -34,18 +34,6 @@ def prefill_kv(engine, ids: list[int]) -> torch.Tensor:
 def prefill_sequence(engine, ids: list[int], request_id: str | None = None, sampling=None):
     """Run ``ids`` as a prefill-only request in ``engine``; returns its exported ``SequenceKV``
     (prompt KV, and the first sampled token appended) after releasing it."""
-    from engine import SamplingParams
+    from kv_transfer.codecs.quality import prefill_export
     rid = request_id or f"kvt-prefill-{len(ids)}-{hash(tuple(ids)) & 0xffffff}"
-    params = sampling or SamplingParams(temperature=0, max_tokens=64, ignore_eos=True)
-    engine.add_request(rid, ids, params, prefill_only=True)
-    for _ in range(10_000):
-        engine.step()
-        try:
-            seq = engine.export_kv(rid)
-            break
-        except ValueError:
-            continue
-    else:
-        raise RuntimeError("prefill never parked")
-    engine.release(rid)
-    return seq
+    return prefill_export(engine, ids, rid, sampling)
