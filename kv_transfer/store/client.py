@@ -69,6 +69,8 @@ class PrefixCacheClient:
                 logger.warning("store calibration of %s tier failed: redis unavailable", tier)
                 continue
             if any(s is None for s in samples):
+                if tier == "local":
+                    self.cost.mark_absent(tier)
                 continue
             small = min(samples[:2], key=lambda s: s.seconds)
             large = min(samples[2:], key=lambda s: s.seconds)

@@ -23,6 +23,7 @@ class TierCost:
     fixed_s: float
     bytes_per_s: float
     samples: int = 0
+    present: bool = True      # False: the store has no such tier
 
     def seconds(self, raw_bytes: int) -> float:
         return 0.0 if raw_bytes <= 0 else self.fixed_s + raw_bytes / self.bytes_per_s
@@ -102,8 +103,17 @@ class CostModel:
         if max_tokens <= 0:
             return False
         recompute = max_tokens / prefill_tokens_per_s
-        best = min(self.estimate(max_tokens, 0), self.estimate(0, max_tokens))
+        with self._lock:
+            present = [name for name, cost in self.tiers.items() if cost.present]
+        best = min((self.estimate(max_tokens, 0) if name == "local" else self.estimate(0, max_tokens))
+                   for name in present) if present else float("inf")
         return best * self.safety < recompute
+
+    def mark_absent(self, tier: str) -> None:
+        """The store has no such tier: never count on it when deciding to look up."""
+        self._check_tier(tier)
+        with self._lock:
+            self.tiers[tier].present = False
 
     def choose(self, hits: TierHits, usable: int, prefill_tokens_per_s: float) -> Choice:
         """The cheapest way to obtain the first ``usable`` hit tokens."""
@@ -131,7 +141,7 @@ class CostModel:
     def snapshot(self) -> dict[str, dict[str, float]]:
         with self._lock:
             return {name: {"fixed_s": c.fixed_s, "bytes_per_s": c.bytes_per_s,
-                           "samples": c.samples} for name, c in self.tiers.items()}
+                           "samples": c.samples} for name, c in self.tiers.items() if c.present}
 
     @staticmethod
     def _check_tier(tier: str) -> None:

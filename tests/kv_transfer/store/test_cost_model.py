@@ -71,3 +71,11 @@ def test_bad_inputs_raise_value_errors():
         model().choose(TierHits(0, 1), 1, 0)
     with pytest.raises(ValueError):
         model().observe("disk", FetchSample(1, 1.0))
+
+
+def test_a_missing_tier_is_never_counted_on():
+    m = model()
+    assert m.best_case_wins(4096, 1_000_000)          # DRAM at 0.5 us/token would win
+    m.mark_absent("local")
+    assert not m.best_case_wins(4096, 1_000_000)      # Redis at 5 us/token cannot
+    assert "local" not in m.snapshot()
