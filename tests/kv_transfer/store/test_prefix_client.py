@@ -131,10 +131,10 @@ def test_native_backend_skips_the_store_while_the_breaker_is_open(own_redis):
 
 
 def test_write_back_is_bounded_and_never_waits_for_a_stalled_redis(own_redis):
-    with open_client(own_redis.url, backend="redis", op_timeout_s=3.0, writeback_queue=2,
+    with open_client(own_redis.url, backend="redis", op_timeout_s=5.0, writeback_queue=2,
                      writeback_max_bytes=1 << 30) as c:
         admin = redis.Redis.from_url(own_redis.url)
-        admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")   # fault: writes stall
+        admin.execute_command("CLIENT", "PAUSE", 2500, "WRITE")   # fault: writes stall
         accepted = [c.write_back([i] + TOKENS[1:], synthetic_kv(len(TOKENS)), "t")
                     for i in range(8)]
         stats = c.stats()
