@@ -47,13 +47,21 @@ class WorkerPool:
     handles: dict[str, Any]
     placement_group: Any = None
     incarnations: dict[str, str] = field(default_factory=dict)
+    owned: bool = True              # False: attached to a pool another router created
 
     @classmethod
     def create(cls, role: str, cfg: ClusterConfig, pool_cfg: PoolConfig, ready_timeout_s: float = 180.0) -> "WorkerPool":
+        """Create the pool, or attach to it when another router of this cluster already did."""
         import ray
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+        existing = _attach(role, cfg, pool_cfg.workers)
+        if existing is not None:
+            logger.info("%s pool already exists in namespace %s: attaching", role, cfg.ray.namespace)
+            return cls(role, list(existing), existing, owned=False)
+        # On a shared cluster the pool must outlive the router that happened to create it.
+        lifetime = "detached" if cfg.ray.address else None
         gpus = _gpus(pool_cfg)
         bundle = {"CPU": pool_cfg.cpus_per_worker, POOL_RESOURCES[role]: 1.0}
         if gpus:
@@ -66,6 +74,7 @@ class WorkerPool:
         for i in range(pool_cfg.workers):
             name = f"tandem-{role}-{i}"
             opts = dict(name=name, namespace=cfg.ray.namespace, num_cpus=pool_cfg.cpus_per_worker,
+                        lifetime=lifetime, get_if_exists=True,
                         num_gpus=gpus, resources={POOL_RESOURCES[role]: 1.0},
                         max_restarts=pool_cfg.max_restarts, max_task_retries=0, max_concurrency=1000,
                         scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i))
@@ -81,9 +90,12 @@ class WorkerPool:
         logger.info("%s pool ready: %s", self.role, ", ".join(self.names))
 
     def shutdown(self) -> None:
+        """Stop the pool's actors, unless this router only attached to them."""
         import ray
         from ray.util.placement_group import remove_placement_group
 
+        if not self.owned:
+            return
         for name in self.names:
             try:
                 ray.kill(self.handles[name], no_restart=True)
@@ -91,6 +103,18 @@ class WorkerPool:
                 logger.debug("kill %s failed", name, exc_info=True)
         if self.placement_group is not None:
             remove_placement_group(self.placement_group)
+
+
+def _attach(role: str, cfg: ClusterConfig, workers: int) -> dict[str, Any] | None:
+    import ray
+    handles = {}
+    for i in range(workers):
+        name = f"tandem-{role}-{i}"
+        try:
+            handles[name] = ray.get_actor(name, namespace=cfg.ray.namespace)
+        except ValueError:
+            return None
+    return handles
 
 
 def _actor_class(role: str):

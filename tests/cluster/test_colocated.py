@@ -39,6 +39,17 @@ def test_colocated_cluster_matches_the_offline_engine_and_names_one_worker_for_b
         assert client.cluster_info().mode == "colocated"
 
 
+def test_a_second_router_attaches_to_the_running_pools_and_leaves_them_running(colocated):
+    second = BackgroundCluster(load_config(None, [
+        "mode=colocated", "router.grpc_port=0", "pools.decode.workers=2", "pools.decode.cpus_per_worker=0.25"]))
+    with second:
+        assert not any(p.owned for p in second.cluster.pools.values())
+        with TandemClient(second.target, timeout=60) as client:
+            assert client.generate("Once upon a time", max_tokens=8, temperature=0).finish_reason == "length"
+    with TandemClient(colocated.target, timeout=60) as client:   # the owner's pools still serve
+        assert client.generate("Once upon a time", max_tokens=8, temperature=0).finish_reason == "length"
+
+
 def test_with_no_healthy_worker_left_a_request_gets_unavailable_within_its_deadline(colocated):
     import time
 
