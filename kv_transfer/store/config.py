@@ -1,6 +1,7 @@
 """Settings of the global KV store: one dataclass, validated on construction."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,7 @@ class StoreConfig:
     codec_params: dict[str, Any] | None = None
     entropy: str | None = None               # optional entropy stage of the wire format
     share_tenants: bool = False              # True: every tenant salt maps to one namespace
+    key_prefix: str = "tandem"               # readable start of every Redis key
     op_timeout_s: float = 1.0                # a Redis call slower than this is a failure
     breaker_failures: int = 3                # consecutive failures that open the breaker
     breaker_reset_s: float = 2.0             # open time before a reconnect probe
@@ -46,3 +48,5 @@ class StoreConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not self.codec:
             raise ValueError("codec must be a non-empty codec name")
+        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.key_prefix):
+            raise ValueError(f"key_prefix must be 1-64 of [A-Za-z0-9_.:-], got {self.key_prefix!r}")

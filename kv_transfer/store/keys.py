@@ -17,7 +17,7 @@ from engine.hashing import chunk_hashes
 from engine.kv_export import KVLayout
 
 SHARED_TENANT = b"*shared*"
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+_UNSAFE = re.compile(r"[^A-Za-z0-9._:-]")
 # LMCache spells dtypes this way in its key strings; we keep its spelling so both match.
 _KEY_DTYPE = {"float32": "float", "float16": "half", "bfloat16": "bfloat16", "float64": "double"}
 
@@ -37,7 +37,7 @@ class KeyScheme:
     """Keys of one store: fixed model, dtype, codec and chunk size; salt per call."""
 
     def __init__(self, layout: KVLayout, codec: str, chunk_size: int,
-                 share_tenants: bool = False) -> None:
+                 share_tenants: bool = False, key_prefix: str = "tandem") -> None:
         if chunk_size < 1:
             raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
         if not layout.model_fingerprint:
@@ -48,7 +48,7 @@ class KeyScheme:
         self.share_tenants = share_tenants
         # Readable part of every key; the hash below is what actually isolates.
         fp = _UNSAFE.sub("_", layout.model_fingerprint)[:16]
-        self.prefix = f"tandem.{fp}.{_UNSAFE.sub('_', codec)}"
+        self.prefix = f"{_UNSAFE.sub('_', key_prefix)}.{fp}.{_UNSAFE.sub('_', codec)}"
         if layout.dtype not in _KEY_DTYPE:
             raise ValueError(f"unsupported KV dtype {layout.dtype!r}; one of {sorted(_KEY_DTYPE)}")
         self.key_dtype = _KEY_DTYPE[layout.dtype]

@@ -57,7 +57,8 @@ class LMCacheStore(KVStore):
 
     def __init__(self, config: StoreConfig, layout: KVLayout) -> None:
         super().__init__(config, layout)
-        self.scheme = KeyScheme(layout, config.codec, config.chunk_size, config.share_tenants)
+        self.scheme = KeyScheme(layout, config.codec, config.chunk_size, config.share_tenants,
+                                config.key_prefix)
         self.dtype = getattr(torch, layout.dtype)
         values = ValueCodec(layout, config.codec, config.codec_params, config.entropy)
         self.url, self._server = open_redis(config)

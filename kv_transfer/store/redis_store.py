@@ -48,7 +48,8 @@ class RedisStore(KVStore):
 
     def __init__(self, config: StoreConfig, layout: KVLayout) -> None:
         super().__init__(config, layout)
-        self.scheme = KeyScheme(layout, config.codec, config.chunk_size, config.share_tenants)
+        self.scheme = KeyScheme(layout, config.codec, config.chunk_size, config.share_tenants,
+                                config.key_prefix)
         values = ValueCodec(layout, config.codec, config.codec_params, config.entropy)
         self.url, self._server = open_redis(config)
         self.tier = RedisChunkTier(self.url, values, config.chunk_size, config.op_timeout_s)

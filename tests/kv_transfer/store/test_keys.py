@@ -70,3 +70,12 @@ def test_bad_inputs_raise_value_errors():
         KeyScheme(KVLayout(2, 2, 4, "int3", "m"), "raw", 16)
     with pytest.raises(ValueError):
         scheme().chunk_keys(TOKENS, 42)
+
+
+def test_the_key_prefix_separates_deployments_and_is_validated():
+    from kv_transfer.store import StoreConfig
+    a = KeyScheme(LAYOUT, "raw", 16, key_prefix="prod:eu")
+    assert all(k.startswith("prod:eu.") for k in a.chunk_keys(TOKENS, "t"))
+    assert set(a.chunk_keys(TOKENS, "t")).isdisjoint(scheme().chunk_keys(TOKENS, "t"))
+    with pytest.raises(ValueError):
+        StoreConfig(key_prefix="bad@prefix")
