@@ -4,8 +4,11 @@ Each frame is ``ray.put`` as a numpy array (one copy into the store); a receiver
 same node ``ray.get``s it zero-copy as a read-only array, across nodes Ray moves it once.
 Two modes:
 
-* complete (default): the descriptor lists every frame's ObjectRef once the sender closed;
-  it is a small dataclass that travels through actor calls and the router like any value.
+* complete (default): frames are held until ``close()``, then put as ONE object (a list of
+  numpy arrays: one copy into the store, one IPC; a per-frame put costs ~1 ms of plasma
+  round trips here, which would dominate). The descriptor, a small dataclass holding that
+  ObjectRef, travels through actor calls and the router like any value. Frames handed to
+  ``send`` must not be mutated before ``close()``.
 * streaming (``get_transport("ray", streaming=True)``): the descriptor is valid as soon as
   the stream opens and names the sender actor; the receiver long-polls it for new frames
   (see ray_source.py) and decodes layer groups while later ones are still being computed.
@@ -39,7 +42,7 @@ class RayKVDescriptor:
     """What a receiver needs to pull one transfer; pass it through Ray calls as is."""
     transfer_id: str
     deadline: float
-    refs: list | None = None            # complete mode: every frame's ObjectRef, header first
+    refs: list | None = None            # complete mode: ObjectRefs, each of a list of frames
     sizes: list[int] = field(default_factory=list)
     source: Any = None                  # streaming mode: the sender actor's handle
     transport: str = "ray"
@@ -59,6 +62,7 @@ class _RaySend(SendStream):
         self._stats = TransferStats(limits.transfer_id)
         self._refs: list = []
         self._sizes: list[int] = []
+        self._held: list = []               # complete mode: frames waiting for close()
         self._closed = False
         self._t0 = time.perf_counter()
         self._source = None
@@ -90,6 +94,10 @@ class _RaySend(SendStream):
             view = frame_bytes(frame)
             size = view.nbytes
             self._limits.charge(self._stats, size)
+            if not self._streaming:
+                self._held.append(np.frombuffer(view, dtype=np.uint8))
+                self._sizes.append(size)
+                return
             ref = self._ray.put(np.frombuffer(view, dtype=np.uint8))
         self._refs.append(ref)
         self._sizes.append(size)
@@ -99,15 +107,22 @@ class _RaySend(SendStream):
                                    "(timed out or failed) or the transfer expired")
 
     def close(self) -> TransferStats:
+        if self._closed:
+            return self._stats
         self._closed = True
         if self._streaming:
             BOARD.close(self._limits.transfer_id)
+        elif self._held:
+            self._limits.remaining()
+            self._refs.append(self._ray.put(self._held))
+            self._held = []
         self._stats.seconds = time.perf_counter() - self._t0
         return self._stats
 
     def abort(self, reason: str) -> None:
         self._closed = True
         self._refs.clear()
+        self._held.clear()
         if self._streaming:
             BOARD.close(self._limits.transfer_id, error=reason)
 
@@ -126,8 +141,15 @@ class _RayReceive(ReceiveStream):
     def __iter__(self) -> Iterator[memoryview]:
         t0 = time.perf_counter()
         d = self._descriptor
-        frames = (zip(d.refs, d.sizes) if d.refs is not None else self._poll())
-        for ref, size in frames:
+        if d.refs is not None:
+            sizes = iter(d.sizes)
+            for ref in d.refs:
+                for frame in self._get(ref):
+                    self._limits.charge(self.stats, next(sizes, 0) or frame.nbytes)
+                    self.stats.seconds = time.perf_counter() - t0
+                    yield memoryview(frame)
+            return
+        for ref, size in self._poll():
             self._limits.charge(self.stats, size)
             value = self._get(ref)
             self.stats.seconds = time.perf_counter() - t0

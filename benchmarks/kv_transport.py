@@ -1,0 +1,181 @@
+"""KV transport bandwidth: the ``ray`` transport between two actors vs a single-thread memcpy.
+
+    .venv/bin/python -m benchmarks.kv_transport [--quick] [--reps R]
+
+Payloads are the wire-blob sizes of llama-100m fp16 KV (12 layers, 4 KV heads, head dim 64)
+at 512 and 2,048 tokens, plus a 128 MiB one. For each size, in one run:
+
+* ``memcpy``: ``np.copyto`` of the same bytes into a preallocated buffer, one thread
+  (and into a fresh buffer, page faults included);
+* ``ray``: a sender actor ``ray.put``s the frames, a receiver actor ``ray.get``s them
+  (zero-copy, read-only numpy views), in three modes: ``complete-1`` (one frame),
+  ``complete-L`` (one frame per layer), ``streamed-L`` (one frame per layer, the receiver
+  long-polling the sender while it publishes). ``gbps`` counts the data plane: the
+  sender's puts plus the receiver's gets; ``end_to_end_gbps`` also counts handing the
+  descriptor through the driver (two actor calls), from the first put to the receiver
+  holding every frame (``time.perf_counter`` is system-wide on Linux);
+* ``ray+read``: as ``complete-1`` but the receiver also reads every byte once (CRC-32),
+  against memcpy + the same read in-process.
+
+The object store is warmed first (every page touched once, as in a server that has been
+up a while): a cold store pays a page fault per 4 KiB on each put and runs several times
+slower; its put speed is reported as ``cold_put_gbps``. Medians over ``--reps``;
+``vs_memcpy`` is the ratio of bandwidths to the preallocated single-thread memcpy.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+import zlib
+
+import numpy as np
+
+BENCH = "kv_transport"
+LAYERS = 12
+STORE_BYTES = 768 << 20
+
+
+def emit(**fields) -> None:
+    print(json.dumps({"bench": BENCH, **fields}), flush=True)
+
+
+def kv_blob_size(tokens: int) -> int:
+    return LAYERS * 2 * tokens * 4 * 64 * 2
+
+
+def memcpy_gbps(size: int, reps: int) -> tuple[float, float, float]:
+    """(preallocated, fresh-buffer, copy+crc) single-thread GB/s."""
+    src = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
+    dst = np.empty_like(src)
+    np.copyto(dst, src)
+    warm, fresh, read = [], [], []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        np.copyto(dst, src)
+        t1 = time.perf_counter()
+        np.array(src, copy=True)
+        t2 = time.perf_counter()
+        np.copyto(dst, src)
+        zlib.crc32(dst)
+        t3 = time.perf_counter()
+        warm.append(t1 - t0)
+        fresh.append(t2 - t1)
+        read.append(t3 - t2)
+    return tuple(size / statistics.median(x) / 1e9 for x in (warm, fresh, read))
+
+
+def _actors():
+    import ray
+    from kv_transfer.transports import RayKVSource, get_transport
+
+    @ray.remote(max_concurrency=2)
+    class Sender(RayKVSource):
+        def __init__(self):
+            self.payloads = {}
+
+        def prepare(self, size: int, frames: int) -> None:
+            data = np.random.default_rng(size).integers(0, 255, size, dtype=np.uint8)
+            self.payloads[(size, frames)] = np.array_split(data, frames)
+
+        def warm_store(self, total: int) -> float:
+            """Touch every page of the object store once; returns the cold put GB/s."""
+            block = np.ones(32 << 20, dtype=np.uint8)
+            t0 = time.perf_counter()
+            for _ in range(max(1, total // block.nbytes)):
+                ref = ray.put(block)
+                del ref
+            return total / (time.perf_counter() - t0) / 1e9
+
+        def send(self, transfer_id: str, size: int, frames: int, streaming: bool):
+            """(t_start, put seconds or None when streamed, descriptor)."""
+            import threading
+            transport = get_transport("ray", streaming=streaming)
+            parts = self.payloads[(size, frames)]
+            stream = transport.open_send(transfer_id, max_bytes=size + 1)
+            t0 = time.perf_counter()
+            if streaming:
+                threading.Thread(target=self._publish, args=(stream, parts)).start()
+                return t0, None, stream.descriptor
+            self._publish(stream, parts)
+            return t0, time.perf_counter() - t0, stream.descriptor
+
+        @staticmethod
+        def _publish(stream, parts) -> None:
+            for part in parts:
+                stream.send(part)
+            stream.close()
+
+    @ray.remote
+    class Receiver:
+        def receive(self, descriptor, read: bool = False) -> tuple[float, float, int]:
+            """(get seconds, t_end, bytes)."""
+            t0 = time.perf_counter()
+            frames = list(get_transport("ray").open_receive(descriptor))
+            if read:
+                for frame in frames:
+                    zlib.crc32(frame)
+            t1 = time.perf_counter()
+            return t1 - t0, t1, sum(f.nbytes for f in frames)
+
+    return Sender.remote(), Receiver.remote()
+
+
+def ray_gbps(sender, receiver, size: int, frames: int, mode: str, reps: int,
+             read: bool = False) -> tuple[float, float]:
+    """(data-plane GB/s, end-to-end GB/s), medians."""
+    import ray
+    ray.get(sender.prepare.remote(size, frames))
+    plane, whole = [], []
+    for i in range(reps + 1):                       # the first is a warm-up
+        tid = f"{mode}-{size}-{frames}-{i}-{read}"
+        t0, put_s, descriptor = ray.get(sender.send.remote(tid, size, frames, mode == "streamed"))
+        get_s, t_end, got = ray.get(receiver.receive.remote(descriptor, read))
+        if got != size:
+            raise RuntimeError(f"received {got} bytes of {size}")
+        if i:
+            # streamed: puts and gets overlap, so its data plane is the whole span
+            plane.append(t_end - t0 if put_s is None else put_s + get_s)
+            whole.append(t_end - t0)
+    return size / statistics.median(plane) / 1e9, size / statistics.median(whole) / 1e9
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--reps", type=int, default=9)
+    args = ap.parse_args(argv)
+    reps = 3 if args.quick else args.reps
+    sizes = {"512_tokens": kv_blob_size(512), "2048_tokens": kv_blob_size(2048)}
+    if not args.quick:
+        sizes["128MiB"] = 128 << 20
+
+    import ray
+    for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}.items():
+        os.environ.setdefault(key, value)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
+             object_store_memory=STORE_BYTES, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
+    try:
+        sender, receiver = _actors()
+        cold = ray.get(sender.warm_store.remote(STORE_BYTES))
+        emit(kind="setup", object_store_bytes=STORE_BYTES, cold_put_gbps=round(cold, 3), reps=reps)
+        for label, size in sizes.items():
+            warm, fresh, read = memcpy_gbps(size, reps)
+            emit(kind="memcpy", payload=label, bytes=size, gbps=round(warm, 3),
+                 fresh_buffer_gbps=round(fresh, 3), with_read_gbps=round(read, 3))
+            for mode, frames in (("complete", 1), ("complete", LAYERS), ("streamed", LAYERS)):
+                plane, whole = ray_gbps(sender, receiver, size, frames, mode, reps)
+                emit(kind="ray", mode=f"{mode}-{frames}", payload=label, bytes=size, gbps=round(plane, 3),
+                     end_to_end_gbps=round(whole, 3), vs_memcpy=round(plane / warm, 3),
+                     end_to_end_vs_memcpy=round(whole / warm, 3))
+            plane, whole = ray_gbps(sender, receiver, size, 1, "complete", reps, read=True)
+            emit(kind="ray+read", mode="complete-1", payload=label, bytes=size, gbps=round(plane, 3),
+                 end_to_end_gbps=round(whole, 3), vs_memcpy_with_read=round(plane / read, 3))
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()
