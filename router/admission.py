@@ -208,9 +208,10 @@ class AdmissionController:
             self._busy_since = now
 
     def _leave_queue(self, ticket: Ticket) -> bool:
-        if self._pending.pop(ticket.request_id, None) is None:
+        if ticket.request_id not in self._pending:
             return False
         self._advance_busy(self._clock())
+        del self._pending[ticket.request_id]
         self.queued_tokens -= ticket.prompt_tokens
         if not self._pending:
             self._busy_since = None

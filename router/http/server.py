@@ -18,7 +18,7 @@ from pathlib import Path
 from aiohttp import web
 
 from router.auth import Principal, bearer_token
-from router.errors import RouterError
+from router.errors import RequestTimedOut, RouterError
 from router.gateway import ClientGone, Gateway
 from router.http.errors import HttpError, error_body, response_for
 from router.http.openai_api import OpenAIRequest, parse_chat, parse_completion
@@ -49,14 +49,13 @@ class HttpServer:
         app.router.add_get("/v1/models/{model:.+}", self.model)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
+                                     shutdown_timeout=1.0)
         self.port: int | None = None
 
     async def start(self, host: str, port: int) -> int:
         await self._runner.setup()
-        site = web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context,
-                           shutdown_timeout=1.0)
-        await site.start()
+        await web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context).start()
         self.port = self._runner.addresses[0][1]
         return self.port
 
@@ -155,6 +154,16 @@ class HttpServer:
         return await self._generate(request, chat=True)
 
     async def _generate(self, request: web.Request, chat: bool) -> web.StreamResponse:
+        try:
+            return await self._serve(request, chat)
+        except RequestTimedOut as exc:
+            if request.headers.get("X-Tandem-Deadline-Ms") is None:
+                raise
+            # the client's own time budget ran out: a client error, not the server's
+            raise HttpError(408, str(exc), code="deadline_exceeded",
+                            err_type="timeout_error") from None
+
+    async def _serve(self, request: web.Request, chat: bool) -> web.StreamResponse:
         principal = self._principal(request)
         try:
             parsed = self._parse(request, await self._body(request), chat)
@@ -243,7 +252,7 @@ class MetricsServer:
         self.metrics, self.ssl_context = metrics, ssl_context
         app = web.Application()
         app.router.add_get("/metrics", self.scrape)
-        self._runner = web.AppRunner(app, access_log=None)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         self.port: int | None = None
 
     async def scrape(self, request: web.Request) -> web.Response:
@@ -252,8 +261,7 @@ class MetricsServer:
 
     async def start(self, host: str, port: int) -> int:
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context,
-                          shutdown_timeout=1.0).start()
+        await web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context).start()
         self.port = self._runner.addresses[0][1]
         return self.port
 

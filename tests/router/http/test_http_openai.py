@@ -1,0 +1,234 @@
+"""The OpenAI-compatible HTTP API with the official ``openai`` client, on a real router over a
+real stories260K engine (the disaggregated cluster is covered by test_http_cluster.py)."""
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+import openai
+import pytest
+
+from frontdoor_helpers import (make_llm, router_config, sample, scrape, start_router,
+                               wait_until)
+
+from cluster.config import LimitsConfig
+from router.http.chat import ChatMessage, render_chat
+from tandem_client import TandemClient
+
+PROMPT = "Once upon a time"
+LONG_PROMPT = "Lily and Ben went to the park to play with their red ball. " * 6
+CHATML = ("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+          "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def router():
+    r = start_router(config=router_config(limits=LimitsConfig(max_body_bytes=64 * 1024,
+                                                              max_tokens=200)))
+    yield r
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def oai(router):
+    client = openai.OpenAI(base_url=f"{router.http_url}/v1", api_key="unused", max_retries=0,
+                           timeout=60)
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def grpc_client(router):
+    client = TandemClient(router.target, timeout=60)
+    yield client
+    client.close()
+
+
+def test_completions_equal_the_grpc_path_streamed_or_not_with_usage(oai, grpc_client):
+    ref = grpc_client.generate(PROMPT, max_tokens=24, temperature=0)
+    whole = oai.completions.create(model="stories260K", prompt=PROMPT, max_tokens=24, temperature=0)
+    assert whole.choices[0].text == ref.text
+    assert whole.choices[0].finish_reason == ref.finish_reason
+    assert whole.usage.prompt_tokens == ref.usage.prompt_tokens
+    assert whole.usage.completion_tokens == len(ref.token_ids) == 24
+    assert whole.usage.total_tokens == whole.usage.prompt_tokens + 24
+    chunks = list(oai.completions.create(model="stories260K", prompt=PROMPT, max_tokens=24,
+                                         temperature=0, stream=True,
+                                         stream_options={"include_usage": True}))
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == ref.text
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 24
+    ids = [t for c in chunks if c.choices for t in c.choices[0].model_extra["token_ids"]]
+    assert ids == ref.token_ids
+    ids_ref = grpc_client.generate(token_ids=[1, 400, 300], max_tokens=5, temperature=0)
+    by_ids = oai.completions.create(model="stories260K", prompt=[1, 400, 300], max_tokens=5,
+                                    temperature=0)
+    assert by_ids.choices[0].text == ids_ref.text and by_ids.usage.prompt_tokens == 3
+
+
+def test_chat_uses_the_default_template_and_equals_the_grpc_path(oai, grpc_client):
+    messages = [{"role": "system", "content": "You tell stories."},
+                {"role": "user", "content": "Tell me about a cat."}]
+    prompt = render_chat([ChatMessage(**m) for m in messages], None)
+    assert prompt == "System: You tell stories.\nUser: Tell me about a cat.\nAssistant:"
+    ref = grpc_client.generate(prompt, max_tokens=20, temperature=0)
+    whole = oai.chat.completions.create(model="stories260K", messages=messages, max_tokens=20,
+                                        temperature=0)
+    assert whole.choices[0].message.role == "assistant"
+    assert whole.choices[0].message.content == ref.text
+    assert whole.usage.prompt_tokens == ref.usage.prompt_tokens
+    chunks = list(oai.chat.completions.create(model="stories260K", messages=messages,
+                                              max_completion_tokens=20, temperature=0,
+                                              stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ref.text
+    assert chunks[-1].usage.completion_tokens == 20
+
+
+def test_chat_without_max_tokens_runs_to_the_end_of_the_context_or_a_stop(oai):
+    out = oai.chat.completions.create(model="stories260K", temperature=0,
+                                      messages=[{"role": "user", "content": "Hi"}])
+    assert out.choices[0].finish_reason in ("stop", "length")
+    assert out.usage.completion_tokens >= 1
+
+
+def test_a_models_chat_template_is_used_when_it_has_one():
+    llm = make_llm()
+    llm.tokenizer.chat_template = CHATML
+    r = start_router(llm)
+    try:
+        messages = [{"role": "user", "content": "Hello"}]
+        text = "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n"
+        assert render_chat([ChatMessage("user", "Hello")], CHATML) == text
+        with TandemClient(r.target) as grpc_client:
+            ref = grpc_client.generate(text, max_tokens=8, temperature=0)
+        with openai.OpenAI(base_url=f"{r.http_url}/v1", api_key="x", max_retries=0) as client:
+            out = client.chat.completions.create(model="stories260K", messages=messages,
+                                                 max_tokens=8, temperature=0)
+        assert out.choices[0].message.content == ref.text
+        assert out.usage.prompt_tokens == ref.usage.prompt_tokens
+    finally:
+        r.stop()
+
+
+def test_cached_prompt_tokens_are_reported(oai):
+    first = oai.completions.create(model="stories260K", prompt=LONG_PROMPT, max_tokens=2,
+                                   temperature=0)
+    again = oai.completions.create(model="stories260K", prompt=LONG_PROMPT, max_tokens=2,
+                                   temperature=0)
+    assert first.usage.prompt_tokens == again.usage.prompt_tokens > 32
+    assert again.usage.prompt_tokens_details.cached_tokens >= 32
+
+
+def _raw(router, method: str, path: str, body=None, headers=None, data=None):
+    async def go():
+        async with aiohttp.ClientSession() as s:
+            async with s.request(method, router.http_url + path, json=body, data=data,
+                                 headers=headers or {}) as resp:
+                text = await resp.text()
+                return resp.status, {k.lower(): v for k, v in resp.headers.items()}, text
+    return asyncio.run(go())
+
+
+@pytest.mark.parametrize("body, param", [
+    ({"prompt": "Hi", "max_tokens": "5"}, "max_tokens"),
+    ({"prompt": "Hi", "max_tokens": 0}, "max_tokens"),
+    ({"prompt": "Hi", "max_tokens": 201}, "max_tokens"),
+    ({"prompt": "Hi", "temperature": -1}, "temperature"),
+    ({"prompt": "Hi", "top_p": 0}, "top_p"),
+    ({"prompt": "Hi", "n": 2}, "n"),
+    ({"prompt": "Hi", "logprobs": 3}, "logprobs"),
+    ({"prompt": "Hi", "presence_penalty": 0.5}, "presence_penalty"),
+    ({"prompt": ""}, "prompt"),
+    ({"prompt": ["a", "b"]}, "prompt"),
+    ({"prompt": [1, 99999]}, "prompt"),
+    ({"prompt": "Hi", "stop": [1]}, "stop"),
+    ({"prompt": "Hi", "stream_options": {"include_usage": True}}, "stream_options"),
+    ({}, "prompt"),
+])
+def test_bad_completion_parameters_are_400_naming_the_parameter(router, body, param):
+    status, _, text = _raw(router, "POST", "/v1/completions", body)
+    assert status == 400, text
+    err = json.loads(text)["error"]
+    assert err["type"] == "invalid_request_error" and err["param"] == param
+    assert err["message"]
+
+
+def test_http_errors_use_openai_shapes_and_codes(router):
+    assert _raw(router, "POST", "/v1/completions", data=b"{not json")[0] == 400
+    assert _raw(router, "POST", "/v1/completions", data=b"[1, 2]")[0] == 400
+    status, _, text = _raw(router, "POST", "/v1/completions", {"model": "gpt-4", "prompt": "x"})
+    assert status == 404 and json.loads(text)["error"]["code"] == "model_not_found"
+    assert _raw(router, "GET", "/v1/nothing")[0] == 404
+    status, headers, text = _raw(router, "GET", "/v1/completions")
+    assert status == 405 and "error" in json.loads(text)
+    status, _, text = _raw(router, "POST", "/v1/completions", {"prompt": "x" * 70_000})
+    assert status == 413 and json.loads(text)["error"]["message"]
+    status, _, text = _raw(router, "POST", "/v1/chat/completions",
+                           {"messages": [{"role": "wizard", "content": "x"}]})
+    assert status == 400 and json.loads(text)["error"]["param"] == "messages[0].role"
+    status, _, text = _raw(router, "POST", "/v1/completions", {"prompt": "x"},
+                           {"X-Request-Id": "bad id!"})
+    assert status == 400 and json.loads(text)["error"]["param"] == "X-Request-Id"
+
+
+def test_models_health_openapi_and_request_ids(router, oai):
+    models = oai.models.list()
+    assert [m.id for m in models.data] == ["stories260K"]
+    assert models.data[0].model_extra["max_model_len"] == 512
+    assert oai.models.retrieve("stories260K").id == "stories260K"
+    status, _, text = _raw(router, "GET", "/health")
+    assert status == 200 and json.loads(text)["status"] == "ok"
+    status, _, text = _raw(router, "GET", "/openapi.json")
+    assert status == 200 and "/v1/chat/completions" in json.loads(text)["paths"]
+    status, headers, text = _raw(router, "POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2},
+                                 {"X-Request-Id": "my-request-1"})
+    assert status == 200 and headers.get("x-request-id") == "my-request-1", headers
+    assert json.loads(text)["id"] == "cmpl-my-request-1"
+
+
+def test_a_client_that_disconnects_mid_stream_frees_the_requests_kv(router):
+    router.wait_idle()
+    before = sample(scrape(router.metrics_url), "tandem_requests_total", protocol="http",
+                    status="cancelled")
+
+    async def leave_early():
+        async with aiohttp.ClientSession() as s:
+            resp = await s.post(router.http_url + "/v1/completions", json={
+                "prompt": PROMPT, "max_tokens": 190, "ignore_eos": True, "stream": True})
+            assert resp.status == 200
+            first = await resp.content.readline()
+            assert first.startswith(b"data: ")
+            resp.close()            # drop the connection with the stream still running
+    asyncio.run(leave_early())
+    router.wait_idle()
+    wait_until(lambda: sample(scrape(router.metrics_url), "tandem_requests_total",
+                              protocol="http", status="cancelled") == before + 1,
+               what="the cancelled request counted")
+
+
+def test_duplicate_request_id_in_flight_is_409(router):
+    async def two():
+        async with aiohttp.ClientSession() as s:
+            body = {"prompt": PROMPT, "max_tokens": 190, "ignore_eos": True, "stream": True}
+            hdrs = {"X-Request-Id": "twice"}
+            first = await s.post(router.http_url + "/v1/completions", json=body, headers=hdrs)
+            await first.content.readline()
+            second = await s.post(router.http_url + "/v1/completions", json=body, headers=hdrs)
+            status = second.status
+            first.close()
+            return status
+    assert asyncio.run(two()) == 409
+    router.wait_idle()
+
+
+def test_stopped_backend_is_503_and_health_says_so():
+    r = start_router()
+    try:
+        r.call(r.backend.close())
+        status, _, text = _raw(r, "POST", "/v1/completions", {"prompt": "Hi"})
+        assert status == 503 and json.loads(text)["error"]["type"] == "service_unavailable_error"
+        assert _raw(r, "GET", "/health")[0] == 503
+    finally:
+        r.stop()

@@ -1,0 +1,244 @@
+"""SLO-aware admission, bounded queue and per-tenant limits: the controller's arithmetic on a
+test clock, then refusals on a real router (gRPC RESOURCE_EXHAUSTED / HTTP 429 with a
+retry-after hint) while the real engine is held busy."""
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import aiohttp
+import grpc
+import pytest
+
+from frontdoor_helpers import (KEY_A, KEY_B, router_config, sample, scrape, start_router,
+                               wait_until, write_keys)
+
+from cluster.config import AdmissionConfig, LimitsConfig, SLOConfig
+from protos.tandem.v1 import generate_pb2, tandem_service_pb2_grpc
+from router.admission import AdmissionController, AdmissionRejected, Capacity, TpotModel
+from router.auth import TenantLimits
+from router.ratelimit import TenantLimiter
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def controller(clock, ttft_ms=1000.0, tpot_ms=100.0, margin=0.0, max_queue=8, max_inflight=64,
+               capacity=None):
+    return AdmissionController(AdmissionConfig(miss_margin=margin, max_queue=max_queue),
+                               SLOConfig(ttft_ms=ttft_ms, tpot_ms=tpot_ms), max_inflight,
+                               (lambda: capacity), clock)
+
+
+def test_queue_estimate_refuses_what_would_miss_the_ttft_objective_and_never_an_idle_router():
+    clock = Clock()
+    ctl = controller(clock, ttft_ms=1000, capacity=Capacity(prefill_tokens_per_s=1000.0))
+    big = ctl.admit("big", 5000)            # alone it needs 5 s, but waiting cannot help it
+    assert ctl.estimate(100).ttft_ms == pytest.approx(5100.0)
+    with pytest.raises(AdmissionRejected) as info:
+        ctl.admit("next", 100)
+    assert info.value.reason == "ttft_slo"
+    assert info.value.retry_after_s == pytest.approx(4.1)
+    clock.now += 5.0
+    big.first_token()                       # 5000 tokens in 5 busy seconds: 1000 tokens/s
+    assert ctl.prefill_rate() == pytest.approx(1000.0)
+    small = [ctl.admit(f"r{i}", 300) for i in range(3)]    # 900 ms of prefill queued
+    with pytest.raises(AdmissionRejected):
+        ctl.admit("r3", 200)                # would wait 1100 ms
+    assert ctl.queued_requests == 3 and ctl.queued_tokens == 900
+    for t in small:
+        t.release()
+    assert ctl.queued_tokens == 0 and ctl.inflight == 1
+    big.release(completion_tokens=1)
+    assert ctl.inflight == 0
+
+
+def test_prefill_throughput_is_learned_over_busy_time_and_margin_tolerates_misses():
+    clock = Clock()
+    ctl = controller(clock, ttft_ms=100, margin=0.5)
+    assert ctl.prefill_rate() is None       # no figure yet: nothing to refuse on
+    for i in range(3):
+        t = ctl.admit(f"r{i}", 100)
+        clock.now += 0.2                    # 100 tokens per 0.2 s of busy time
+        t.first_token()
+        t.release(1)
+        clock.now += 10.0                   # idle time does not count
+    assert ctl.prefill_rate() == pytest.approx(500.0)
+    ctl.admit("a", 25)                      # 25 tokens queued: a 49-token request needs 148 ms
+    ctl.admit("b", 49)                      # 148 ms < 100 ms * (1 + 0.5): inside the margin
+    with pytest.raises(AdmissionRejected):
+        ctl.admit("c", 2)                   # 152 ms
+
+
+def test_bounded_queue_and_inflight_refuse_at_once():
+    clock = Clock()
+    ctl = controller(clock, max_queue=2, max_inflight=3)
+    a, b = ctl.admit("a", 10), ctl.admit("b", 10)
+    with pytest.raises(AdmissionRejected) as info:
+        ctl.admit("c", 10)
+    assert info.value.reason == "queue_full" and info.value.retry_after_s > 0
+    a.first_token()
+    ctl.admit("c", 10)
+    with pytest.raises(AdmissionRejected) as info:
+        ctl.admit("d", 10)
+    assert info.value.reason == "inflight_full"
+    b.release()
+    b.release()                             # idempotent
+    assert ctl.inflight == 2
+
+
+def test_tpot_is_estimated_from_decode_load_and_refused_when_it_would_miss():
+    model = TpotModel()
+    assert model.predict(4) is None
+    for batch, tpot in [(1, 12.0), (2, 14.0), (4, 18.0), (8, 26.0)]:
+        model.observe(batch, tpot)
+    assert model.predict(16) == pytest.approx(42.0)
+    clock = Clock()
+    ctl = controller(clock, tpot_ms=30.5, capacity=Capacity(decode_workers=2))
+    ctl.tpot = model
+    running = []
+    for i in range(19):                     # 19 decoding on 2 workers: 10.5 with one more
+        t = ctl.admit(f"d{i}", 1)
+        t.first_token()
+        running.append(t)
+    with pytest.raises(AdmissionRejected) as info:
+        ctl.admit("one-more", 1)
+    assert info.value.reason == "tpot_slo"
+    for t in running[:10]:
+        t.release(1)
+    ctl.admit("fits-now", 1)
+
+
+def test_tenant_rate_and_concurrency_limits_with_per_key_overrides():
+    clock = Clock()
+    limiter = TenantLimiter(LimitsConfig(tenant_rps=2.0, tenant_burst=2,
+                                         tenant_max_concurrency=3), clock)
+    leases = [limiter.acquire("t"), limiter.acquire("t")]
+    with pytest.raises(AdmissionRejected) as info:
+        limiter.acquire("t")
+    assert info.value.reason == "tenant_rate" and info.value.retry_after_s == pytest.approx(0.5)
+    limiter.acquire("other")                # tenants do not share a bucket
+    clock.now += 0.5
+    leases.append(limiter.acquire("t"))
+    clock.now += 10
+    with pytest.raises(AdmissionRejected) as info:
+        limiter.acquire("t")
+    assert info.value.reason == "tenant_concurrency"
+    leases[0].release()
+    leases[0].release()
+    leases.append(limiter.acquire("t"))
+    assert limiter.active("t") == 3
+    vip = TenantLimits(rps=100.0, burst=100, concurrency=10)
+    for _ in range(10):
+        limiter.acquire("vip", vip)
+    assert TenantLimiter(LimitsConfig()).acquire("anyone").limiter is None   # no limits: no state
+
+
+# -- on a real router --------------------------------------------------------------------
+def _hold_engine(router, seconds: float):
+    """Keep the engine thread busy: requests sent meanwhile wait for their first token."""
+    return asyncio.run_coroutine_threadsafe(
+        router.backend.run_on_engine(lambda e: time.sleep(seconds)), router.loop)
+
+
+def _grpc(router, key=None, max_tokens=2):
+    with grpc.insecure_channel(router.target) as channel:
+        stub = tandem_service_pb2_grpc.TandemStub(channel)
+        req = generate_pb2.GenerateRequest(text="Once upon a time")
+        req.sampling.max_tokens = max_tokens
+        metadata = [("authorization", f"Bearer {key}")] if key else []
+        call = stub.Generate(req, metadata=metadata, timeout=30)
+        try:
+            return list(call), None
+        except grpc.RpcError as exc:
+            return None, exc
+
+
+def _http(router, key=None):
+    async def go():
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        async with aiohttp.ClientSession() as s:
+            async with s.post(router.http_url + "/v1/completions", headers=headers,
+                              json={"prompt": "Hi", "max_tokens": 2}) as resp:
+                return resp.status, resp.headers.copy(), await resp.json()
+    return asyncio.run(go())
+
+
+def _in_background(fn, *args):
+    out = {}
+    thread = threading.Thread(target=lambda: out.setdefault("result", fn(*args)), daemon=True)
+    thread.start()
+    return thread, out
+
+
+def _assert_refused(router, reason, key=None):
+    _, exc = _grpc(router, key)
+    assert exc is not None and exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    hint = dict(exc.trailing_metadata())["retry-after-ms"]
+    assert int(hint) > 0
+    status, headers, body = _http(router, key)
+    assert status == 429 and body["error"]["code"] == reason
+    assert int(headers["Retry-After"]) >= 1 and int(headers["retry-after-ms"]) > 0
+
+
+def test_a_full_queue_is_refused_with_429_and_retry_after_and_the_queued_request_completes():
+    router = start_router(config=router_config(admission=AdmissionConfig(max_queue=1)))
+    try:
+        gateway = router.server.gateway
+        hold = _hold_engine(router, 1.5)
+        thread, out = _in_background(_grpc, router)
+        wait_until(lambda: gateway.admission.queued_requests == 1, what="one request queued")
+        _assert_refused(router, "queue_full")
+        hold.result(10)
+        thread.join(30)
+        assert out["result"][0][-1].HasField("finished")
+        text = scrape(router.metrics_url)
+        assert sample(text, "tandem_admission_rejections_total", reason="queue_full") == 2
+        assert sample(text, "tandem_admission_refusal_seconds_count") == 2
+    finally:
+        router.stop()
+
+
+def test_the_ttft_estimate_refuses_requests_queued_behind_a_busy_engine():
+    router = start_router(config=router_config(), slo=SLOConfig(ttft_ms=1.0))
+    try:
+        adm = router.server.gateway.admission
+        hold = _hold_engine(router, 0.3)
+        assert _grpc(router)[0] is not None     # idle: admitted although it will miss
+        hold.result(10)
+        assert adm.prefill_rate() is not None    # learned from that busy time
+        hold = _hold_engine(router, 1.5)
+        thread, out = _in_background(_grpc, router)
+        wait_until(lambda: adm.queued_requests == 1, what="one request queued")
+        _assert_refused(router, "ttft_slo")
+        hold.result(10)
+        thread.join(30)
+        assert out["result"][0] is not None
+    finally:
+        router.stop()
+
+
+def test_per_tenant_concurrency_and_rate_come_from_the_keys_file(tmp_path):
+    keys = write_keys(tmp_path, f"alpha:{KEY_A} concurrency=1\nbravo:{KEY_B} rps=0.2 burst=1\n")
+    router = start_router(config=router_config(keys))
+    try:
+        hold = _hold_engine(router, 1.5)
+        thread, out = _in_background(_grpc, router, KEY_A)
+        wait_until(lambda: router.server.gateway.limiter.active("alpha") == 1,
+                   what="alpha's request in flight")
+        _assert_refused(router, "tenant_concurrency", KEY_A)
+        hold.result(10)
+        thread.join(30)
+        assert out["result"][0] is not None
+        assert _grpc(router, KEY_B)[0] is not None      # bravo's one token
+        _assert_refused(router, "tenant_rate", KEY_B)  # ... and no second within 5 s
+        text = scrape(router.metrics_url)
+        assert sample(text, "tandem_admission_rejections_total", reason="tenant_rate") == 2
+    finally:
+        router.stop()
