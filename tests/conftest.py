@@ -15,6 +15,12 @@ import pytest  # noqa: E402
 from kv_transfer.redis_server import RedisServer  # noqa: E402
 
 
+def pytest_configure(config):
+    # LMCache attaches a deprecated OpenTelemetry log handler to each of its ~100 loggers.
+    config.addinivalue_line("filterwarnings",
+                            "ignore:`LoggingHandler` in `opentelemetry-sdk`:DeprecationWarning")
+
+
 @pytest.fixture(scope="session")
 def redis_server():
     """A real private redis-server on a free loopback port for the whole session

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import threading
+import warnings
 from collections.abc import Iterator
 from types import ModuleType
 
@@ -31,6 +32,10 @@ def force_telemetry_off() -> None:
     os.environ["DO_NOT_TRACK"] = "1"
     # LMCache logs every store and retrieve at INFO; our own logs carry what matters.
     os.environ.setdefault("LMCACHE_LOG_LEVEL", "WARNING")
+    # Each LMCache logger attaches an OpenTelemetry handler that warns it is deprecated
+    # (once per logger, ~100 times); it exports nothing without a configured provider.
+    warnings.filterwarnings("ignore", message=r"`LoggingHandler` in `opentelemetry-sdk`",
+                            category=DeprecationWarning)
 
 
 def import_lmcache() -> ModuleType:
