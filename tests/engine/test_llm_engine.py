@@ -193,3 +193,16 @@ def test_blocks_do_not_leak_across_1000_mixed_requests():
     assert eng.free_block_count() == start
     assert all(rc == 0 for rc in pool.ref_count)
     assert all(pool.block_hash[b] == h for h, b in pool.by_hash.items())
+
+
+def test_block_hashes_are_the_shared_chunk_hashes(stories):
+    """The engine's prefix index uses the same chained hashes as the store and the router."""
+    from engine.hashing import chunk_hashes
+
+    eng = stories.engine
+    prompt = _ids(stories)
+    eng.add_request("h", prompt, greedy(3), prefill_only=True, cache_salt=b"t1")
+    run_to_completion_parked(eng, "h")
+    seq = eng.requests["h"]
+    assert seq.block_hashes == chunk_hashes(prompt, 16, salt=b"t1")
+    eng.release("h")

@@ -3,7 +3,6 @@ path, sharded == single-file, every supported dtype works, presets are determini
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
@@ -163,4 +162,3 @@ def test_loading_never_unpickles(stories_copy):
     (stories_copy / "model.safetensors").rename(stories_copy / "pytorch_model.bin")
     with pytest.raises(ModelLoadError, match="safetensors"):
         LLM(str(stories_copy))
-    shutil.rmtree(stories_copy)
