@@ -235,10 +235,12 @@ def main() -> None:
     models = ["stories260K"] if args.quick else args.models.split(",")
     reps = 3 if args.quick else args.reps
     codecs = args.codecs.split(",") if args.codecs else None
-    emit(figure="machine", cpus=os.cpu_count(), torch_threads=torch.get_num_threads())
+    emit(figure="machine", cpus=os.cpu_count(), torch_threads=torch.get_num_threads(),
+         load_avg_1m=os.getloadavg()[0])   # other processes' load makes every figure noisier
     with RedisServer(maxmemory="2gb") as server:
         for model in models:
             bench_model(model, codecs, reps, server)
+            emit(figure="machine", after=model, load_avg_1m=os.getloadavg()[0])
     replay_trace()
 
 
