@@ -5,8 +5,9 @@
 Payloads are the wire-blob sizes of llama-100m fp16 KV (12 layers, 4 KV heads, head dim 64)
 at 512 and 2,048 tokens, plus a 128 MiB one. For each size, in one run:
 
-* ``memcpy``: ``np.copyto`` of the same bytes into a preallocated buffer, one thread
-  (and into a fresh buffer, page faults included);
+* ``memcpy``: ``np.copyto`` of the same bytes, one thread: ``cold`` (preallocated buffers
+  rotating over more memory than the L3 holds: the baseline), ``hot`` (cache-resident when
+  the payload fits the L3), ``fresh`` (a new buffer, page faults included);
 * ``ray``: a sender actor ``ray.put``s the frames, a receiver actor ``ray.get``s them
   (zero-copy, read-only numpy views), in three modes: ``complete-1`` (one frame),
   ``complete-L`` (one frame per layer), ``streamed-L`` (one frame per layer, the receiver
@@ -20,7 +21,7 @@ at 512 and 2,048 tokens, plus a 128 MiB one. For each size, in one run:
 The object store is warmed first (every page touched once, as in a server that has been
 up a while): a cold store pays a page fault per 4 KiB on each put and runs several times
 slower; its put speed is reported as ``cold_put_gbps``. Medians over ``--reps``;
-``vs_memcpy`` is the ratio of bandwidths to the preallocated single-thread memcpy.
+``vs_memcpy_cold`` is the ratio of bandwidths to the cold single-thread memcpy.
 """
 from __future__ import annotations
 
@@ -46,25 +47,36 @@ def kv_blob_size(tokens: int) -> int:
     return LAYERS * 2 * tokens * 4 * 64 * 2
 
 
-def memcpy_gbps(size: int, reps: int) -> tuple[float, float, float]:
-    """(preallocated, fresh-buffer, copy+crc) single-thread GB/s."""
-    src = np.random.default_rng(0).integers(0, 255, size, dtype=np.uint8)
-    dst = np.empty_like(src)
-    np.copyto(dst, src)
-    warm, fresh, read = [], [], []
-    for _ in range(reps):
+def memcpy_gbps(size: int, reps: int) -> dict[str, float]:
+    """Single-thread ``np.copyto`` GB/s: ``hot`` (same preallocated buffers each time:
+    cache-resident below the 32 MiB L3), ``cold`` (rotating over preallocated buffers
+    that together exceed the cache, as a transfer's bytes would be), ``fresh`` (a new
+    destination each time, page faults included), ``with_read`` (cold copy + CRC-32)."""
+    rng = np.random.default_rng(0)
+    count = max(2, (256 << 20) // size + 1)
+    sources = [rng.integers(0, 255, size, dtype=np.uint8) for _ in range(count)]
+    targets = [np.ones(size, dtype=np.uint8) for _ in range(count)]
+    hot, cold, fresh, read = [], [], [], []
+    for i in range(reps + 1):
+        j = (2 * i + 1) % count
         t0 = time.perf_counter()
-        np.copyto(dst, src)
+        np.copyto(targets[0], sources[0])
         t1 = time.perf_counter()
-        np.array(src, copy=True)
+        np.copyto(targets[j], sources[j])
         t2 = time.perf_counter()
-        np.copyto(dst, src)
-        zlib.crc32(dst)
+        np.array(sources[(j + 1) % count], copy=True)
         t3 = time.perf_counter()
-        warm.append(t1 - t0)
-        fresh.append(t2 - t1)
-        read.append(t3 - t2)
-    return tuple(size / statistics.median(x) / 1e9 for x in (warm, fresh, read))
+        k = (j + 2) % count
+        np.copyto(targets[k], sources[k])
+        zlib.crc32(targets[k])
+        t4 = time.perf_counter()
+        if i:
+            hot.append(t1 - t0)
+            cold.append(t2 - t1)
+            fresh.append(t3 - t2)
+            read.append(t4 - t3)
+    return {name: size / statistics.median(x) / 1e9
+            for name, x in (("hot", hot), ("cold", cold), ("fresh", fresh), ("with_read", read))}
 
 
 def _actors():
@@ -75,6 +87,7 @@ def _actors():
     class Sender(RayKVSource):
         def __init__(self):
             self.payloads = {}
+            self.last_sent = {}
 
         def prepare(self, size: int, frames: int) -> None:
             data = np.random.default_rng(size).integers(0, 255, size, dtype=np.uint8)
@@ -97,16 +110,19 @@ def _actors():
             stream = transport.open_send(transfer_id, max_bytes=size + 1)
             t0 = time.perf_counter()
             if streaming:
-                threading.Thread(target=self._publish, args=(stream, parts)).start()
+                threading.Thread(target=self._publish, args=(transfer_id, stream, parts)).start()
                 return t0, None, stream.descriptor
-            self._publish(stream, parts)
+            self._publish(transfer_id, stream, parts)
             return t0, time.perf_counter() - t0, stream.descriptor
 
-        @staticmethod
-        def _publish(stream, parts) -> None:
+        def _publish(self, transfer_id, stream, parts) -> None:
             for part in parts:
                 stream.send(part)
+            self.last_sent[transfer_id] = time.perf_counter()
             stream.close()
+
+        def last_sent_at(self, transfer_id: str) -> float:
+            return self.last_sent.pop(transfer_id)
 
     @ray.remote
     class Receiver:
@@ -124,22 +140,27 @@ def _actors():
 
 
 def ray_gbps(sender, receiver, size: int, frames: int, mode: str, reps: int,
-             read: bool = False) -> tuple[float, float]:
-    """(data-plane GB/s, end-to-end GB/s), medians."""
+             read: bool = False) -> tuple[float, float, float]:
+    """(data-plane GB/s, end-to-end GB/s, tail ms), medians. The tail is how long after the
+    sender's last frame the receiver held everything: what a streamed transfer adds to a
+    prefill that published its layers as it computed them."""
     import ray
     ray.get(sender.prepare.remote(size, frames))
-    plane, whole = [], []
+    plane, whole, tail = [], [], []
     for i in range(reps + 1):                       # the first is a warm-up
         tid = f"{mode}-{size}-{frames}-{i}-{read}"
         t0, put_s, descriptor = ray.get(sender.send.remote(tid, size, frames, mode == "streamed"))
         get_s, t_end, got = ray.get(receiver.receive.remote(descriptor, read))
         if got != size:
             raise RuntimeError(f"received {got} bytes of {size}")
+        last = ray.get(sender.last_sent_at.remote(tid))
         if i:
             # streamed: puts and gets overlap, so its data plane is the whole span
             plane.append(t_end - t0 if put_s is None else put_s + get_s)
             whole.append(t_end - t0)
-    return size / statistics.median(plane) / 1e9, size / statistics.median(whole) / 1e9
+            tail.append(t_end - last)
+    return (size / statistics.median(plane) / 1e9, size / statistics.median(whole) / 1e9,
+            statistics.median(tail) * 1e3)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -162,17 +183,17 @@ def main(argv: list[str] | None = None) -> None:
         cold = ray.get(sender.warm_store.remote(STORE_BYTES))
         emit(kind="setup", object_store_bytes=STORE_BYTES, cold_put_gbps=round(cold, 3), reps=reps)
         for label, size in sizes.items():
-            warm, fresh, read = memcpy_gbps(size, reps)
-            emit(kind="memcpy", payload=label, bytes=size, gbps=round(warm, 3),
-                 fresh_buffer_gbps=round(fresh, 3), with_read_gbps=round(read, 3))
+            mem = memcpy_gbps(size, reps)
+            emit(kind="memcpy", payload=label, bytes=size, **{f"{k}_gbps": round(v, 3) for k, v in mem.items()})
             for mode, frames in (("complete", 1), ("complete", LAYERS), ("streamed", LAYERS)):
-                plane, whole = ray_gbps(sender, receiver, size, frames, mode, reps)
+                plane, whole, tail = ray_gbps(sender, receiver, size, frames, mode, reps)
                 emit(kind="ray", mode=f"{mode}-{frames}", payload=label, bytes=size, gbps=round(plane, 3),
-                     end_to_end_gbps=round(whole, 3), vs_memcpy=round(plane / warm, 3),
-                     end_to_end_vs_memcpy=round(whole / warm, 3))
-            plane, whole = ray_gbps(sender, receiver, size, 1, "complete", reps, read=True)
+                     end_to_end_gbps=round(whole, 3), tail_ms=round(tail, 3),
+                     vs_memcpy_cold=round(plane / mem["cold"], 3), vs_memcpy_hot=round(plane / mem["hot"], 3),
+                     end_to_end_vs_memcpy_cold=round(whole / mem["cold"], 3))
+            plane, whole, _ = ray_gbps(sender, receiver, size, 1, "complete", reps, read=True)
             emit(kind="ray+read", mode="complete-1", payload=label, bytes=size, gbps=round(plane, 3),
-                 end_to_end_gbps=round(whole, 3), vs_memcpy_with_read=round(plane / read, 3))
+                 end_to_end_gbps=round(whole, 3), vs_memcpy_with_read=round(plane / mem["with_read"], 3))
     finally:
         ray.shutdown()
 
