@@ -166,7 +166,7 @@ class RouterConfig:
     grpc_port: int = _spec(50051, _port)        # 0: any free port
     metrics_port: int | None = _spec(None, _port)
     prefill_policy: str = _spec("prefix_aware", _name)
-    decode_policy: str = _spec("least_loaded", _name)
+    decode_policy: str = _spec("kv_aware", _name)
     request_timeout_s: float = _spec(120.0, _gt(0))
     max_inflight: int = _spec(1024, _ge(1))     # admitted requests beyond this: RESOURCE_EXHAUSTED
     max_prompt_chars: int = _spec(1 << 20, _ge(1))

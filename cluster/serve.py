@@ -40,6 +40,7 @@ class Cluster:
         from router.server import RouterServer
 
         cfg = self.cfg
+        check_choices(cfg)
         try:
             if cfg.store.enabled and cfg.store.url is None and cfg.mode == "disaggregated":
                 from kv_transfer.redis_server import RedisServer
@@ -76,6 +77,18 @@ class Cluster:
         if self.redis is not None:
             self.redis.stop()
             self.redis = None
+
+
+def check_choices(cfg: ClusterConfig) -> None:
+    """Names that registries resolve (policies, codecs, transports) fail before anything starts."""
+    from kv_transfer.codecs import available_codecs
+    from kv_transfer.transports import available_transports
+    from router.policies import policy_names
+
+    cfg.require_choice("router.prefill_policy", policy_names())
+    cfg.require_choice("router.decode_policy", policy_names())
+    cfg.require_choice("kv_transfer.codec", available_codecs())
+    cfg.require_choice("kv_transfer.transport", available_transports())
 
 
 def _codec_names() -> list[str]:

@@ -73,3 +73,10 @@ def test_a_bad_config_value_exits_with_the_field_path():
                          text=True, env=ENV, timeout=60)
     assert res.returncode == 2
     assert "pools.prefill.workers: must be >= 1, got 0" in res.stderr
+
+
+def test_an_unknown_routing_policy_exits_with_the_field_and_the_known_names():
+    res = subprocess.run([*TANDEM, "serve", "--set", "router.decode_policy=fastest"], capture_output=True,
+                         text=True, env=ENV, timeout=60)
+    assert res.returncode == 2
+    assert "router.decode_policy: unknown name 'fastest'" in res.stderr and "kv_aware" in res.stderr
