@@ -5,8 +5,10 @@ import pytest
 
 import helm_pipeline as hp
 
-# Value sets under tests/helm/fixtures/values/: the four the issue names, plus inline TLS.
-VALUE_SETS = ("cpu-default", "gpu-external-redis", "tls-auth", "autoscaling-monitoring", "tls-inline")
+# Value sets under tests/helm/fixtures/values/: the four the issue names, inline TLS, and
+# mutual TLS with the HTTP API and tenant keys.
+VALUE_SETS = ("cpu-default", "gpu-external-redis", "tls-auth", "autoscaling-monitoring", "tls-inline",
+              "mtls-http")
 
 
 @pytest.fixture(scope="session")

@@ -58,6 +58,19 @@ def test_rendered_config_loads_with_the_project_config_loader(releases, merged_v
     assert cfg.router.grpc_port == values["router"]["grpc"]["port"]
     assert cfg.router.metrics_port == (values["router"]["metrics"]["port"]
                                        if values["router"]["metrics"]["enabled"] else None)
+    assert cfg.router.http_port == (values["router"]["http"]["port"]
+                                    if values["router"]["http"]["enabled"] else None)
+    # The router binds 0.0.0.0: auth must be on with a keys file, or off explicitly.
+    assert cfg.router.auth.enabled is values["auth"]["enabled"]
+    assert cfg.router.auth.keys_file == ("/etc/tandem/auth/api-keys" if values["auth"]["enabled"] else None)
+    tls, mutual = values["tls"]["enabled"], values["tls"]["clientAuth"]["enabled"]
+    assert (cfg.router.tls.cert, cfg.router.tls.key) == (
+        ("/etc/tandem/tls/tls.crt", "/etc/tandem/tls/tls.key") if tls else (None, None))
+    assert cfg.router.tls.client_ca == ("/etc/tandem/tls/ca.crt" if tls and mutual else None)
+    user_router = values["config"]["router"]
+    for section in ("limits", "admission"):
+        for key, value in user_router.get(section, {}).items():
+            assert getattr(getattr(cfg.router, section), key) == value, f"router.{section}.{key}"
     assert cfg.ray.address == "auto"
     assert cfg.mode == values["config"]["mode"]
     assert cfg.store.url is not None and "@" not in cfg.store.url, "no password in the ConfigMap"
@@ -138,6 +151,76 @@ def test_router_joins_the_kuberay_head_service_and_runs_the_launcher(releases):
     assert scripts == (hp.CHART_DIR / "files" / "tandem_k8s.py").read_text()
     strategy = release.one("Deployment", "-router")["spec"]["strategy"]
     assert strategy == {"type": "Recreate"}, "a new router can start only after the old one let go of the pools"
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_files_the_config_names_are_where_the_router_mounts_its_secrets(releases, name, tmp_path):
+    release = releases[name]
+    cfg = cluster_config(release, tmp_path)
+    pod = release.one("Deployment", "-router")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in pod["containers"][0]["volumeMounts"]}
+    named = [cfg.router.tls.cert, cfg.router.tls.key, cfg.router.tls.client_ca, cfg.router.auth.keys_file]
+    secret_keys = {"tls.crt", "tls.key", "ca.crt"}   # a kubernetes.io/tls Secret, mounted whole
+    for path in filter(None, named):
+        directory, _, file = path.rpartition("/")
+        secret = mounts[directory]["secret"]
+        files = {i["path"] for i in secret["items"]} if "items" in secret else secret_keys
+        assert file in files, f"{path} is not in the Secret mounted at {directory}"
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_service_and_container_ports_are_the_ports_in_the_config(releases, name, tmp_path):
+    cfg = cluster_config(releases[name], tmp_path)
+    expected = {"grpc": cfg.router.grpc_port, "http": cfg.router.http_port, "metrics": cfg.router.metrics_port}
+    expected = {k: v for k, v in expected.items() if v is not None}
+    service = {p["name"]: p for p in releases[name].one("Service", "-router")["spec"]["ports"]}
+    container = {p["name"]: p["containerPort"] for p in router_container(releases[name])["ports"]}
+    assert {k: p["port"] for k, p in service.items()} == expected == container
+    assert all(p["targetPort"] == k for k, p in service.items())
+    # h2c is cleartext HTTP/2: with TLS a proxy honouring it would break the connection.
+    assert ("appProtocol" in service["grpc"]) is (cfg.router.tls.cert is None)
+
+
+@pytest.mark.parametrize("name, scheme", [("autoscaling-monitoring", "HTTP"), ("tls-inline", "HTTPS")])
+def test_router_probes_get_http_health_when_http_is_on(releases, name, scheme):
+    container = router_container(releases[name])
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[kind]["httpGet"] == {"path": "/health", "port": "http", "scheme": scheme}
+        assert "grpc" not in container[kind] and "exec" not in container[kind]
+
+
+def test_mutual_tls_probes_present_the_probe_client_certificate(releases):
+    release = releases["mtls-http"]
+    container = router_container(release)
+    for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+        command = container[kind]["exec"]["command"]   # kubelet's httpGet has no client certificate
+        assert command[command.index("--tls-cert") + 1] == "/etc/tandem/tls-client/tls.crt"
+        assert command[command.index("--tls-key") + 1] == "/etc/tandem/tls-client/tls.key"
+    pod = release.one("Deployment", "-router")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    assert volumes[mounts["/etc/tandem/tls-client"]]["secret"]["secretName"] == "tandem-probe-client-cert"
+    test_pod = release.one("Pod", "-test-generate")["spec"]
+    args = test_pod["containers"][0]["args"]
+    assert args[args.index("--tls-cert") + 1] == "/etc/tandem/tls-client/tls.crt"
+    test_mounts = {m["mountPath"]: m["name"] for m in test_pod["containers"][0]["volumeMounts"]}
+    test_volumes = {v["name"]: v for v in test_pod["volumes"]}
+    assert test_volumes[test_mounts["/etc/tandem/tls-client"]]["secret"]["secretName"] == "tandem-probe-client-cert"
+    for name in ("cpu-default", "tls-auth", "tls-inline"):
+        assert "--tls-cert" not in json.dumps(router_container(releases[name]))
+
+
+def test_servicemonitor_scrapes_https_with_the_router_ca_when_tls_is_on(releases):
+    plain = releases["autoscaling-monitoring"].one("ServiceMonitor")["spec"]["endpoints"][0]
+    assert "scheme" not in plain and "tlsConfig" not in plain
+    endpoint = releases["mtls-http"].one("ServiceMonitor")["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https"
+    tls = endpoint["tlsConfig"]
+    assert tls["serverName"] == "tandem.example.internal"
+    assert (tls["ca"]["secret"]["name"], tls["ca"]["secret"]["key"]) == ("tandem-router-cert", "ca.crt")
+    assert tls["cert"]["secret"] == {"name": "tandem-probe-client-cert", "key": "tls.crt"}
+    assert tls["keySecret"] == {"name": "tandem-probe-client-cert", "key": "tls.key"}
 
 
 def test_router_probes_are_grpc_health_checks(releases):
@@ -250,6 +333,8 @@ def test_notes_say_how_to_reach_the_service(releases):
     assert "WARNING" not in notes
     assert "loadBalancer.ingress" in releases["tls-auth"].notes
     assert "WARNING: more than one router pod" in releases["autoscaling-monitoring"].notes
+    assert "API keys are off" in notes and "API keys are off" not in releases["tls-auth"].notes
+    assert "https://demo-tandem-router.llm.svc:8443/v1" in releases["mtls-http"].notes
 
 
 def test_every_container_runs_as_non_root(releases):
@@ -260,3 +345,12 @@ def test_every_container_runs_as_non_root(releases):
                 [spec["template"]] if "template" in spec else [obj] if obj["kind"] == "Pod" else []
             for pod in pods:
                 assert pod["spec"]["securityContext"]["runAsNonRoot"] is True, obj["metadata"]["name"]
+
+
+@pytest.mark.parametrize("name", [n for n in VALUE_SETS if n not in ("tls-auth", "tls-inline", "mtls-http")])
+def test_without_api_keys_the_router_on_0_0_0_0_starts_open_instead_of_refusing(releases, name, tmp_path):
+    from router.auth import build_authenticator
+
+    cfg = cluster_config(releases[name], tmp_path)
+    # auth.enabled unset would refuse to start: the router binds 0.0.0.0 and has no keys.
+    assert build_authenticator(cfg.router.auth, cfg.router.host, environ={}).enabled is False

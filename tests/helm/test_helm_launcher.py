@@ -150,3 +150,106 @@ def test_tls_health_check_does_not_fall_back_to_plaintext(router, tmp_path):
     result = run_helper(["health", "--target", router.target, "--tls-ca", str(tmp_path / "absent.crt"),
                          "--server-name", "tandem.example.internal", "--timeout", "2"])
     assert result.returncode == 1 and "UNAVAILABLE" in result.stderr
+
+
+@pytest.mark.parametrize("text, key", [
+    ("tk-0123456789abcdef0123\ntk-fedcba9876543210fedc\n", "tk-0123456789abcdef0123"),
+    ("# tenants\n\nalpha:tk-alpha-0123456789abcdef rps=5 burst=10\n", "tk-alpha-0123456789abcdef"),
+    ("  bravo:tk-bravo-0123456789abcdef   # the second team\n", "tk-bravo-0123456789abcdef"),
+    ("tk-a-0123456789abcdef,tk-b-0123456789abcdef", "tk-a-0123456789abcdef"),
+    ("# only a comment\n\n", None),
+])
+def test_first_api_key_reads_the_routers_key_file_format(text, key):
+    assert k8s.first_api_key(text) == key
+
+
+# Where the chart mounts the router's Secrets, longest first (tls-client before tls).
+MOUNTS = ("/etc/tandem/tls-client", "/etc/tandem/tls", "/etc/tandem/auth")
+
+
+class ChartRouter:
+    """A real router started from a release's rendered config, with the Secrets the chart
+    mounts laid out under ``root`` and the rendered paths pointed there."""
+
+    def __init__(self, release: hp.Rendered, root):
+        import base64
+        import dataclasses
+
+        from tls_material import write_secrets
+
+        self.dirs = {m: root / m.rsplit("/", 1)[1] for m in MOUNTS}
+        write_secrets(self.dirs["/etc/tandem/tls"], self.dirs["/etc/tandem/tls-client"])
+        keys = release.one("Secret", "-api-keys")["data"]["api-keys"]
+        self.dirs["/etc/tandem/auth"].mkdir()
+        (self.dirs["/etc/tandem/auth"] / "api-keys").write_bytes(base64.b64decode(keys))
+        path = root / "config.yaml"
+        path.write_text(self.local(release.one("ConfigMap", "-config")["data"]["config.yaml"]))
+        rendered = load_config(path).router
+        self.config = dataclasses.replace(   # the pod's ports, free ones on loopback here
+            rendered, host="127.0.0.1", grpc_port=0,
+            http_port=None if rendered.http_port is None else 0,
+            metrics_port=None if rendered.metrics_port is None else 0)
+
+    def local(self, text: str) -> str:
+        for mount in MOUNTS:
+            text = text.replace(mount, str(self.dirs[mount]))
+        return text
+
+    def args(self, args: list[str], target: str) -> list[str]:
+        """Rendered helper arguments aimed at this router; the certificate is for localhost."""
+        args = [self.local(a) for a in args]
+        args[args.index("--target") + 1] = target
+        args[args.index("--server-name") + 1] = "localhost"
+        return args
+
+    def __enter__(self):
+        from engine import LLM
+        from router.backends.local import LocalBackend
+        from router.testing import BackgroundRouter
+
+        self.router = BackgroundRouter(LocalBackend(LLM(model="stories260K", max_num_seqs=2)), self.config)
+        self.router.__enter__()
+        return self
+
+    def __exit__(self, *exc_info):
+        self.router.__exit__(*exc_info)
+
+
+def test_mutual_tls_release_probes_and_helm_test_pass_against_a_real_router(releases, tmp_path):
+    release = releases["mtls-http"]
+    with ChartRouter(release, tmp_path) as chart:
+        target = chart.router.target
+        container = release.one("Deployment", "-router")["spec"]["template"]["spec"]["containers"][0]
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            command = chart.args(container[kind]["exec"]["command"], target)
+            assert command[:2] == ["python", "/opt/tandem-k8s/tandem_k8s.py"]
+            result = run_helper(command[2:])
+            assert result.returncode == 0, f"{kind}: {result.stderr}"
+            # Without the probe client certificate the router refuses the handshake.
+            cut = command.index("--tls-cert")
+            result = run_helper(command[2:cut] + command[cut + 4:] + ["--timeout", "2"])
+            assert result.returncode == 1 and "UNAVAILABLE" in result.stderr, kind
+        # `helm test`: health, then a generation with the first key of the chart's Secret
+        # (a "<tenant>:<key> rps=... burst=..." entry).
+        result = run_helper(chart.args(pod_args(release, target), target))
+        assert result.returncode == 0, result.stderr
+        assert "tokens, finish=" in result.stdout and "[0 tokens" not in result.stdout
+
+
+def test_https_health_probe_answers_kubelet_without_a_key_or_verification(releases, tmp_path):
+    import ssl
+    import urllib.request
+
+    release = releases["tls-inline"]
+    probe = release.one("Deployment", "-router")["spec"]["template"]["spec"]["containers"][0]["readinessProbe"]
+    with ChartRouter(release, tmp_path) as chart:
+        assert chart.config.auth.enabled and chart.config.http_port == 0
+        port = chart.router.server.http_port
+        kubelet = ssl.create_default_context()
+        kubelet.check_hostname, kubelet.verify_mode = False, ssl.CERT_NONE   # as kubelet does
+        url = f"{probe['httpGet']['scheme'].lower()}://127.0.0.1:{port}{probe['httpGet']['path']}"
+        with urllib.request.urlopen(url, context=kubelet, timeout=10) as response:
+            assert response.status == 200
+        with pytest.raises(urllib.error.HTTPError) as refused:   # the API itself needs a key
+            urllib.request.urlopen(f"https://127.0.0.1:{port}/v1/models", context=kubelet, timeout=10)
+        assert refused.value.code == 401

@@ -15,9 +15,12 @@ from cluster.config import ClusterConfig, load_config
 
 VALUES = hp.CHART_DIR / "values.yaml"
 SCHEMA = json.loads((hp.CHART_DIR / "values.schema.json").read_text())
-# Config fields the chart fills in from other values (templates/_helpers.tpl tandem.clusterConfig).
+# Config fields (or whole sections) the chart fills in from other values
+# (templates/_helpers.tpl tandem.clusterConfig): ports from `router`, TLS files from `tls`,
+# auth switch and keys file from `auth`.
 DERIVED = {"pools", "model.device", "store.url", "router.host", "router.grpc_port",
-           "router.metrics_port", "ray.address", "ray.include_dashboard"}
+           "router.metrics_port", "router.http_port", "router.auth.enabled",
+           "router.auth.keys_file", "router.tls", "ray.address", "ray.include_dashboard"}
 # Schemas that are free-form maps on purpose (Kubernetes objects, label and parameter maps).
 FREE_FORM = {"stringMap", "resourceList", "rayStartParams", "poolRayStartParams", "tolerations",
              "affinity", "envList"}
@@ -79,6 +82,21 @@ def test_schema_closes_every_object_with_known_keys():
     ({"pools": {"decode": {"replicaz": 2}}}, "additional properties 'replicaz'"),
     ({"config": {"model": {"modle": "x"}}}, "additional properties 'modle'"),
     ({"config": {"router": {"grpc_port": 1}}}, "additional properties 'grpc_port'"),   # derived
+    ({"config": {"router": {"http_port": 1}}}, "additional properties 'http_port'"),   # derived
+    ({"config": {"router": {"metrics_port": 1}}}, "additional properties 'metrics_port'"),
+    ({"config": {"router": {"tls": {"cert": "/c"}}}}, "additional properties 'tls'"),   # from `tls`
+    ({"config": {"router": {"auth": {"keys_file": "/k"}}}}, "additional properties 'keys_file'"),
+    ({"config": {"router": {"auth": {"enabled": True}}}}, "additional properties 'enabled'"),
+    ({"config": {"router": {"auth": {"keys_env": "1BAD"}}}}, "keys_env"),
+    ({"config": {"router": {"limits": {"max_body_bytes": 100}}}}, "minimum"),
+    ({"config": {"router": {"limits": {"tenant_rps": 0}}}}, "tenant_rps"),
+    ({"config": {"router": {"limits": {"max_tokens": "many"}}}}, "max_tokens"),
+    ({"config": {"router": {"limits": {"tenant_brust": 3}}}}, "additional properties 'tenant_brust'"),
+    ({"config": {"router": {"admission": {"enabled": "yes"}}}}, "want boolean"),
+    ({"config": {"router": {"admission": {"miss_margin": -1}}}}, "minimum"),
+    ({"config": {"router": {"admission": {"max_queue": 0}}}}, "minimum"),
+    ({"tls": {"clientAuth": {"enabled": True, "ca": "x"}}}, "additional properties 'ca'"),
+    ({"tls": {"clientAuth": {"enabled": 1}}}, "want boolean"),
     ({"router": {"metrics": {"enabled": True, "path": "/m"}}}, "additional properties 'path'"),
     ({"pools": {"prefill": {"replicas": "two"}}}, "want integer"),
     ({"pools": {"prefill": {"replicas": 0}}}, "minimum"),
@@ -92,6 +110,8 @@ def test_schema_closes_every_object_with_known_keys():
     ({"redis": {"mode": "external"}}, "url"),
     ({"redis": {"mode": "external", "external": {"url": "http://redis:6379"}}}, "url"),
     ({"auth": {"apiKeys": ["short"]}}, "apiKeys"),
+    ({"auth": {"apiKeys": ["alpha:tk-alpha-0123456789abcdef rps=fast"]}}, "apiKeys"),
+    ({"auth": {"apiKeys": ["al pha:tk-alpha-0123456789abcdef"]}}, "apiKeys"),
 ])
 def test_schema_rejects_unknown_keys_and_wrong_types(values, message):
     with pytest.raises(hp.ChartPipelineError, match=re.escape(message)):
@@ -102,40 +122,56 @@ def test_schema_rejects_unknown_keys_and_wrong_types(values, message):
     ({"serviceMonitor": {"enabled": True}}, "needs router.metrics.enabled"),
     ({"tls": {"enabled": True}}, "tls.enabled needs tls.existingSecret"),
     ({"router": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 2}}}, "must be <= maxReplicas"),
+    ({"tls": {"clientAuth": {"enabled": True, "existingSecret": "c"}}}, "tls.clientAuth.enabled needs tls.enabled"),
+    ({"tls": {"enabled": True, "existingSecret": "s", "clientAuth": {"enabled": True}}},
+     "tls.clientAuth.enabled needs tls.clientAuth.existingSecret"),
+    ({"tls": {"enabled": True, "cert": "c", "key": "k", "clientAuth": {"enabled": True, "existingSecret": "c"}}},
+     "tls.clientAuth.enabled needs tls.ca"),
 ])
 def test_inconsistent_switches_fail_with_a_clear_message(values, message):
     with pytest.raises(hp.ChartPipelineError, match=re.escape(message)):
         hp.render(hp.CHART_DIR, values)
 
 
-def test_config_section_matches_cluster_config():
-    """Every schema key is a ClusterConfig field, and every field is settable or derived:
-    a field added to cluster/config.py fails here until the chart renders it."""
+def _config_drift(tp, schema, path, problems):
+    """Compare dataclass ``tp`` with the object schema at ``path``, recursing into sections."""
     import typing
 
-    config_schema = SCHEMA["properties"]["config"]["properties"]
-    hints = typing.get_type_hints(ClusterConfig)
-    problems = []
-    for section, field_type in hints.items():
-        if section in DERIVED:
+    hints = typing.get_type_hints(tp)
+    keys = set(schema.get("properties", {}))
+    problems += [f"{_join(path, k)}: not a config field" for k in sorted(keys - set(hints))]
+    for name, field_type in hints.items():
+        where = _join(path, name)
+        if where in DERIVED:
             continue
-        if section not in config_schema:
-            problems.append(f"{section}: not in values.schema.json config")
-            continue
-        if not dataclasses.is_dataclass(field_type):
-            continue
-        fields = {f.name for f in dataclasses.fields(field_type)}
-        keys = set(config_schema[section]["properties"])
-        problems += [f"{section}.{k}: not a config field" for k in sorted(keys - fields)]
-        problems += [f"{section}.{k}: neither in the schema nor derived by the chart"
-                     for k in sorted(fields - keys) if f"{section}.{k}" not in DERIVED]
-    problems += [f"{k}: not a config section" for k in set(config_schema) - set(hints)]
+        if name not in keys:
+            problems.append(f"{where}: neither in the schema nor derived by the chart")
+        elif dataclasses.is_dataclass(field_type):
+            _config_drift(field_type, schema["properties"][name], where, problems)
+
+
+def _join(path, key):
+    return f"{path}.{key}" if path else key
+
+
+def test_config_section_matches_cluster_config():
+    """Every schema key is a ClusterConfig field, and every field, at any depth, is settable
+    or derived: a field added to cluster/config.py fails here until the chart renders it."""
+    problems: list[str] = []
+    _config_drift(ClusterConfig, SCHEMA["properties"]["config"], "", problems)
     assert not problems, "; ".join(problems)
 
 
+def _leaves(tree, path=""):
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            yield from _leaves(value, _join(path, key))
+        else:
+            yield _join(path, key), value
+
+
 def test_config_defaults_in_values_equal_the_loader_defaults():
-    defaults = ClusterConfig().to_dict()
+    defaults = dict(_leaves(ClusterConfig().to_dict()))
     values = yaml.safe_load(VALUES.read_text())["config"]
-    differ = [f"{s}.{k}" for s, section in values.items() if isinstance(section, dict)
-              for k, v in section.items() if defaults[s][k] != v]
+    differ = [k for k, v in _leaves(values) if k not in defaults or defaults[k] != v]
     assert not differ, f"values.yaml config differs from cluster/config.py defaults at {differ}"

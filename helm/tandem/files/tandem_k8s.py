@@ -7,7 +7,8 @@ image's Python:
               advertise the pools' Ray resources, add the Redis password (``REDIS_PASSWORD``)
               to the store URL, write the final config to a memory volume and exec
               ``tandem serve --ray-address auto`` on it.
-``health``    one grpc.health.v1 check (exit 0 when SERVING), with TLS when asked.
+``health``    one grpc.health.v1 check (exit 0 when SERVING), with TLS (and a client
+              certificate, for a router that requires one) when asked.
 ``generate``  the health check, then one generation through the SDK (``helm test``).
 """
 from __future__ import annotations
@@ -119,15 +120,39 @@ def _serve(args: argparse.Namespace) -> int:
     return 0  # not reached
 
 
+def first_api_key(text: str) -> str | None:
+    """The key of the first entry of an API keys file (router/auth.py's format: one entry a
+    line or ','-separated, "<key>" or "<tenant>:<key> [rps=N ...]", '#' starts a comment)."""
+    for entry in text.replace(",", "\n").splitlines():
+        fields = entry.split("#", 1)[0].split()
+        if fields:
+            return fields[0].rpartition(":")[2] or None
+    return None
+
+
+def _credentials(args: argparse.Namespace) -> Any:
+    """TLS channel credentials from --tls-ca (and --tls-cert/--tls-key for mTLS)."""
+    import grpc
+
+    if (args.tls_cert is None) != (args.tls_key is None):
+        raise ValueError("--tls-cert and --tls-key go together")
+    ca = Path(args.tls_ca)
+    roots = ca.read_bytes() if ca.is_file() else None   # None: the system roots
+    if args.tls_cert is None:
+        return grpc.ssl_channel_credentials(roots)
+    return grpc.ssl_channel_credentials(roots, Path(args.tls_key).read_bytes(),
+                                        Path(args.tls_cert).read_bytes())
+
+
 def _channel(args: argparse.Namespace) -> Any:
     import grpc
 
     if args.tls_ca is None:
+        if args.tls_cert is not None or args.tls_key is not None:
+            raise ValueError("--tls-cert and --tls-key need --tls-ca")
         return grpc.insecure_channel(args.target)
-    ca = Path(args.tls_ca)
-    roots = ca.read_bytes() if ca.is_file() else None   # None: the system roots
     options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else []
-    return grpc.secure_channel(args.target, grpc.ssl_channel_credentials(roots), options=options)
+    return grpc.secure_channel(args.target, _credentials(args), options=options)
 
 
 def check_health(args: argparse.Namespace) -> bool:
@@ -153,22 +178,20 @@ def _health(args: argparse.Namespace) -> int:
 
 
 def _generate(args: argparse.Namespace) -> int:
-    import grpc
     from tandem_client import TandemClient
 
     if not check_health(args):
         return 1
     metadata = []
     if args.api_key_file:
-        keys = [k.strip() for k in Path(args.api_key_file).read_text().splitlines() if k.strip()]
-        if not keys:
+        key = first_api_key(Path(args.api_key_file).read_text())
+        if not key:
             print(f"no API key in {args.api_key_file}", file=sys.stderr)
             return 1
-        metadata.append(("authorization", f"Bearer {keys[0]}"))
+        metadata.append(("authorization", f"Bearer {key}"))
     credentials = options = None
     if args.tls_ca is not None:
-        ca = Path(args.tls_ca)
-        credentials = grpc.ssl_channel_credentials(ca.read_bytes() if ca.is_file() else None)
+        credentials = _credentials(args)
         options = [("grpc.ssl_target_name_override", args.server_name)] if args.server_name else None
     from tandem_client.errors import TandemError
 
@@ -200,11 +223,13 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--service", default="", help="health service name ('' = the server)")
         p.add_argument("--tls-ca", help="CA bundle; TLS when given (system roots if the file is absent)")
         p.add_argument("--server-name", help="TLS name to verify instead of the target's host")
+        p.add_argument("--tls-cert", help="client certificate (PEM), for a router requiring mTLS")
+        p.add_argument("--tls-key", help="the client certificate's private key (PEM)")
         p.add_argument("--timeout", type=float, default=60.0 if name == "generate" else 3.0)
         if name == "generate":
             p.add_argument("--prompt", default="Once upon a time")
             p.add_argument("--max-tokens", type=int, default=8)
-            p.add_argument("--api-key-file", help="file of API keys, one a line; the first is sent")
+            p.add_argument("--api-key-file", help="API keys file (router/auth.py format); the first key is sent")
         p.set_defaults(func=func)
     return parser
 

@@ -111,6 +111,48 @@ app.kubernetes.io/part-of: tandem
 {{- default (printf "%s.%s.svc" (include "tandem.routerName" .) .Release.Namespace) .Values.tls.serverName }}
 {{- end }}
 
+{{/* Where the router's Secrets are mounted; the config names these files. */}}
+{{- define "tandem.tlsDir" -}}/etc/tandem/tls{{- end }}
+{{- define "tandem.tlsClientDir" -}}/etc/tandem/tls-client{{- end }}
+{{- define "tandem.apiKeysFile" -}}/etc/tandem/auth/api-keys{{- end }}
+
+{{/* "true" when the router requires client certificates (mTLS); empty otherwise. */}}
+{{- define "tandem.mutualTLS" -}}
+{{- if and .Values.tls.enabled .Values.tls.clientAuth.enabled }}true{{ end }}
+{{- end }}
+
+{{/* Refuse TLS switches that cannot work, with a message naming the values to set. */}}
+{{- define "tandem.checkTLS" -}}
+{{- if and .Values.tls.clientAuth.enabled (not .Values.tls.enabled) }}
+{{- fail "tls.clientAuth.enabled needs tls.enabled" }}
+{{- end }}
+{{- if include "tandem.mutualTLS" . }}
+{{- if not .Values.tls.clientAuth.existingSecret }}
+{{- fail "tls.clientAuth.enabled needs tls.clientAuth.existingSecret: a client certificate for the probes, helm test and the ServiceMonitor (kubelet probes cannot present one)" }}
+{{- end }}
+{{- if and (not .Values.tls.existingSecret) (not .Values.tls.ca) }}
+{{- fail "tls.clientAuth.enabled needs tls.ca (ca.crt: the CA client certificates must chain to)" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Arguments of tandem_k8s.py that make a gRPC client speak TLS to the router: the CA, the
+certificate's name, and with mTLS the client certificate.
+*/}}
+{{- define "tandem.tlsClientArgs" -}}
+- --tls-ca
+- {{ printf "%s/ca.crt" (include "tandem.tlsDir" .) }}
+- --server-name
+- {{ include "tandem.tlsServerName" . | quote }}
+{{- if include "tandem.mutualTLS" . }}
+- --tls-cert
+- {{ printf "%s/tls.crt" (include "tandem.tlsClientDir" .) }}
+- --tls-key
+- {{ printf "%s/tls.key" (include "tandem.tlsClientDir" .) }}
+{{- end }}
+{{- end }}
+
 {{/* Environment shared by every Tandem container: no telemetry, Ray's token auth off. */}}
 {{- define "tandem.commonEnv" -}}
 - name: RAY_USAGE_STATS_ENABLED
@@ -151,6 +193,24 @@ In colocated mode only the decode pool exists (cluster/ray_runtime.py).
 {{- $_ := set $cfg.router "grpc_port" (int .Values.router.grpc.port) }}
 {{- if .Values.router.metrics.enabled }}
 {{- $_ := set $cfg.router "metrics_port" (int .Values.router.metrics.port) }}
+{{- end }}
+{{- if .Values.router.http.enabled }}
+{{- $_ := set $cfg.router "http_port" (int .Values.router.http.port) }}
+{{- end }}
+{{- /* The router binds 0.0.0.0: without keys it refuses to start unless auth is off explicitly. */}}
+{{- $auth := default (dict) $cfg.router.auth }}
+{{- $_ := set $auth "enabled" .Values.auth.enabled }}
+{{- if .Values.auth.enabled }}
+{{- $_ := set $auth "keys_file" (include "tandem.apiKeysFile" .) }}
+{{- end }}
+{{- $_ := set $cfg.router "auth" $auth }}
+{{- if .Values.tls.enabled }}
+{{- $dir := include "tandem.tlsDir" . }}
+{{- $tls := dict "cert" (printf "%s/tls.crt" $dir) "key" (printf "%s/tls.key" $dir) }}
+{{- if include "tandem.mutualTLS" . }}
+{{- $_ := set $tls "client_ca" (printf "%s/ca.crt" $dir) }}
+{{- end }}
+{{- $_ := set $cfg.router "tls" $tls }}
 {{- end }}
 {{- $_ := set $cfg.ray "address" "auto" }}
 {{- $_ := set $cfg.ray "include_dashboard" false }}
