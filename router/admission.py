@@ -11,10 +11,12 @@ router never refuses on an estimate: waiting could not make that request faster.
 
 Throughput is learned over busy time (some request waiting for its first token): prefill
 tokens completed / busy seconds, an exponential average seeded by what the backend
-reports (``Capacity.prefill_tokens_per_s``, the workers' measured prefill speed).
+reports (``Capacity.prefill_tokens_per_s``, the workers' measured prefill speed). The
+estimate plans with that mean less its noise (mean / (1 + coefficient of variation)).
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -129,7 +131,8 @@ class AdmissionController:
         self._pending: dict[str, Ticket] = {}       # admitted, no first token yet
         self._decoding: dict[str, Ticket] = {}
         self.queued_tokens = 0
-        self.rate: float | None = None              # measured prefill tokens/s
+        self.rate: float | None = None              # measured prefill tokens/s (mean)
+        self.rate_var = 0.0                         # ... and the variance of the samples
         self.tpot = TpotModel()
         self._busy_s = 0.0
         self._busy_since: float | None = None
@@ -149,9 +152,11 @@ class AdmissionController:
         return len(self._decoding)
 
     def prefill_rate(self) -> float | None:
-        """Prefill tokens/s: measured when there is a measurement, else the backend's figure."""
+        """Prefill tokens/s to plan with: the measured mean less its noise (mean / (1 + cv)),
+        so that a noisy machine is planned for its slow moments; before any measurement,
+        the backend's figure."""
         if self.rate is not None:
-            return self.rate
+            return self.rate / (1.0 + math.sqrt(self.rate_var) / self.rate)
         cap = self._capacity()
         return cap.prefill_tokens_per_s if cap and cap.prefill_tokens_per_s else None
 
@@ -225,10 +230,17 @@ class AdmissionController:
         ticket.decode_load = len(self._decoding) / max(1, cap.decode_workers if cap else 1)
         self._sample_tokens += ticket.prompt_tokens
         if self._sample_busy_s >= _MIN_SAMPLE_S:
-            sample = self._sample_tokens / self._sample_busy_s
-            base = self.prefill_rate()
-            self.rate = sample if base is None else (1 - _RATE_ALPHA) * base + _RATE_ALPHA * sample
+            self._learn_rate(self._sample_tokens / self._sample_busy_s)
             self._sample_tokens, self._sample_busy_s = 0, 0.0
+
+    def _learn_rate(self, sample: float) -> None:
+        if self.rate is None:
+            cap = self._capacity()
+            prior = cap.prefill_tokens_per_s if cap and cap.prefill_tokens_per_s else None
+            self.rate = sample if prior is None else prior
+        diff = sample - self.rate
+        self.rate += _RATE_ALPHA * diff
+        self.rate_var = (1 - _RATE_ALPHA) * (self.rate_var + _RATE_ALPHA * diff * diff)
 
     def _on_release(self, ticket: Ticket, completion_tokens: int) -> None:
         if self._leave_queue(ticket):

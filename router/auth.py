@@ -115,7 +115,8 @@ def _parse_options(opts: list[str], where: str) -> TenantLimits:
     for opt in opts:
         name, sep, raw = opt.partition("=")
         if not sep or name not in _OPTIONS:
-            raise ConfigError(where, f"unknown option {opt[:32]!r}; known: rps=, burst=, concurrency=")
+            raise ConfigError(where, f"unknown option {opt[:32]!r}; "
+                              "known: rps=, burst=, concurrency=")
         try:
             value = _OPTIONS[name](raw)
         except ValueError:

@@ -23,11 +23,12 @@ from router.admission import AdmissionController, AdmissionRejected, Ticket, cap
 from router.auth import Authenticator, Principal, Unauthenticated
 from router.backend import Backend
 from router.convert import RawRequest
-from router.errors import DuplicateRequest, InvalidRequest, RequestTimedOut, RouterError, WorkerFailed
+from router.errors import (DuplicateRequest, InvalidRequest, RequestTimedOut, RouterError,
+                           WorkerFailed)
 from router.logging_context import request_context
 from router.messages import Finished, GenerateEvent, GenerateRequest, ModelInfo, TokenDelta
 from router.metrics import RequestMetrics, RouterMetrics
-from router.ratelimit import TenantLease, TenantLimiter
+from router.ratelimit import TenantLimiter
 from router.validation import RequestValidator
 
 logger = logging.getLogger(__name__)

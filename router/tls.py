@@ -37,7 +37,8 @@ def _read(path: str, field: str) -> bytes:
     try:
         data = Path(path).read_bytes()
     except OSError as exc:
-        raise ConfigError(f"router.tls.{field}", f"cannot read {path}: {exc.strerror or exc}") from None
+        raise ConfigError(f"router.tls.{field}",
+                          f"cannot read {path}: {exc.strerror or exc}") from None
     if b"-----BEGIN " not in data:
         raise ConfigError(f"router.tls.{field}", f"{path} is not a PEM file")
     return data
@@ -51,8 +52,9 @@ def load_tls(cfg: TLSConfig) -> TLSMaterial | None:
         return None
     if cfg.cert is None or cfg.key is None:
         raise ConfigError("router.tls", "router.tls.cert and router.tls.key must be set together")
+    client_ca = _read(cfg.client_ca, "client_ca") if cfg.client_ca else None
     material = TLSMaterial(cfg.cert, cfg.key, _read(cfg.cert, "cert"), _read(cfg.key, "key"),
-                           cfg.client_ca, _read(cfg.client_ca, "client_ca") if cfg.client_ca else None)
+                           cfg.client_ca, client_ca)
     ssl_context(material)   # fails now, with the field named, rather than at the first client
     logger.info("TLS on (%s)", "mutual: client certificates required" if material.mutual
                 else "server certificate only")

@@ -78,7 +78,8 @@ def response_for(exc: BaseException, chat: bool = False) -> web.Response:
             headers["retry-after-ms"] = str(int(exc.retry_after_s * 1000))
     elif isinstance(exc, web.HTTPException):
         status = exc.status
-        err_type = _TYPE_OF_STATUS.get(status, "server_error" if status >= 500 else "invalid_request_error")
+        err_type = _TYPE_OF_STATUS.get(
+            status, "server_error" if status >= 500 else "invalid_request_error")
         message = exc.text or exc.reason
         if status == 404:
             message = "no such endpoint; see GET /openapi.json"

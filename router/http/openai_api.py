@@ -50,7 +50,8 @@ def _get(body: dict, name: str, kind: str) -> Any:
           "bool": isinstance(value, bool), "str": isinstance(value, str),
           "dict": isinstance(value, dict)}[kind]
     if not ok:
-        raise _bad(name, f"must be {'an' if kind == 'int' else 'a'} {kind}, got {type(value).__name__}")
+        article = "an" if kind == "int" else "a"
+        raise _bad(name, f"must be {article} {kind}, got {type(value).__name__}")
     if kind == "int" and not -(1 << 63) <= value < (1 << 63):
         raise _bad(name, "out of range")
     return float(value) if kind == "number" else value

@@ -136,7 +136,8 @@ def make_tls(directory: Path) -> TLSFiles:
         return str(cert_path), str(key_path)
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (x509.CertificateBuilder().subject_name(name("tandem test CA")).issuer_name(name("tandem test CA"))
+    ca = (x509.CertificateBuilder().subject_name(name("tandem test CA"))
+          .issuer_name(name("tandem test CA"))
           .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
           .not_valid_before(now - datetime.timedelta(minutes=5))
           .not_valid_after(now + datetime.timedelta(days=1))

@@ -242,3 +242,14 @@ def test_per_tenant_concurrency_and_rate_come_from_the_keys_file(tmp_path):
         assert sample(text, "tandem_admission_rejections_total", reason="tenant_rate") == 2
     finally:
         router.stop()
+
+
+def test_a_noisy_throughput_is_planned_for_its_slow_moments():
+    clock = Clock()
+    ctl = controller(clock)
+    for busy in (0.1, 0.3, 0.1, 0.3, 0.1, 0.3):       # 100 tokens each: 1000 or 333 tokens/s
+        t = ctl.admit("r", 100)
+        clock.now += busy
+        t.first_token()
+        t.release(1)
+    assert 333 < ctl.prefill_rate() < ctl.rate < 1000

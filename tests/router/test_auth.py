@@ -7,14 +7,13 @@ import aiohttp
 import grpc
 import pytest
 
-from frontdoor_helpers import (KEY_A, KEY_B, make_llm, router_config, start_router,  # noqa: F401
-                               write_keys)
+from frontdoor_helpers import KEY_A, KEY_B, router_config, start_router, write_keys
 
 from cluster.config import AuthConfig, ConfigError, load_config
 from protos.tandem.v1 import generate_pb2, info_pb2, tandem_service_pb2_grpc
 from router.auth import Authenticator, build_authenticator, parse_keys
-from router.server import RouterServer
 from router.backends.local import LocalBackend
+from router.server import RouterServer
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +130,26 @@ def test_a_router_on_all_interfaces_without_keys_refuses_to_start():
     with pytest.raises(ConfigError, match="no API key"):
         asyncio.run(start())
     assert not asyncio.run(backend.health())   # nothing was started
+
+
+@pytest.mark.parametrize("sharing", [False, True])
+def test_the_tenant_salts_the_prefix_cache_unless_sharing_is_opted_in(tmp_path, sharing):
+    prompt = "Tom and his mom went to the market to buy apples and bread. " * 5
+    r = start_router(config=router_config(write_keys(tmp_path)), tenant_sharing=sharing)
+    try:
+        cached = {}
+        for name, key in (("alpha", KEY_A), ("alpha-again", KEY_A), ("bravo", KEY_B)):
+            out = _generate_text(r.target, key, prompt)
+            cached[name] = out[-1].finished.usage.cached_prompt_tokens
+        assert cached["alpha"] == 0 and cached["alpha-again"] >= 32
+        assert (cached["bravo"] >= 32) if sharing else (cached["bravo"] == 0)
+    finally:
+        r.stop()
+
+
+def _generate_text(target: str, key: str, text: str):
+    with grpc.insecure_channel(target) as channel:
+        stub = tandem_service_pb2_grpc.TandemStub(channel)
+        req = generate_pb2.GenerateRequest(text=text)
+        req.sampling.max_tokens = 2
+        return list(stub.Generate(req, metadata=[("authorization", f"Bearer {key}")], timeout=30))

@@ -64,7 +64,8 @@ def test_schemathesis_against_the_published_openapi_document(router):
 
 
 def _json_values():
-    scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20)
+    scalars = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False)
+               | st.text(max_size=20))
     return st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                         | st.dictionaries(st.text(max_size=8), inner, max_size=4), max_leaves=12)
 
@@ -180,6 +181,13 @@ def test_malformed_grpc_messages_never_get_internal_errors(raw_generate, payload
     COUNTS["grpc"] += 1
 
 
+def test_a_grpc_message_over_the_size_limit_is_resource_exhausted(raw_generate):
+    big = generate_pb2.GenerateRequest(text="x" * (5 << 20)).SerializeToString()
+    with pytest.raises(grpc.RpcError) as info:
+        list(raw_generate(big, timeout=30, metadata=[("authorization", AUTH["Authorization"])]))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
 def test_the_router_is_healthy_and_idle_after_the_fuzzing(router):
     assert sum(COUNTS.values()) >= 2000, COUNTS
     assert json.loads(scrape(router.http_url + "/health"))["status"] == "ok"
@@ -189,3 +197,4 @@ def test_the_router_is_healthy_and_idle_after_the_fuzzing(router):
     with urllib.request.urlopen(req, timeout=30) as resp:
         assert json.loads(resp.read())["usage"]["completion_tokens"] == 4
     router.wait_idle()
+

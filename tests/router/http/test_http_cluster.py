@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import time
+from pathlib import Path
 
 import aiohttp
 import openai
@@ -15,6 +17,8 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("LMCACHE_TRACK_USAGE", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/router: the helpers
 
 from frontdoor_helpers import KEY_A, KEY_B, sample, scrape, write_keys  # noqa: E402
 

@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
+from pathlib import Path
 
 import aiohttp
 import openai
 import pytest
 
-from frontdoor_helpers import (make_llm, router_config, sample, scrape, start_router,
-                               wait_until)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/router: the helpers
 
-from cluster.config import LimitsConfig
-from router.http.chat import ChatMessage, render_chat
-from tandem_client import TandemClient
+from frontdoor_helpers import (make_llm, router_config, sample, scrape,  # noqa: E402
+                               start_router, wait_until)
+
+from cluster.config import LimitsConfig  # noqa: E402
+from router.http.chat import ChatMessage, render_chat  # noqa: E402
+from tandem_client import TandemClient  # noqa: E402
 
 PROMPT = "Once upon a time"
 LONG_PROMPT = "Lily and Ben went to the park to play with their red ball. " * 6
@@ -182,7 +186,7 @@ def test_models_health_openapi_and_request_ids(router, oai):
     assert status == 200 and json.loads(text)["status"] == "ok"
     status, _, text = _raw(router, "GET", "/openapi.json")
     assert status == 200 and "/v1/chat/completions" in json.loads(text)["paths"]
-    status, headers, text = _raw(router, "POST", "/v1/completions", {"prompt": "Hi", "max_tokens": 2},
+    status, headers, text = _raw(router, "POST", "/v1/completions", {"prompt": "Hi"},
                                  {"X-Request-Id": "my-request-1"})
     assert status == 200 and headers.get("x-request-id") == "my-request-1", headers
     assert json.loads(text)["id"] == "cmpl-my-request-1"
@@ -232,3 +236,14 @@ def test_stopped_backend_is_503_and_health_says_so():
         assert _raw(r, "GET", "/health")[0] == 503
     finally:
         r.stop()
+
+
+def test_chat_templates_render_in_a_sandbox_and_failures_are_the_requests_fault():
+    from router.errors import InvalidRequest
+    msgs = [ChatMessage("user", "Hi")]
+    refuse = "{% if messages[0].role == 'user' %}{{ raise_exception('no users') }}{% endif %}"
+    escape = "{{ messages.__class__.__mro__[1].__subclasses__() }}"
+    for template in (refuse, escape, "{% for %}"):
+        with pytest.raises(InvalidRequest) as info:
+            render_chat(msgs, template)
+        assert info.value.field == "messages"
