@@ -247,3 +247,28 @@ def test_chat_templates_render_in_a_sandbox_and_failures_are_the_requests_fault(
         with pytest.raises(InvalidRequest) as info:
             render_chat(msgs, template)
         assert info.value.field == "messages"
+
+
+def test_an_engine_failure_mid_stream_ends_the_sse_stream_with_an_error_chunk():
+    llm = make_llm()
+    real_step, calls = llm.engine.step, {"n": 0}
+
+    def failing_step():   # fault injection: the engine dies on its fifth step
+        calls["n"] += 1
+        if calls["n"] > 4:
+            raise RuntimeError("injected engine fault")
+        return real_step()
+
+    llm.engine.step = failing_step
+    r = start_router(llm)
+    try:
+        status, _, text = _raw(r, "POST", "/v1/completions", {
+            "prompt": PROMPT, "max_tokens": 100, "ignore_eos": True, "stream": True})
+        assert status == 200
+        events = [line[6:] for line in text.splitlines() if line.startswith("data: ")]
+        assert len(events) >= 2 and "[DONE]" not in events
+        error = json.loads(events[-1])["error"]
+        assert error["type"] == "service_unavailable_error"
+        assert "injected engine fault" in error["message"]
+    finally:
+        r.stop()
