@@ -74,8 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from router.logging_context import configure_logging
+    configure_logging(logging.DEBUG if args.verbose else logging.INFO)
     try:
         return args.func(args)
     except ValueError as exc:   # bad input: a message and exit code 2, never a traceback

@@ -5,6 +5,8 @@ import argparse
 import asyncio
 import sys
 
+DEFAULT_HTTP_PORT = 8000
+
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     from cluster.config import load_config
@@ -20,7 +22,24 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     if args.model:
         overrides.append(f"model.model={args.model}")
     cfg = load_config(args.config, overrides)
+    if args.no_http:
+        cfg.router.http_port = None
+    elif args.http_port is not None:
+        cfg.router.http_port = args.http_port
+    elif cfg.router.http_port is None and not _mentions(args, "router.http_port"):
+        cfg.router.http_port = DEFAULT_HTTP_PORT
+    cfg.validate()
     return asyncio.run(serve(cfg))
+
+
+def _mentions(args: argparse.Namespace, key: str) -> bool:
+    """Did the user set ``key`` (in --set or the config file)? Then their value stands."""
+    if any(item.split("=", 1)[0].strip() == key for item in args.set or []):
+        return True
+    if args.config:
+        from pathlib import Path
+        return key.rsplit(".", 1)[-1] in Path(args.config).read_text()
+    return False
 
 
 def _cmd_generate(args: argparse.Namespace) -> int:
@@ -71,6 +90,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=["disaggregated", "colocated"])
     p.add_argument("--model", help="model directory, 'stories260K' or a preset")
     p.add_argument("--port", type=int, help="gRPC port (default 50051)")
+    p.add_argument("--http-port", type=int, help=f"OpenAI-compatible HTTP port (default {DEFAULT_HTTP_PORT}; 0: any free port)")
+    p.add_argument("--no-http", action="store_true", help="serve gRPC only")
     p.set_defaults(func=_cmd_serve)
 
     for name, fn, help_ in (("generate", _cmd_generate, "stream a generation from a running server"),

@@ -21,7 +21,8 @@ def engine_config(cfg: ClusterConfig, num_threads: int | None = None) -> EngineC
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return EngineConfig(model=m.model, dtype=m.dtype, device=device, block_size=m.block_size,
                         num_kv_blocks=m.num_kv_blocks, max_num_seqs=m.max_num_seqs,
-                        max_num_batched_tokens=m.max_num_batched_tokens, seed=m.seed,
+                        max_num_batched_tokens=m.max_num_batched_tokens, max_model_len=m.max_model_len,
+                        enable_prefix_caching=m.enable_prefix_caching, seed=m.seed,
                         num_threads=m.num_threads or num_threads)
 
 

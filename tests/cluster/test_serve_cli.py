@@ -22,7 +22,7 @@ def _descendants(pid: int) -> list[psutil.Process]:
 
 
 def test_serve_generate_status_then_ctrl_c_stops_everything_it_started():
-    proc = subprocess.Popen([*TANDEM, "serve", "--port", "0", "--set", "pools.prefill.cpus_per_worker=0.25",
+    proc = subprocess.Popen([*TANDEM, "serve", "--port", "0", "--http-port", "0", "--set", "pools.prefill.cpus_per_worker=0.25",
                              "--set", "pools.decode.cpus_per_worker=0.25", "--set", "model.num_threads=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     lines: list[str] = []
@@ -34,8 +34,8 @@ def test_serve_generate_status_then_ctrl_c_stops_everything_it_started():
             if not line and proc.poll() is not None:
                 break
             lines.append(line)
-            m = re.search(r"serving gRPC on (\S+)", line)
-            target = m.group(1) if m else None
+            m = re.search(r"serving gRPC on ([^\s,]+), OpenAI HTTP on ([^\s,]+)", line)
+            target, http_base = (m.group(1), m.group(2)) if m else (None, None)
         assert target, "".join(lines)
         started = {p.pid: p for p in _descendants(proc.pid)}
         names = " ".join(p.name() for p in started.values())
@@ -51,6 +51,10 @@ def test_serve_generate_status_then_ctrl_c_stops_everything_it_started():
                                 env=ENV, timeout=60)
         assert status.returncode == 0, status.stderr
         assert "tandem-prefill-0" in status.stdout and "tandem-decode-0" in status.stdout
+
+        import urllib.request
+        with urllib.request.urlopen(f"http://{http_base}/health", timeout=30) as resp:
+            assert resp.status == 200
 
         bad = subprocess.run([*TANDEM, "generate", "--target", target, "--max-tokens", "0", "hi"],
                              capture_output=True, text=True, env=ENV, timeout=60)
