@@ -1,6 +1,7 @@
 """KV codecs: a registry by name. Each codec declares whether it is lossless.
 
-Built in: ``raw`` (lossless), ``int8``, ``kivi4``, ``kivi2`` and ``ecq`` (lossy); entropy
+Built in: ``raw`` (lossless), ``int8``, ``kivi4``, ``kivi2``, ``ecq``, ``ecq-hq`` and
+``ecq-lo`` (lossy); entropy
 stages ``zstd`` and ``lz4`` (lossless, on top of any codec). See docs/kv_transfer.md for
 measured ratio, quality and speed.
 """

@@ -44,10 +44,15 @@ class ECQCodec(KVCodec):
     value_step 0.5, window 8 at window_step 0.05): 3.5x smaller than fp16 on stories260K
     (123-token contexts), plus 64 bits of side information per channel and section.
 
+    Presets: ``ecq-hq`` (key_step 0.12, value_step 0.25: the >= 99% top-1 operating
+    point, ~3.1x on stories260K) and ``ecq-lo`` (key_step 0.7, value_step 1.4, window 0:
+    ~5.3x, KIVI-2-bit territory).
+
     Quality floors (stories260K, 50 stories; tests/kv_transfer/test_codec_quality.py):
-    defaults: teacher-forced top-1 >= 98%, greedy 64-token agreement >= 80%, and smaller
-    than kivi4 with at least kivi4's agreement on both measures;
-    key_step 0.7, value_step 1.4, window 0: >= 90% / >= 25%, smaller and better than kivi2.
+    ecq: teacher-forced top-1 >= 98%, greedy 64-token agreement >= 80%, and smaller than
+    kivi4 with at least kivi4's agreement on both measures;
+    ecq-hq: >= 99% / >= 85%, and smaller than int8;
+    ecq-lo: >= 90% / >= 25%, and smaller and better than kivi2 on both measures.
     """
 
     name = "ecq"
@@ -124,3 +129,7 @@ class ECQCodec(KVCodec):
         l, _, t, h, d = shape.dims
         count = l * t * h * d
         return _LENGTHS.size + 4 * 2 * l * h * d + 2 * (count + count // 128 + 1024)
+
+
+register_codec(ECQCodec, "ecq-hq", key_step=0.12, value_step=0.25)
+register_codec(ECQCodec, "ecq-lo", key_step=0.7, value_step=1.4, window=0)

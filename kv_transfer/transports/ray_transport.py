@@ -142,10 +142,9 @@ class _RayReceive(ReceiveStream):
         t0 = time.perf_counter()
         d = self._descriptor
         if d.refs is not None:
-            sizes = iter(d.sizes)
             for ref in d.refs:
                 for frame in self._get(ref):
-                    self._limits.charge(self.stats, next(sizes, 0) or frame.nbytes)
+                    self._limits.charge(self.stats, frame.nbytes)
                     self.stats.seconds = time.perf_counter() - t0
                     yield memoryview(frame)
             return

@@ -23,15 +23,26 @@ def decode_kv(blob: bytes | memoryview, layout: Any, device: torch.device | str 
     """The ``[L, 2, T, H, D]`` KV of a blob, in ``layout.dtype``; raises KVFormatError,
     KVChecksumError or KVModelMismatch instead of ever returning wrong tensors."""
     decoder, sections = open_blob(blob, layout, device)
+    return decode_sections(decoder, sections)
+
+
+def decode_sections(decoder: KVStreamDecoder, sections) -> torch.Tensor:
+    """Decode verified sections into one tensor. The full output is allocated only after a
+    first section decoded: a header alone cannot make the receiver allocate its claim."""
     h = decoder.header
-    out = torch.empty((h.num_layers, 2, h.num_tokens, h.num_kv_heads, h.head_dim),
-                      dtype=decoder.dtype, device=device)
+    out = None
     for section in sections:
         if section.index == META_INDEX:
             decoder.decode_meta(section)
             continue
         start, count = section.layer_start, section.layer_count
-        decoder.decode_section(section, out=out[start:start + count])
+        if out is None:
+            _, first = decoder.decode_section(section)
+            out = torch.empty((h.num_layers, 2, h.num_tokens, h.num_kv_heads, h.head_dim),
+                              dtype=decoder.dtype, device=decoder.device)
+            out[start:start + count] = first
+        else:
+            decoder.decode_section(section, out=out[start:start + count])
     decoder.finish()
     return out
 

@@ -24,8 +24,7 @@ import torch
 from engine.kv_export import SequenceKV
 from engine.sampling_params import SamplingParams
 from kv_transfer.errors import KVFormatError
-from kv_transfer.wire.blob import _section_frames, assemble, open_blob
-from kv_transfer.wire.frames import META_INDEX
+from kv_transfer.wire.blob import _section_frames, assemble, decode_sections, open_blob
 from kv_transfer.wire.stream import KVStreamEncoder
 
 _U32 = struct.Struct("<I")
@@ -48,18 +47,8 @@ def decode_sequence(blob: bytes | memoryview, layout: Any, device: torch.device 
     decoder, sections = open_blob(blob, layout, device)
     if not decoder.header.has_sequence:
         raise KVFormatError("this KV blob carries no sequence metadata (made by encode_kv?)")
-    h = decoder.header
-    kv = torch.empty((h.num_layers, 2, h.num_tokens, h.num_kv_heads, h.head_dim),
-                     dtype=decoder.dtype, device=device)
-    meta = None
-    for section in sections:
-        if section.index == META_INDEX:
-            meta = decoder.decode_meta(section)
-            continue
-        start, count = section.layer_start, section.layer_count
-        decoder.decode_section(section, out=kv[start:start + count])
-    decoder.finish()
-    return unpack_meta(meta, kv, layout)
+    kv = decode_sections(decoder, sections)
+    return unpack_meta(decoder.meta, kv, layout)
 
 
 def pack_meta(seq: SequenceKV) -> bytes:

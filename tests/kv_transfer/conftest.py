@@ -12,7 +12,10 @@ from tests.kv_transfer.samples import prefill_kv, story_prompts
 def stories_llm():
     """The real stories260K model (loads in ~0.1 s)."""
     from engine import LLM
-    return LLM("stories260K", max_num_seqs=8)
+    before = torch.get_num_threads()
+    llm = LLM("stories260K", max_num_seqs=8, num_threads=1)
+    torch.set_num_threads(before)       # the engine sets it process-wide; other tests keep theirs
+    return llm
 
 
 @pytest.fixture(scope="session")
