@@ -112,6 +112,10 @@ class KVStore(abc.ABC):
         """Remote-tier failures seen so far, including asynchronous ones."""
         return 0
 
+    def write_errors(self) -> int:
+        """The part of ``remote_errors`` met while writing (possibly in the background)."""
+        return 0
+
     def clear_local(self) -> None:
         """Drop the worker-local tier (if any); the remote tier keeps its entries."""
 

@@ -41,6 +41,7 @@ class PrefixCacheClient:
         self.cost = CostModel(lay.num_layers * 2 * lay.num_kv_heads * lay.head_dim * itemsize,
                               safety=safety)
         self._own_store = own_store
+        self._write_errors_seen = store.write_errors()
         self._stats = StoreStats()
         self._lock = threading.Lock()
         self._local_while_open = False
@@ -181,8 +182,16 @@ class PrefixCacheClient:
         try:
             self.store.put(token_ids, kv, salt)
         except StoreUnavailable:
+            self._write_errors_seen = self.store.write_errors()
             self._failure()
             raise
+        # The store may finish writes in the background (LMCache): their failures show
+        # up in its counter by the next write-back.
+        errors = self.store.write_errors()
+        if errors > self._write_errors_seen:
+            self._write_errors_seen = errors
+            self._failure()
+            return
         self._timed_ok(time.perf_counter() - started, per_bytes=kv.numel() * kv.element_size())
 
     def _observe(self, plan: FetchPlan, got: int, elapsed: float) -> None:

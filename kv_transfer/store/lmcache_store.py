@@ -109,14 +109,20 @@ class LMCacheStore(KVStore):
         return engine
 
     # -- KVStore -------------------------------------------------------------------
+    def _read_errors(self) -> int:
+        snap = self.tier.snapshot()
+        return snap.errors - snap.write_errors
+
     def _call(self, op, *args, **kwargs):
-        """Run an engine call; a Redis failure during it surfaces as ``StoreUnavailable``."""
+        """Run an engine call; a Redis read failing under it (LMCache swallows those)
+        surfaces as ``StoreUnavailable``. Background write-backs failing meanwhile are
+        counted, not blamed on this call."""
         with self._lock:
             if self._closed:
                 raise StoreClosed("store is closed")
-            errors = self.tier.snapshot().errors
+            errors = self._read_errors()
             result = op(*args, **kwargs)
-            if self.tier.snapshot().errors != errors:
+            if self._read_errors() != errors:
                 raise StoreUnavailable("redis failed during the operation")
             return result
 
@@ -251,6 +257,9 @@ class LMCacheStore(KVStore):
 
     def remote_errors(self) -> int:
         return self.tier.snapshot().errors
+
+    def write_errors(self) -> int:
+        return self.tier.snapshot().write_errors
 
     def dropped_remote_puts(self) -> int:
         return self._ctx.dropped_puts

@@ -93,6 +93,9 @@ class RedisStore(KVStore):
     def remote_errors(self) -> int:
         return self.tier.snapshot().errors
 
+    def write_errors(self) -> int:
+        return self.tier.snapshot().write_errors
+
     def close(self) -> None:
         if self._closed:
             return

@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 @dataclass(slots=True)
 class TierCounters:
     """Monotonic counters of one Redis tier (read them under ``RedisChunkTier.lock``)."""
-    errors: int = 0            # Redis failures (down, timeout, refused)
+    errors: int = 0            # Redis failures (down, timeout, refused), reads and writes
+    write_errors: int = 0      # the part of ``errors`` met while writing
     corrupt: int = 0           # values that failed to decode/verify, deleted
     rejected_puts: int = 0     # SETs Redis refused (e.g. OOM under a noeviction policy)
     chunks_put: int = 0
@@ -50,9 +51,10 @@ class RedisChunkTier:
         self.counters = TierCounters()
         self.lock = threading.Lock()
 
-    def _failed(self, op: str, exc: BaseException) -> StoreUnavailable:
+    def _failed(self, op: str, exc: BaseException, write: bool = False) -> StoreUnavailable:
         with self.lock:
             self.counters.errors += 1
+            self.counters.write_errors += write
         logger.warning("redis %s failed at %s: %s", op, self.url, exc)
         return StoreUnavailable(f"redis {op} failed: {exc}")
 
@@ -125,7 +127,7 @@ class RedisChunkTier:
                 pipe.exists(key)
             present = pipe.execute()
         except REDIS_FAILURES as exc:
-            raise self._failed("EXISTS", exc) from exc
+            raise self._failed("EXISTS", exc, write=True) from exc
         todo = [(k, c) for k, c, p in zip(keys, chunks, present, strict=True) if not p]
         if not todo:
             return 0
@@ -136,7 +138,7 @@ class RedisChunkTier:
                 pipe.set(key, blob)
             results = pipe.execute(raise_on_error=False)
         except REDIS_FAILURES as exc:
-            raise self._failed("SET", exc) from exc
+            raise self._failed("SET", exc, write=True) from exc
         written = 0
         with self.lock:
             for (_, chunk), blob, result in zip(todo, blobs, results, strict=True):

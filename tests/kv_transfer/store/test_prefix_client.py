@@ -150,3 +150,16 @@ def test_bad_arguments_raise_value_errors(client):
     with pytest.raises(ValueError):
         client.write_back(TOKENS, torch.zeros(1, 2, 4, 1, 1), "t")
     assert client.plan(TOKENS[:CHUNK], "t", 1.0).decision == "skip"
+
+
+def test_background_write_failures_reach_the_breaker(own_redis):
+    with open_client(own_redis.url, op_timeout_s=0.3, breaker_failures=1) as c:
+        admin = redis.Redis.from_url(own_redis.url)
+        admin.execute_command("CLIENT", "PAUSE", 1500, "WRITE")   # fault: SETs time out
+        c.write_back(TOKENS, synthetic_kv(len(TOKENS)), "t")
+        assert c.flush(10)                        # LMCache's background SET timed out...
+        assert c.store.write_errors() >= 1
+        c.write_back(list(range(7000, 7000 + len(TOKENS))), synthetic_kv(len(TOKENS)), "t")
+        assert c.flush(10)
+        assert c.stats().breaker_opens >= 1       # ...and the next write-back reported it
+        admin.close()
