@@ -114,7 +114,7 @@ class StoreConfig:
     url: str | None = _spec(None, _redis_url)   # None: start a private redis-server
     chunk_size: int = _spec(256, _ge(1))
     tenant_sharing: bool = False                # share prefixes across tenants
-    local_cpu_bytes: int = _spec(1 << 30, _ge(0))
+    local_cpu_bytes: int = _spec(256 << 20, _ge(0))   # LMCache commits its DRAM tier at start
     key_prefix: str = _spec("tandem", _name)
 
 

@@ -140,4 +140,4 @@ def store_options(cfg: ClusterConfig) -> dict[str, Any] | None:
         return None
     return {"url": s.url, "chunk_size": s.chunk_size, "local_cpu_bytes": s.local_cpu_bytes,
             "codec": cfg.kv_transfer.codec, "entropy": cfg.kv_transfer.entropy,
-            "share_tenants": s.tenant_sharing}
+            "share_tenants": s.tenant_sharing, "key_prefix": s.key_prefix}

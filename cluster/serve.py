@@ -44,7 +44,8 @@ class Cluster:
         try:
             if cfg.store.enabled and cfg.store.url is None and cfg.mode == "disaggregated":
                 from kv_transfer.redis_server import RedisServer
-                self.redis = await asyncio.to_thread(RedisServer().start)
+                # Started from this (the main) thread so it dies with us even on SIGKILL.
+                self.redis = RedisServer().start()
                 cfg.store.url = self.redis.url
             self.owns_ray = await asyncio.to_thread(start_ray, cfg)
             pool_cfgs = {"prefill": cfg.pools.prefill, "decode": cfg.pools.decode, "colocated": cfg.pools.decode}

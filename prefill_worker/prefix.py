@@ -23,7 +23,6 @@ class PrefixFetcher:
             from kv_transfer.store.client import PrefixCacheClient
             from kv_transfer.store.config import StoreConfig
             self.client = PrefixCacheClient.open(StoreConfig(**store_options), engine.kv_layout)
-            self.client.calibrate()
 
     async def fetch(self, token_ids: list[int], salt: bytes,
                     prefill_tokens_per_s: float) -> tuple[torch.Tensor | None, float]:
@@ -35,7 +34,7 @@ class PrefixFetcher:
         return kv, 1000 * (time.perf_counter() - t0)
 
     def _plan_and_fetch(self, token_ids: list[int], salt: bytes, tps: float) -> torch.Tensor | None:
-        plan = self.client.plan(token_ids, salt, tps)
+        plan = self.client.plan(token_ids, salt, max(tps, 1.0))
         return self.client.fetch(plan)
 
     def write_back(self, token_ids: list[int], kv: torch.Tensor, salt: bytes) -> None:

@@ -8,6 +8,7 @@ ends the usable prefix there.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 import uuid
@@ -45,6 +46,7 @@ class RedisChunkTier:
 
     def __init__(self, url: str, values: ValueCodec, chunk_size: int, timeout_s: float) -> None:
         self.url = url
+        self.safe_url = redact_url(url)   # what logs may show: never the password
         self.values = values
         self.chunk_size = chunk_size
         self.client = make_client(url, timeout_s)
@@ -55,7 +57,7 @@ class RedisChunkTier:
         with self.lock:
             self.counters.errors += 1
             self.counters.write_errors += write
-        logger.warning("redis %s failed at %s: %s", op, self.url, exc)
+        logger.warning("redis %s failed at %s: %s", op, self.safe_url, exc)
         return StoreUnavailable(f"redis {op} failed: {exc}")
 
     def count_prefix(self, keys: Sequence[str]) -> int:
@@ -187,7 +189,7 @@ class RedisChunkTier:
         policy = policy.decode() if isinstance(policy, bytes) else policy
         if policy == "noeviction":
             logger.warning("redis at %s has maxmemory-policy noeviction: a full store will "
-                           "refuse writes (counted, not raised); use allkeys-lru", self.url)
+                           "refuse writes (counted, not raised); use allkeys-lru", self.safe_url)
         return policy
 
     def ping(self) -> bool:
@@ -203,3 +205,8 @@ class RedisChunkTier:
 
     def close(self) -> None:
         close_client(self.client)
+
+
+def redact_url(url: str) -> str:
+    """``redis://user:secret@host`` -> ``redis://user:***@host`` (also a bare ``:secret@``)."""
+    return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)

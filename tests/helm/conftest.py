@@ -4,11 +4,7 @@ from __future__ import annotations
 import pytest
 
 import helm_pipeline as hp
-
-# Value sets under tests/helm/fixtures/values/: the four the issue names, inline TLS, and
-# mutual TLS with the HTTP API and tenant keys.
-VALUE_SETS = ("cpu-default", "gpu-external-redis", "tls-auth", "autoscaling-monitoring", "tls-inline",
-              "mtls-http")
+from helm_pipeline import VALUE_SETS
 
 
 @pytest.fixture(scope="session")

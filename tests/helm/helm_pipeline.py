@@ -19,6 +19,11 @@ import jsonschema
 import kubernetes_validate
 import yaml
 
+# Value sets under tests/helm/fixtures/values/: the four the issue names, inline TLS, and
+# mutual TLS with the HTTP API and tenant keys.
+VALUE_SETS = ("cpu-default", "gpu-external-redis", "tls-auth", "autoscaling-monitoring", "tls-inline",
+              "mtls-http")
+
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "helm" / "tandem"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"

@@ -11,7 +11,7 @@ import pytest
 import helm_pipeline as hp
 from cluster.config import ClusterConfig, load_config
 from cluster.ray_runtime import POOL_RESOURCES, pool_sizes
-from conftest import VALUE_SETS
+from helm_pipeline import VALUE_SETS
 
 KUBERAY_LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/created-by")
 

@@ -9,17 +9,8 @@ import threading
 
 import pytest
 from aiohttp import web
+from loadtest_routers import make_router
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
-
-from cluster.config import RouterConfig
-from router.backends.local import LocalBackend
-from router.testing import BackgroundRouter
-
-
-def make_router(**config) -> BackgroundRouter:
-    from engine import LLM
-    return BackgroundRouter(LocalBackend(LLM(model="stories260K", max_num_seqs=8)),
-                            RouterConfig(grpc_port=0, **config))
 
 
 @pytest.fixture(scope="session")

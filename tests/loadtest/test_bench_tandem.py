@@ -23,7 +23,7 @@ from loadtest.synthetic import SyntheticWorkload
 from loadtest.targets.base import TargetOptions
 from loadtest.traces import load_trace
 
-from conftest import make_router
+from loadtest_routers import make_router
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
