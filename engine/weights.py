@@ -103,6 +103,8 @@ def load_state(model: torch.nn.Module, files: list[Path], dtype: torch.dtype) ->
         pname, _, slot = hf_to_engine_name(hf_name)
         if not pname:
             continue
+        if pname == "lm_head.weight" and pname not in params:
+            continue   # tied embeddings: some checkpoints still store the (identical) head
         if pname not in params:
             raise ModelLoadError(f"checkpoint tensor '{hf_name}' has no place in the model "
                                  "(unsupported architecture variant?)")

@@ -164,8 +164,6 @@ def test_loading_never_unpickles(stories_copy):
         LLM(str(stories_copy))
 
 
-@pytest.mark.xfail(strict=True, reason="weights.load_state rejects 'lm_head.weight' in a tied checkpoint; "
-                   "HF loads such files (it ties and ignores the copy): skip it when tied")
 def test_a_tied_checkpoint_that_also_stores_lm_head_loads(stories, stories_copy):
     path = stories_copy / "model.safetensors"
     tensors = load_file(path)
