@@ -116,7 +116,7 @@ class ModelConfig:
             rope_scaling=_parse_rope_scaling(cfg.get("rope_scaling") or rope),
             qkv_bias=bool(model_type == "qwen2" or cfg.get("attention_bias", False)),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            torch_dtype=normalize_dtype(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
+            torch_dtype=_checkpoint_dtype(cfg),
             bos_token_id=cfg.get("bos_token_id"), eos_token_ids=eos_ids,
             initializer_range=float(cfg.get("initializer_range", 0.02)),
         )
@@ -153,6 +153,13 @@ class ModelConfig:
         per_layer = attn + 3 * h * i + 2 * h
         emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
         return self.num_layers * per_layer + emb + h
+
+
+def _checkpoint_dtype(cfg: dict[str, Any]) -> str:
+    try:
+        return normalize_dtype(cfg.get("torch_dtype") or cfg.get("dtype") or "float32")
+    except ValueError as exc:
+        raise UnsupportedModelError(f"config.json field 'torch_dtype': {exc}") from None
 
 
 def _parse_rope_scaling(raw: dict[str, Any]) -> RopeScaling:
