@@ -24,6 +24,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-100m": _cfg(hidden_size=768, intermediate_size=2048, num_hidden_layers=12,
                        num_attention_heads=12, num_key_value_heads=4, vocab_size=32000,
                        max_position_embeddings=8192, tie_word_embeddings=True),
+    # ~7.9M parameters: a 1,000-token prefill takes ~140 ms on one idle CPU thread here (the
+    # order of 100 ms), the model of benchmarks/disagg_vs_colocated.py (small vocabulary
+    # keeps memory low).
+    "llama-8m": _cfg(hidden_size=384, intermediate_size=1024, num_hidden_layers=4,
+                     num_attention_heads=6, num_key_value_heads=2, vocab_size=4096,
+                     max_position_embeddings=2048, tie_word_embeddings=True),
     # ~1B shape, for store and transfer cost estimates (slow on CPU; not for tests).
     "llama-1b": _cfg(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                      num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
