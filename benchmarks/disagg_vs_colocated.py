@@ -1,23 +1,28 @@
 """Disaggregated vs colocated serving on the same two cores: goodput at SLO, and why.
 
-    .venv/bin/python -m benchmarks.disagg_vs_colocated [--quick] [--rates 1,2,3] [--tpot-ms 15]
+    .venv/bin/python -m benchmarks.disagg_vs_colocated            # the comparison, 9-12 min
+    .venv/bin/python -m benchmarks.disagg_vs_colocated --workload azure-conv-short-output \
+        --rates 2,4,6,8,10,12                                       # the control
+    .venv/bin/python -m benchmarks.disagg_vs_colocated --reanalyse  # figures again, no runs
 
 Both deployments get the same two single-thread workers of the ``llama-8m`` random-weight
-model (a 1,000-token prefill takes ~100 ms on one thread): *disaggregated* = 1 prefill + 1
+model (a 1,000-token prefill takes ~140 ms on one thread): *disaggregated* = 1 prefill + 1
 decode worker, *colocated* = 2 workers that do both phases (chunked prefill in the same
 continuous batch as the decodes). The router runs in this process (its CPU is counted);
 the load generator (``python -m loadtest run``) runs in a child process per rate, so it does
 not share the router's GIL. The Azure 2023 conversation trace is replayed with its own
-arrival pattern, lengths halved, time rescaled to each offered rate (fresh prompt tokens per
-step). The prefix store and SLO admission are off in both (the trace has no prefix reuse;
-admission would refuse instead of serving late).
+arrival pattern, lengths scaled, time rescaled to each offered rate (fresh prompt tokens
+per step); every rate runs in both modes. The prefix store and SLO admission are off in
+both (the trace has no prefix reuse; admission would refuse instead of serving late).
 
 Inside every worker a probe (installed with Ray's ``__ray_call__``, no worker code changed)
-times each engine step and notes what it held (prompt tokens, decoding sequences) and how
-long each prompt waited for its first step. With per-process CPU from /proc this gives the
-where-the-time-goes breakdown per step. Output: one JSON line per figure on stdout; results
-(per-config and comparison JSON, PNG plots) in ``benchmarks/results/disagg_vs_colocated/``;
-the load generator's own per-rate reports in ``bench-results/disagg_vs_colocated/``.
+times each engine step and notes what it held (prompt tokens, decoding sequences), how long
+each prompt waited for its first step and each request's engine TTFT. With per-process CPU
+from /proc this gives the where-the-time-goes breakdown per rate. Every step is also judged
+again at other TPOT objectives. Output: one JSON line per figure on stdout; results (per-mode
+and comparison JSON, PNG plots) in ``benchmarks/results/disagg_vs_colocated/`` (a subfolder
+per other workload); the load generator's per-rate reports in ``bench-results/``.
+Findings: docs/disaggregation.md.
 """
 from __future__ import annotations
 
@@ -45,16 +50,18 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "disagg_vs_colocated"
 SCRATCH = ROOT / "bench-results" / "disagg_vs_colocated"
 MODEL = "llama-8m"
-# Length scales per trace: conversation prompts halved (~700 -> ~350 median tokens) and
-# outputs halved; code prompts quartered (similar mean prompt), outputs kept (short already).
-TRACES = {"azure-conv": {"input_scale": 0.5, "output_scale": 0.5},
-          "azure-code": {"input_scale": 0.25, "output_scale": 1.0}}
+# The replayed workloads (trace, prompt scale, output scale): the Azure 2023 conversation
+# trace with prompts and outputs halved (median 193 / 68 tokens over the 80 rows used), and a
+# control with the same prompts and arrivals but outputs at a tenth (median 13): the same
+# traffic with far less decode work per request.
+WORKLOADS = {"azure-conv": ("azure-conv", 0.5, 0.5),
+             "azure-conv-short-output": ("azure-conv", 0.5, 0.1)}
 
 
-def workload_args(trace: str) -> list[str]:
-    scales = TRACES[trace]
-    return ["--workload", "trace", "--trace", trace, "--input-scale", str(scales["input_scale"]),
-            "--output-scale", str(scales["output_scale"]), "--max-output", "256"]
+def workload_args(name: str) -> list[str]:
+    trace, input_scale, output_scale = WORKLOADS[name]
+    return ["--workload", "trace", "--trace", trace, "--input-scale", str(input_scale),
+            "--output-scale", str(output_scale), "--max-output", "256"]
 
 
 COMMON = [f"model.model={MODEL}", "model.num_threads=1", "model.device=cpu", "router.grpc_port=0",
@@ -216,7 +223,7 @@ class Step:
         a = self.args
         self.seed += 1   # fresh prompt tokens: no step may hit the cache an earlier one warmed
         cmd = [sys.executable, "-m", "loadtest", "run", "--target", f"tandem://{self.bg.target}",
-               *workload_args(a.trace), "--trace-rows", str(requests), "--rate", f"{rate:g}",
+               *workload_args(a.workload), "--trace-rows", str(requests), "--rate", f"{rate:g}",
                "--seed", str(self.seed), "--max-requests", str(requests),
                "--duration", str(a.duration), "--drain-timeout", "20", "--request-timeout", "30",
                "--slo-ttft-ms", f"{a.ttft_ms:g}", "--slo-tpot-ms", f"{a.tpot_ms:g}",
@@ -323,16 +330,35 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def common_rate(results: dict[str, dict[str, Any]]) -> float:
-    """The highest rate both configurations ran at which the colocated baseline met the SLOs
-    (where the baseline is at its best); else the lowest rate both ran."""
+def comparison_rates(results: dict[str, dict[str, Any]], loaded: float) -> dict[str, float]:
+    """Rates both configurations ran at: ``common``, the highest at which the colocated
+    baseline met the SLOs (else the lowest), and ``loaded``, the one nearest ``loaded``
+    (a load where both are busy but keep up: where the time breakdown is most telling)."""
     steps = {m: {s["rate"]: s for s in r["sweep"]["steps"]} for m, r in results.items()}
     both = sorted(set.intersection(*(set(s) for s in steps.values())))
     passing = [r for r in both if steps["colocated"][r]["passed"]]
-    return passing[-1] if passing else both[0]
+    return {"common": passing[-1] if passing else both[0],
+            "loaded": min(both, key=lambda r: abs(r - loaded))}
 
 
-def compare(results: dict[str, dict[str, Any]], slo: SLO) -> tuple[dict[str, Any], list[dict]]:
+def _where_time_goes(mode: str, rate: float, b: dict[str, Any]) -> dict[str, Any]:
+    keys = ("busy_fraction", "cpu_fraction", "decode_only_fraction", "mixed_fraction",
+            "prefill_only_fraction", "step_ms_per_decode_token",
+            "step_ms_per_decode_token_decode_only_steps", "decode_tokens_in_prompt_steps")
+    return {"bench": "disagg_vs_colocated", "figure": "where_time_goes", "mode": mode, "rate": rate,
+            "cores_busy": b["cores_busy"],
+            "engine_ms_per_decode_token": {k: _mode_per_token(b, k) for k in keys[5:7]},
+            "latency_parts_p50_ms": {k: v["p50"] if isinstance(v, dict) else v
+                                     for k, v in b["latency_parts_ms"].items()},
+            "workers": {n: {k: w[k] for k in keys}
+                        | {"decode_only_step_p50_ms": w["decode_only_step_ms"]["p50"],
+                           "mixed_step_p50_ms": w["mixed_step_ms"]["p50"],
+                           "prompt_wait_p50_ms": w["prompt_wait_ms"]["p50"]}
+                        for n, w in b["workers"].items()}}
+
+
+def compare(results: dict[str, dict[str, Any]], slo: SLO,
+            loaded: float) -> tuple[dict[str, Any], list[dict]]:
     """The comparison document and its JSON lines (disaggregated over colocated ratios)."""
     d, c = results["disaggregated"]["sweep"], results["colocated"]["sweep"]
     lines = []
@@ -345,33 +371,17 @@ def compare(results: dict[str, dict[str, Any]], slo: SLO) -> tuple[dict[str, Any
                   "attainment_target": d["policy"]["attainment_target"]}
     for key in ("max_rate_meeting_slo", "goodput_at_max_rate", "max_goodput_rps"):
         line(key, d[key], c[key], **objectives)
-    rate = common_rate(results)
-    at = {m: next(s for s in r["sweep"]["steps"] if s["rate"] == rate) for m, r in results.items()}
-    for metric in ("ttft", "tpot", "itl"):
-        for p in ("p50", "p90", "p99"):
-            line(f"{metric}_{p}_ms", at["disaggregated"]["latency_ms"][metric][p],
-                 at["colocated"]["latency_ms"][metric][p], rate=rate)
-    line("slo_attainment", at["disaggregated"]["slo_attainment"], at["colocated"]["slo_attainment"],
-         rate=rate)
-    for m, s in at.items():
-        b = s["breakdown"]
-        lines.append({"bench": "disagg_vs_colocated", "figure": "where_time_goes", "mode": m,
-                      "rate": rate, "cores_busy": b["cores_busy"], "workers": {
-                          n: {k: w[k] for k in ("busy_fraction", "cpu_fraction", "decode_only_fraction",
-                                                "mixed_fraction", "prefill_only_fraction",
-                                                "step_ms_per_decode_token",
-                                                "step_ms_per_decode_token_decode_only_steps",
-                                                "decode_tokens_in_prompt_steps")}
-                          | {"decode_only_step_p50_ms": w["decode_only_step_ms"]["p50"],
-                             "prompt_wait_p50_ms": w["prompt_wait_ms"]["p50"]}
-                          for n, w in b["workers"].items()},
-                      "engine_ms_per_decode_token": {
-                          k: _mode_per_token(b, k) for k in ("step_ms_per_decode_token",
-                                                             "step_ms_per_decode_token_decode_only_steps")},
-                      "latency_parts_p50_ms": {k: v["p50"] if isinstance(v, dict) else v
-                                               for k, v in b["latency_parts_ms"].items()}})
-    doc = {"objectives": objectives, "common_rate": rate, "figures": lines}
-    return doc, lines
+    rates = comparison_rates(results, loaded)
+    for rate in sorted(set(rates.values())):
+        at = {m: next(s for s in r["sweep"]["steps"] if s["rate"] == rate) for m, r in results.items()}
+        for metric in ("ttft", "tpot", "itl"):
+            for p in ("p50", "p90", "p99"):
+                line(f"{metric}_{p}_ms", at["disaggregated"]["latency_ms"][metric][p],
+                     at["colocated"]["latency_ms"][metric][p], rate=rate)
+        line("slo_attainment", at["disaggregated"]["slo_attainment"],
+             at["colocated"]["slo_attainment"], rate=rate)
+        lines += [_where_time_goes(m, rate, s["breakdown"]) for m, s in at.items()]
+    return {"objectives": objectives, "rates": rates, "figures": lines}, lines
 
 
 def by_objective(results: dict[str, dict[str, Any]], records: dict[str, dict[float, list]],
@@ -392,7 +402,7 @@ def by_objective(results: dict[str, dict[str, Any]], records: dict[str, dict[flo
 
 # -- plots -------------------------------------------------------------------------------------
 def plots(results: dict[str, dict[str, Any]], records: dict[str, dict[float, list]], slo: SLO,
-          rate: float, objectives: list[dict[str, Any]], out: Path) -> list[str]:
+          rates: dict[str, float], objectives: list[dict[str, Any]], out: Path) -> list[str]:
     """goodput and SLO attainment vs rate, latency CDFs, the time breakdown, and the best
     passing rate at each TPOT objective (PNGs)."""
     import matplotlib
@@ -422,12 +432,11 @@ def plots(results: dict[str, dict[str, Any]], records: dict[str, dict[float, lis
         fig.savefig(out / name, dpi=100)
         plt.close(fig)
         paths.append(str(out / name))
-    both = sorted(set(records["disaggregated"]) & set(records["colocated"]))
-    loaded = min(both, key=lambda x: abs(x - 2 * rate))   # and at about twice that load
-    series = {f"{m} @ {x:g} req/s": records[m][x] for x in sorted({rate, loaded}) for m in records}
+    series = {f"{m} @ {x:g} req/s": records[m][x] for x in sorted(set(rates.values()))
+              for m in records}
     paths.append(str(plot_latency_cdfs(series, out / "latency_cdf.png", slo,
                                        title="latency CDFs (Azure conversation replay)")))
-    paths.append(str(_plot_breakdown(plt, results, rate, out)))
+    paths.append(str(_plot_breakdown(plt, results, rates["loaded"], out)))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for mode in results:
         pts = [(o["slo_tpot_ms"], o[mode]["max_rate_meeting_slo"] or 0.0) for o in objectives]
@@ -502,14 +511,18 @@ def _reload(out: Path, args: argparse.Namespace) -> tuple[dict, dict, dict]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--trace", choices=sorted(TRACES), default="azure-conv")
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="azure-conv",
+                   help="results of a workload other than azure-conv go to a subfolder")
     p.add_argument("--rates", default="1,1.5,2,2.5,3,4,5,6", help="offered rates (req/s), increasing")
     p.add_argument("--requests", type=int, default=80, help="trace rows replayed per rate")
     p.add_argument("--duration", type=float, default=45.0, help="sending stops after this (s)")
     p.add_argument("--ttft-ms", type=float, default=1000.0, help="TTFT objective")
     p.add_argument("--tpot-ms", type=float, default=8.0, help="TPOT objective (tight)")
+    p.add_argument("--breakdown-rate", type=float, default=4.0,
+                   help="a rate where both configurations are busy: figures and breakdown there")
     p.add_argument("--quick", action="store_true", help="3 rates, 30 requests each (a smoke run)")
     p.add_argument("--modes", default="disaggregated,colocated")
+    p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/...)")
     p.add_argument("--reanalyse", action="store_true",
                    help="no new runs: recompute figures and plots from the last run's files")
     args = p.parse_args()
@@ -518,8 +531,8 @@ def main() -> None:
     rates = [float(x) for x in args.rates.split(",")]
     # Every rate in both modes (no early stop): full curves, and steps to re-judge.
     args.policy = SweepPolicy(mode="grid", rates=rates, patience=len(rates))
-    out = RESULTS if args.trace == "azure-conv" else RESULTS / args.trace
-    args.scratch = SCRATCH / args.trace
+    out = args.out or (RESULTS if args.workload == "azure-conv" else RESULTS / args.workload)
+    args.scratch = SCRATCH / args.workload
     out.mkdir(parents=True, exist_ok=True)
     if args.reanalyse:
         results, records, costs = _reload(out, args)
@@ -533,7 +546,7 @@ def main() -> None:
     if set(results) != set(MODES):
         return
     slo = SLO(args.ttft_ms, args.tpot_ms)
-    doc, lines = compare(results, slo)
+    doc, lines = compare(results, slo, args.breakdown_rate)
     doc["by_tpot_objective"] = by_objective(results, records, args.policy, args.ttft_ms, TPOT_GRID)
     for row in doc["by_tpot_objective"]:
         for key in ("max_rate_meeting_slo", "max_goodput_rps"):
@@ -541,12 +554,16 @@ def main() -> None:
             lines.append({"bench": "disagg_vs_colocated", "figure": f"{key}_by_tpot_objective",
                           "slo_ttft_ms": args.ttft_ms, "slo_tpot_ms": row["slo_tpot_ms"],
                           "disaggregated": dv, "colocated": cv, "ratio": _ratio(dv, cv)})
-    doc["files"] = plots(results, records, slo, doc["common_rate"], doc["by_tpot_objective"], out)
+    doc["files"] = plots(results, records, slo, doc["rates"], doc["by_tpot_objective"], out)
     doc["engine_costs"] = costs
-    doc["run"] = {"argv": sys.argv, "model": MODEL, "workload": workload_args(args.trace),
+    doc["run"] = {"argv": sys.argv, "model": MODEL, "workload": workload_args(args.workload),
                   "requests_per_rate": args.requests, "cpus": os.cpu_count(),
                   "python": sys.version.split()[0]}
-    (out / "sweep.json").write_text(json.dumps({**doc, "configs": results}, indent=1))
+    doc["sweeps"] = {m: {**r["sweep"], "steps": [{k: v for k, v in s.items() if k not in
+                                                   ("breakdown", "latency_ms", "goodput")}
+                                                  for s in r["sweep"]["steps"]]}
+                     for m, r in results.items()}   # the full steps: <mode>.json
+    (out / "sweep.json").write_text(json.dumps(doc, indent=1))
     for item in lines:
         print(json.dumps(item), flush=True)
 
