@@ -41,7 +41,7 @@ from kv_transfer.store.lmcache_remote import (  # noqa: E402
     PLUGIN_NAME, RemoteContext, plugin_extra_config, register_context, unregister_context,
 )
 from kv_transfer.store.redis_store import check_kv, open_redis  # noqa: E402
-from kv_transfer.store.remote_tier import RedisChunkTier  # noqa: E402
+from kv_transfer.store.remote_tier import RedisChunkTier, TierBackedStore  # noqa: E402
 from kv_transfer.store.values import ValueCodec  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ _MIN_BUFFER_CHUNKS = 8  # LMCache stages remote reads in DRAM even with no DRAM 
 
 
 @register_store("lmcache")
-class LMCacheStore(KVStore):
+class LMCacheStore(TierBackedStore, KVStore):
     """``KVStore`` on an LMCache engine with a DRAM tier and a Redis tier."""
 
     def __init__(self, config: StoreConfig, layout: KVLayout) -> None:
@@ -248,18 +248,6 @@ class LMCacheStore(KVStore):
             return True
         except (concurrent.futures.TimeoutError, RuntimeError):
             return False
-
-    def ping(self) -> bool:
-        return not self._closed and self.tier.ping()
-
-    def corrupt_entries(self) -> int:
-        return self.tier.snapshot().corrupt
-
-    def remote_errors(self) -> int:
-        return self.tier.snapshot().errors
-
-    def write_errors(self) -> int:
-        return self.tier.snapshot().write_errors
 
     def dropped_remote_puts(self) -> int:
         return self._ctx.dropped_puts

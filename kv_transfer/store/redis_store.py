@@ -15,7 +15,7 @@ from kv_transfer.redis_server import RedisServer
 from kv_transfer.store.base import FetchSample, KVStore, StoreClosed, register_store
 from kv_transfer.store.config import StoreConfig
 from kv_transfer.store.keys import KeyScheme
-from kv_transfer.store.remote_tier import RedisChunkTier
+from kv_transfer.store.remote_tier import RedisChunkTier, TierBackedStore
 from kv_transfer.store.values import ValueCodec
 
 logger = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def check_kv(kv: torch.Tensor, layout: KVLayout, num_token_ids: int) -> None:
 
 
 @register_store("redis")
-class RedisStore(KVStore):
+class RedisStore(TierBackedStore, KVStore):
     """Chunks in Redis under ``KeyScheme`` keys, values in the kv_transfer wire format."""
 
     def __init__(self, config: StoreConfig, layout: KVLayout) -> None:
@@ -83,18 +83,6 @@ class RedisStore(KVStore):
 
     def measure_fetch(self, tier: str, num_chunks: int) -> FetchSample | None:
         return self.tier.measure_fetch(num_chunks) if tier == "remote" else None
-
-    def ping(self) -> bool:
-        return not self._closed and self.tier.ping()
-
-    def corrupt_entries(self) -> int:
-        return self.tier.snapshot().corrupt
-
-    def remote_errors(self) -> int:
-        return self.tier.snapshot().errors
-
-    def write_errors(self) -> int:
-        return self.tier.snapshot().write_errors
 
     def close(self) -> None:
         if self._closed:

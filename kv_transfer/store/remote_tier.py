@@ -210,3 +210,24 @@ class RedisChunkTier:
 def redact_url(url: str) -> str:
     """``redis://user:secret@host`` -> ``redis://user:***@host`` (also a bare ``:secret@``)."""
     return re.sub(r"(://[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+class TierBackedStore:
+    """Health and counters of a store whose remote tier is ``self.tier`` (a RedisChunkTier).
+
+    Mixed in before ``KVStore`` by every store built on the tier, so they report alike."""
+
+    tier: "RedisChunkTier"
+    _closed: bool
+
+    def ping(self) -> bool:
+        return not self._closed and self.tier.ping()
+
+    def corrupt_entries(self) -> int:
+        return self.tier.snapshot().corrupt
+
+    def remote_errors(self) -> int:
+        return self.tier.snapshot().errors
+
+    def write_errors(self) -> int:
+        return self.tier.snapshot().write_errors
