@@ -21,7 +21,7 @@ class PrefillResult:
     request_id: str
     worker_id: str
     first_token_id: int
-    first_text: str
+    first_text: str                       # the first token's streamable text (stop strings may hold it back)
     finish_reason: str | None             # set when the request ended at its first token
     num_cached_tokens: int
     kv_handle: Any = None                 # a transport descriptor; None when finished

@@ -68,7 +68,7 @@ class PrefillWorker(AsyncRayKVSource):
         self.prefill_tokens += computed
         self.prefill_s += compute_s
         timings = {"store_ms": store_ms, "prefill_ms": 1000 * compute_s}
-        result = PrefillResult(rid, self.worker_id, out.token_ids[-1], out.text, out.finish_reason,
+        result = PrefillResult(rid, self.worker_id, out.token_ids[-1], out.new_text, out.finish_reason,
                                out.num_cached_tokens, timings_ms=timings)
         if out.finished:
             return result

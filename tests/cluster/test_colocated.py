@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import os
 
+import sys
+from pathlib import Path
+
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -15,12 +18,15 @@ from engine import LLM, SamplingParams  # noqa: E402
 from tandem_client import TandemClient  # noqa: E402
 from tandem_client.errors import Unavailable  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stop_strings import assert_served_text_equals_offline, offline_cases  # noqa: E402
+
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "Tom had a red ball", "One day, a cat"]
 
 
 @pytest.fixture(scope="module")
 def colocated():
-    cfg = load_config(None, ["mode=colocated", "router.grpc_port=0", "pools.decode.workers=2",
+    cfg = load_config(None, ["mode=colocated", "router.grpc_port=0", "router.http_port=0", "pools.decode.workers=2",
                              "pools.decode.cpus_per_worker=0.25", "model.num_threads=1",
                              "router.health_poll_s=0.2"])
     with BackgroundCluster(cfg) as c:
@@ -37,6 +43,11 @@ def test_colocated_cluster_matches_the_offline_engine_and_names_one_worker_for_b
             assert got.usage.prefill_worker == got.usage.decode_worker
             assert got.usage.decode_worker.startswith("tandem-colocated-")
         assert client.cluster_info().mode == "colocated"
+
+
+def test_stop_strings_give_the_offline_engines_text_through_grpc_and_http(colocated):
+    url = f"http://127.0.0.1:{colocated.cluster.server.http_port}"
+    assert_served_text_equals_offline(colocated.target, url, offline_cases())
 
 
 def test_a_second_router_attaches_to_the_running_pools_and_leaves_them_running(colocated):

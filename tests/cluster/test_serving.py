@@ -5,6 +5,9 @@ import os
 import threading
 import time
 
+import sys
+from pathlib import Path
+
 import pytest
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -17,6 +20,9 @@ from engine import LLM, SamplingParams  # noqa: E402
 from tandem_client import TandemClient  # noqa: E402
 from tandem_client.errors import InvalidArgument  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from stop_strings import assert_served_text_equals_offline, offline_cases  # noqa: E402
+
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "The little dog was sad because",
            "Tom had a red ball", "One day, a cat", "The sun was shining and", "Sara wanted to",
            "There was a big tree"]
@@ -24,7 +30,7 @@ MAX_TOKENS = 40
 
 
 def _cfg(mode: str, **extra: str):
-    overrides = [f"mode={mode}", "router.grpc_port=0", "pools.prefill.cpus_per_worker=0.25",
+    overrides = [f"mode={mode}", "router.grpc_port=0", "router.http_port=0", "pools.prefill.cpus_per_worker=0.25",
                  "pools.decode.cpus_per_worker=0.25", "pools.decode.workers=2", "pools.prefill.workers=2", "model.num_threads=1",
                  "router.health_poll_s=0.2", "model.max_num_seqs=64"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
@@ -94,6 +100,12 @@ def test_32_concurrent_streams_are_token_identical_to_the_offline_engine(cluster
         assert res.usage.prefill_worker.startswith("tandem-prefill-")
         assert res.usage.decode_worker.startswith("tandem-decode-")
         assert res.usage.completion_tokens == len(want.token_ids)
+
+
+def test_stop_strings_give_the_offline_engines_text_through_grpc_and_http(cluster):
+    """The first token's text is sampled on prefill and must not be re-emitted by decode."""
+    url = f"http://127.0.0.1:{cluster.cluster.server.http_port}"
+    assert_served_text_equals_offline(cluster.target, url, offline_cases())
 
 
 def test_a_shared_system_prompt_is_served_from_cache_on_the_second_request(client):
