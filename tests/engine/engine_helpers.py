@@ -18,6 +18,20 @@ FAMILIES = {
 }
 
 
+def assert_fp32_close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+    """Equal up to what fp32 promises when the same sum is computed in another order.
+
+    Two paths to one result (chunked vs one-shot prefill, a prefix KV vs the full pass, paged vs
+    contiguous attention) reduce in different orders, and oneDNN/AMX kernels pick blockings by
+    shape and CPU; each reordering moves a result by a few ulps of the largest partial sums, not
+    of the result itself. The absolute tolerance is therefore scaled to the tensor's magnitude
+    (1e-5 of the largest |value|, ~80 ulp of it in fp32), plus 1e-4 relative: tight enough that
+    one wrong position, block or head is thousands of times over it.
+    """
+    scale = max(1.0, float(expected.abs().max()))
+    torch.testing.assert_close(actual, expected, atol=1e-5 * scale, rtol=1e-4)
+
+
 def greedy(max_tokens: int, **kw) -> SamplingParams:
     return SamplingParams(temperature=0.0, max_tokens=max_tokens, **kw)
 

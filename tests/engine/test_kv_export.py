@@ -7,7 +7,7 @@ import torch
 from engine import LLM, SamplingParams, SequenceKV
 from engine.errors import UnknownRequestError
 
-from engine_helpers import greedy, run_to_completion
+from engine_helpers import assert_fp32_close, greedy, run_to_completion
 
 PROMPT_TEXT = "Once upon a time, there was a little girl named Lily. She loved to play outside"
 
@@ -50,7 +50,7 @@ def test_exported_kv_equals_the_kv_of_a_full_prefill():
     prompt = a.tokenizer.encode(PROMPT_TEXT)
     kv_a = _prefill_and_export(a, "x", prompt, greedy(3)).kv
     kv_b = _prefill_and_export(b, "x", prompt, greedy(3)).kv
-    torch.testing.assert_close(kv_a, kv_b, atol=1e-5, rtol=1e-5)
+    assert_fp32_close(kv_a, kv_b)
 
 
 def test_kv_layout_describes_the_exported_tensor(stories):

@@ -7,7 +7,7 @@ import torch
 
 from engine import LLM, SamplingParams
 
-from engine_helpers import greedy, run_to_completion
+from engine_helpers import assert_fp32_close, greedy, run_to_completion
 
 STORY = ("Once upon a time, there was a little girl named Lily. She loved to play outside in the "
          "park. One day, she saw a big, red ball. She wanted to play with it, but it was too high. "
@@ -33,7 +33,7 @@ def test_chunked_prefill_equals_one_shot_prefill():
         run_to_completion_parked(llm.engine, "p")
         kvs.append(llm.engine.export_kv("p").kv)
         llm.engine.release("p")
-    torch.testing.assert_close(kvs[0], kvs[1], atol=1e-5, rtol=1e-5)
+    assert_fp32_close(kvs[0], kvs[1])
 
 
 def run_to_completion_parked(engine, request_id: str) -> None:
@@ -76,8 +76,7 @@ def test_paged_attention_equals_contiguous_cache():
     assert scattered, "the test should exercise non-contiguous block tables"
     assert [final[f"r{i}"].token_ids for i in range(4)] == [o.token_ids for o in want]
     ids = prompts[3]
-    torch.testing.assert_close(paged.engine.prompt_logits(ids), contiguous.engine.prompt_logits(ids),
-                               atol=1e-5, rtol=1e-5)
+    assert_fp32_close(paged.engine.prompt_logits(ids), contiguous.engine.prompt_logits(ids))
 
 
 def test_prompt_logits_after_a_given_prefix_kv_equal_the_full_pass(stories):
@@ -89,7 +88,7 @@ def test_prompt_logits_after_a_given_prefix_kv_equal_the_full_pass(stories):
     prefix = eng.export_kv("p").kv
     eng.release("p")
     tail = eng.prompt_logits(ids, prefix_kv=prefix[:, :, :33])
-    torch.testing.assert_close(tail, full[33:], atol=1e-5, rtol=1e-5)
+    assert_fp32_close(tail, full[33:])
 
 
 def test_identical_prefixes_share_blocks_and_give_the_same_output():
