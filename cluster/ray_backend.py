@@ -223,12 +223,14 @@ class RayPoolsBackend(Backend):
 
     # -- hooks read by router.admission and router.metrics -----------------------------------
     def admission_capacity(self) -> Capacity:
-        """Prefill speed the healthy prefill workers measured, and the decode pool's size."""
+        """Prefill speed the healthy prefill workers measured, and the two pools' sizes."""
         speeds = [] if self.colocated else [
             v.last_load.prefill_tokens_per_s for v in self.registry.healthy("prefill")
             if v.last_load is not None and v.last_load.prefill_tokens_per_s > 0]
+        first_role = self.stream_role if self.colocated else "prefill"
         return Capacity(sum(speeds) if speeds else None,
-                        max(1, len(self.registry.healthy(self.stream_role))))
+                        max(1, len(self.registry.healthy(self.stream_role))),
+                        max(1, len(self.registry.healthy(first_role))))
 
     def worker_reports(self) -> list[tuple[str, WorkerLoad]]:
         """(worker, last WorkerLoad) for every worker that has reported."""

@@ -1,22 +1,26 @@
 """SLO-aware admission: refuse at once what would be queued into a missed objective.
 
-Each new request gets a TTFT estimate from the router's own queue state (the prompt
-tokens of every admitted request still waiting for its first token, plus its own) and
-the measured prefill throughput, and a TPOT estimate from the decode load (requests
-decoding per decode worker) through a line fitted to observed TPOTs. When an estimate
-exceeds the objective (``slo.ttft_ms``, ``slo.tpot_ms``) by more than
-``router.admission.miss_margin``, or the bounded queue is full, the request is refused
-with ``AdmissionRejected`` (RESOURCE_EXHAUSTED / HTTP 429) and a retry-after hint. An idle
-router never refuses on an estimate: waiting could not make that request faster.
+Each new request gets a TTFT estimate and a TPOT estimate, both lines fitted to what the
+router observed on admitted requests:
 
-Throughput is learned over busy time (some request waiting for its first token): prefill
-tokens completed / busy seconds, an exponential average seeded by what the backend
-reports (``Capacity.prefill_tokens_per_s``, the workers' measured prefill speed). The
-estimate plans with that mean less its noise (mean / (1 + coefficient of variation)).
+- TTFT (ms) as a line in the prompt tokens ahead of the first token (every admitted request
+  still waiting for its first token, plus the request's own): the intercept is the fixed cost
+  of a request (routing, scheduling, KV hand-off), the slope the time per queued prefill token.
+  Only requests that got a first token are observations, so invalid, cancelled or refused
+  requests teach nothing; tiny prompts pin the intercept, not the slope. While the observed
+  queue sizes are too alike to give a slope, the slope is the backend's measured prefill speed
+  (``Capacity.prefill_tokens_per_s``), else flat.
+- TPOT (ms) as a line in the decode batch size (requests decoding per decode worker).
+
+When an estimate exceeds the objective (``slo.ttft_ms``, ``slo.tpot_ms``) by more than
+``router.admission.miss_margin``, or the bounded queue is full, the request is refused with
+``AdmissionRejected`` (RESOURCE_EXHAUSTED / HTTP 429) and a retry-after hint. An idle router
+never refuses on an estimate: waiting could not make that request faster. Before any
+observation and any backend figure (a cold start), at most one request per prefill worker
+waits for its first token: nothing is known about what more would cost.
 """
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,36 +30,61 @@ from router.errors import Overloaded
 
 _TPOT_DECAY = 0.95             # weight kept by older TPOT observations per new one
 _TPOT_MIN_SAMPLES = 3
-_RATE_ALPHA = 0.3              # weight of a new throughput sample
-_MIN_SAMPLE_S = 0.05           # busy time a throughput sample spans at least
+_TTFT_DECAY = 0.9              # ... and by older TTFT observations
+_TTFT_MIN_REL_SPREAD = 0.25    # queue sizes spread (std / mean) enough to fit a TTFT slope
 _MIN_RETRY_S = 0.05
 
 
-class TpotModel:
-    """TPOT (ms) as a line in the decode batch size, fitted by exponentially weighted least
-    squares; a flat average while the observed batch sizes are too alike to give a slope."""
+class LineFit:
+    """y as a line in x, fitted by exponentially weighted least squares; while the observed
+    x are too alike to give a slope (``min_rel_spread``), the slope is the caller's prior
+    (or flat), through the weighted mean. Slope and intercept are never negative."""
 
-    def __init__(self) -> None:
+    def __init__(self, decay: float, min_samples: int = 1, min_rel_spread: float = 0.0) -> None:
+        self.decay, self.min_samples, self.min_rel_spread = decay, min_samples, min_rel_spread
         self.n = 0
         self._w = self._x = self._y = self._xx = self._xy = 0.0
 
-    def observe(self, batch: float, tpot_ms: float) -> None:
-        d = _TPOT_DECAY
+    def observe(self, x: float, y: float) -> None:
+        d = self.decay
         self.n += 1
         self._w = d * self._w + 1.0
-        self._x = d * self._x + batch
-        self._y = d * self._y + tpot_ms
-        self._xx = d * self._xx + batch * batch
-        self._xy = d * self._xy + batch * tpot_ms
+        self._x = d * self._x + x
+        self._y = d * self._y + y
+        self._xx = d * self._xx + x * x
+        self._xy = d * self._xy + x * y
 
-    def predict(self, batch: float) -> float | None:
-        if self.n < _TPOT_MIN_SAMPLES:
+    def slope(self, prior: float | None = None) -> float | None:
+        """The fitted slope, or ``prior`` while the x do not spread; None before any sample."""
+        if self.n < self.min_samples:
             return None
-        w, x, y = self._w, self._x, self._y
-        spread = w * self._xx - x * x
-        slope = (w * self._xy - x * y) / spread if spread > 1e-6 * w * w else 0.0
-        slope = max(0.0, slope)
-        return max(0.0, (y - slope * x) / w + slope * batch)
+        w, x = self._w, self._x
+        spread = w * self._xx - x * x                      # w^2 * variance of x
+        enough = max(1e-6 * w * w, (self.min_rel_spread * x) ** 2)
+        if spread > enough:
+            return max(0.0, (w * self._xy - x * self._y) / spread)
+        return prior if prior is not None else 0.0
+
+    def predict(self, x: float, prior_slope: float | None = None) -> float | None:
+        slope = self.slope(prior_slope)
+        if slope is None:
+            return None
+        w = self._w
+        return max(0.0, (self._y - slope * self._x) / w) + slope * x
+
+
+class TpotModel(LineFit):
+    """TPOT (ms) as a line in the decode batch size."""
+
+    def __init__(self) -> None:
+        super().__init__(_TPOT_DECAY, _TPOT_MIN_SAMPLES)
+
+
+class TtftModel(LineFit):
+    """TTFT (ms) as a line in the prompt tokens ahead of the first token."""
+
+    def __init__(self) -> None:
+        super().__init__(_TTFT_DECAY, 1, _TTFT_MIN_REL_SPREAD)
 
 
 class AdmissionRejected(Overloaded):
@@ -72,6 +101,7 @@ class Capacity:
     """What a backend reports about its capacity (optional; see ``capacity_of``)."""
     prefill_tokens_per_s: float | None = None   # summed over healthy prefill workers
     decode_workers: int = 1
+    prefill_workers: int = 1
 
 
 def capacity_of(backend: object) -> Callable[[], Capacity | None]:
@@ -91,11 +121,13 @@ class Estimate:
 class Ticket:
     """One admitted request's place in the controller's books; ``release()`` in a finally."""
 
-    __slots__ = ("_ctl", "request_id", "prompt_tokens", "admitted_at", "first_at", "last_at",
-                 "decode_load", "_released")
+    __slots__ = ("_ctl", "request_id", "prompt_tokens", "tokens_ahead", "admitted_at",
+                 "first_at", "last_at", "decode_load", "_released")
 
-    def __init__(self, ctl: AdmissionController, request_id: str, prompt_tokens: int, now: float):
+    def __init__(self, ctl: AdmissionController, request_id: str, prompt_tokens: int,
+                 tokens_ahead: int, now: float):
         self._ctl, self.request_id, self.prompt_tokens = ctl, request_id, prompt_tokens
+        self.tokens_ahead = tokens_ahead            # queued prompt tokens at admission, own included
         self.admitted_at = now
         self.first_at: float | None = None
         self.last_at: float | None = None
@@ -131,13 +163,8 @@ class AdmissionController:
         self._pending: dict[str, Ticket] = {}       # admitted, no first token yet
         self._decoding: dict[str, Ticket] = {}
         self.queued_tokens = 0
-        self.rate: float | None = None              # measured prefill tokens/s (mean)
-        self.rate_var = 0.0                         # ... and the variance of the samples
+        self.ttft = TtftModel()
         self.tpot = TpotModel()
-        self._busy_s = 0.0
-        self._busy_since: float | None = None
-        self._sample_tokens = 0
-        self._sample_busy_s = 0.0
 
     @property
     def inflight(self) -> int:
@@ -151,19 +178,26 @@ class AdmissionController:
     def decoding(self) -> int:
         return len(self._decoding)
 
-    def prefill_rate(self) -> float | None:
-        """Prefill tokens/s to plan with: the measured mean less its noise (mean / (1 + cv)),
-        so that a noisy machine is planned for its slow moments; before any measurement,
-        the backend's figure."""
-        if self.rate is not None:
-            return self.rate / (1.0 + math.sqrt(self.rate_var) / self.rate)
+    def _prior_ms_per_token(self) -> float | None:
         cap = self._capacity()
-        return cap.prefill_tokens_per_s if cap and cap.prefill_tokens_per_s else None
+        rate = cap.prefill_tokens_per_s if cap else None
+        return 1000.0 / rate if rate and rate > 0 else None
+
+    def prefill_rate(self) -> float | None:
+        """Queued prefill tokens/s the TTFT estimate assumes (the inverse of its slope);
+        None while it knows none (a flat estimate, or nothing measured)."""
+        slope = self.ttft.slope(self._prior_ms_per_token())
+        if slope is None:
+            slope = self._prior_ms_per_token()
+        return 1000.0 / slope if slope else None
 
     def estimate(self, prompt_tokens: int) -> Estimate:
         """Predicted TTFT and TPOT of a request of ``prompt_tokens`` admitted now."""
-        rate = self.prefill_rate()
-        ttft = None if rate is None else 1000.0 * (self.queued_tokens + prompt_tokens) / rate
+        ahead = self.queued_tokens + prompt_tokens
+        prior = self._prior_ms_per_token()
+        ttft = self.ttft.predict(ahead, prior)
+        if ttft is None and prior is not None:
+            ttft = prior * ahead                    # compute time only: a lower bound
         cap = self._capacity()
         workers = max(1, cap.decode_workers if cap else 1)
         tpot = self.tpot.predict(len(self._decoding) / workers + 1.0)
@@ -176,13 +210,9 @@ class AdmissionController:
                                     f"limit is {self.max_inflight}", 0.5)
         if self.cfg.enabled:
             self._check(prompt_tokens)
-        now = self._clock()
-        ticket = Ticket(self, request_id, prompt_tokens, now)
-        self._advance_busy(now)
-        if not self._pending:
-            self._busy_since = now
-        self._pending[request_id] = ticket
         self.queued_tokens += prompt_tokens
+        ticket = Ticket(self, request_id, prompt_tokens, self.queued_tokens, self._clock())
+        self._pending[request_id] = ticket
         return ticket
 
     def _check(self, prompt_tokens: int) -> None:
@@ -193,33 +223,32 @@ class AdmissionController:
                                     f"prefill, the queue holds {cfg.max_queue}",
                                     (est or 500.0) / 1000.0 / max(1, len(self._pending)))
         est = self.estimate(prompt_tokens)
-        limit = self.slo.ttft_ms * slack
-        if self._pending and est.ttft_ms is not None and est.ttft_ms > limit:
-            raise AdmissionRejected(
-                "ttft_slo", f"estimated time to first token {est.ttft_ms:.0f} ms (queue: "
-                f"{est.queued_requests} requests, {est.queued_tokens} tokens) exceeds the "
-                f"objective of {self.slo.ttft_ms:g} ms", (est.ttft_ms - limit) / 1000.0)
+        if self._pending:                           # idle: waiting could not make it faster
+            self._check_ttft(est, self.slo.ttft_ms * slack)
         limit = self.slo.tpot_ms * slack
         if self._decoding and est.tpot_ms is not None and est.tpot_ms > limit:
             raise AdmissionRejected(
                 "tpot_slo", f"estimated time per output token {est.tpot_ms:.1f} ms at the "
                 f"current decode load exceeds the objective of {self.slo.tpot_ms:g} ms", 1.0)
 
-    # -- bookkeeping (called by Ticket) ---------------------------------------------------
-    def _advance_busy(self, now: float) -> None:
-        if self._pending and self._busy_since is not None:
-            self._busy_s += now - self._busy_since
-            self._sample_busy_s += now - self._busy_since
-            self._busy_since = now
+    def _check_ttft(self, est: Estimate, limit: float) -> None:
+        if est.ttft_ms is None:                     # a cold start: one waiting per worker
+            cap = self._capacity()
+            if len(self._pending) >= max(1, cap.prefill_workers if cap else 1):
+                raise AdmissionRejected(
+                    "ttft_unknown", f"no prefill has been measured yet and {len(self._pending)} "
+                    f"requests already wait for their first token", 0.25)
+        elif est.ttft_ms > limit:
+            raise AdmissionRejected(
+                "ttft_slo", f"estimated time to first token {est.ttft_ms:.0f} ms (queue: "
+                f"{est.queued_requests} requests, {est.queued_tokens} tokens) exceeds the "
+                f"objective of {self.slo.ttft_ms:g} ms", (est.ttft_ms - limit) / 1000.0)
 
+    # -- bookkeeping (called by Ticket) ---------------------------------------------------
     def _leave_queue(self, ticket: Ticket) -> bool:
-        if ticket.request_id not in self._pending:
+        if self._pending.pop(ticket.request_id, None) is None:
             return False
-        self._advance_busy(self._clock())
-        del self._pending[ticket.request_id]
         self.queued_tokens -= ticket.prompt_tokens
-        if not self._pending:
-            self._busy_since = None
         return True
 
     def _on_first_token(self, ticket: Ticket) -> None:
@@ -228,23 +257,11 @@ class AdmissionController:
         self._decoding[ticket.request_id] = ticket
         cap = self._capacity()
         ticket.decode_load = len(self._decoding) / max(1, cap.decode_workers if cap else 1)
-        self._sample_tokens += ticket.prompt_tokens
-        if self._sample_busy_s >= _MIN_SAMPLE_S:
-            self._learn_rate(self._sample_tokens / self._sample_busy_s)
-            self._sample_tokens, self._sample_busy_s = 0, 0.0
-
-    def _learn_rate(self, sample: float) -> None:
-        if self.rate is None:
-            cap = self._capacity()
-            prior = cap.prefill_tokens_per_s if cap and cap.prefill_tokens_per_s else None
-            self.rate = sample if prior is None else prior
-        diff = sample - self.rate
-        self.rate += _RATE_ALPHA * diff
-        self.rate_var = (1 - _RATE_ALPHA) * (self.rate_var + _RATE_ALPHA * diff * diff)
+        self.ttft.observe(ticket.tokens_ahead, 1000.0 * (ticket.first_at - ticket.admitted_at))
 
     def _on_release(self, ticket: Ticket, completion_tokens: int) -> None:
         if self._leave_queue(ticket):
-            return
+            return                                  # no first token: nothing to learn
         if self._decoding.pop(ticket.request_id, None) is None:
             return
         if completion_tokens >= 2 and ticket.first_at is not None and ticket.last_at is not None:

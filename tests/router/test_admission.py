@@ -59,26 +59,68 @@ def test_queue_estimate_refuses_what_would_miss_the_ttft_objective_and_never_an_
     assert ctl.inflight == 0
 
 
-def test_prefill_throughput_is_learned_over_busy_time_and_margin_tolerates_misses():
+def _served(ctl, clock, rid, tokens, ttft_s):
+    """Admit a request alone and give it its first token ``ttft_s`` later."""
+    t = ctl.admit(rid, tokens)
+    clock.now += ttft_s
+    t.first_token()
+    t.release(1)
+    clock.now += 10.0
+
+
+def test_ttft_is_learned_as_a_fixed_cost_plus_a_cost_per_queued_token_and_margin_tolerates_misses():
     clock = Clock()
     ctl = controller(clock, ttft_ms=100, margin=0.5)
-    assert ctl.prefill_rate() is None       # no figure yet: nothing to refuse on
-    for i in range(3):
-        t = ctl.admit(f"r{i}", 100)
-        clock.now += 0.2                    # 100 tokens per 0.2 s of busy time
-        t.first_token()
-        t.release(1)
-        clock.now += 10.0                   # idle time does not count
-    assert ctl.prefill_rate() == pytest.approx(500.0)
-    ctl.admit("a", 25)                      # 25 tokens queued: a 49-token request needs 148 ms
-    ctl.admit("b", 49)                      # 148 ms < 100 ms * (1 + 0.5): inside the margin
-    with pytest.raises(AdmissionRejected):
-        ctl.admit("c", 2)                   # 152 ms
+    assert ctl.prefill_rate() is None and ctl.estimate(10).ttft_ms is None   # nothing known
+    for i in range(4):                      # 10 ms a request + 0.2 ms a token (5000 tokens/s)
+        _served(ctl, clock, f"s{i}", 20, 0.014)
+        _served(ctl, clock, f"l{i}", 400, 0.090)
+    assert ctl.prefill_rate() == pytest.approx(5000.0)
+    assert ctl.estimate(100).ttft_ms == pytest.approx(30.0)
+    ctl.admit("a", 300)                     # alone: admitted whatever the estimate
+    ctl.admit("b", 399)                     # 10 + 0.2 * 699 = 149.8 ms < 100 ms * (1 + 0.5)
+    with pytest.raises(AdmissionRejected) as info:
+        ctl.admit("c", 2)                   # 150.2 ms
+    assert info.value.reason == "ttft_slo"
+
+
+def test_an_idle_cluster_admits_a_burst_that_fits_after_tiny_invalid_and_cancelled_requests():
+    """Cheap traffic teaches the fixed cost, not a low throughput; requests that never got a
+    first token (invalid, cancelled) teach nothing however long they waited."""
+    clock = Clock()
+    capacity = Capacity(prefill_tokens_per_s=3552.0 + 563.0, prefill_workers=2)
+    ctl = controller(clock, ttft_ms=1000, max_queue=256, max_inflight=1024, capacity=capacity)
+    for i in range(50):
+        _served(ctl, clock, f"tiny{i}", 3, 0.030)           # 3-token prompts, 30 ms each
+        bad = ctl.admit(f"bad{i}", 1)                       # refused by the backend at once
+        bad.release()
+        slow = ctl.admit(f"gone{i}", 64)                    # the client left before prefill
+        clock.now += 2.0
+        slow.release()
+    tickets = [ctl.admit(f"burst{i}", 16) for i in range(200)]   # all arrive at once
+    est = ctl.estimate(16).ttft_ms
+    assert len(tickets) == 200 and est < 1000
+    assert est == pytest.approx(30 - 3 * 1000 / 4115 + 201 * 16 * 1000 / 4115, rel=1e-6)
+
+
+def test_a_cold_start_lets_one_request_per_prefill_worker_wait_until_a_first_token_is_measured():
+    clock = Clock()
+    ctl = controller(clock, capacity=Capacity(prefill_workers=2))
+    first, second = ctl.admit("a", 100), ctl.admit("b", 100)
+    with pytest.raises(AdmissionRejected) as info:
+        ctl.admit("c", 100)
+    assert info.value.reason == "ttft_unknown" and info.value.retry_after_s > 0
+    clock.now += 0.1
+    first.first_token()                    # 100 ms for 200 tokens ahead: now it can estimate
+    assert ctl.estimate(100).ttft_ms == pytest.approx(100.0)
+    ctl.admit("c", 100)
+    second.release()
 
 
 def test_bounded_queue_and_inflight_refuse_at_once():
     clock = Clock()
-    ctl = controller(clock, max_queue=2, max_inflight=3)
+    ctl = controller(clock, max_queue=2, max_inflight=3,
+                     capacity=Capacity(prefill_tokens_per_s=1e6))
     a, b = ctl.admit("a", 10), ctl.admit("b", 10)
     with pytest.raises(AdmissionRejected) as info:
         ctl.admit("c", 10)
@@ -212,7 +254,7 @@ def test_the_ttft_estimate_refuses_requests_queued_behind_a_busy_engine():
         hold = _hold_engine(router, 0.3)
         assert _grpc(router)[0] is not None     # idle: admitted although it will miss
         hold.result(10)
-        assert adm.prefill_rate() is not None    # learned from that busy time
+        assert adm.estimate(1).ttft_ms is not None   # learned from that request
         hold = _hold_engine(router, 1.5)
         thread, out = _in_background(_grpc, router)
         wait_until(lambda: adm.queued_requests == 1, what="one request queued")
@@ -242,14 +284,3 @@ def test_per_tenant_concurrency_and_rate_come_from_the_keys_file(tmp_path):
         assert sample(text, "tandem_admission_rejections_total", reason="tenant_rate") == 2
     finally:
         router.stop()
-
-
-def test_a_noisy_throughput_is_planned_for_its_slow_moments():
-    clock = Clock()
-    ctl = controller(clock)
-    for busy in (0.1, 0.3, 0.1, 0.3, 0.1, 0.3):       # 100 tokens each: 1000 or 333 tokens/s
-        t = ctl.admit("r", 100)
-        clock.now += busy
-        t.first_token()
-        t.release(1)
-    assert 333 < ctl.prefill_rate() < ctl.rate < 1000
