@@ -54,6 +54,11 @@ def _redis_url(v: Any) -> str | None:
     return None if ok else f"must start with redis://, rediss:// or unix://, got {v!r}"
 
 
+def _redis_size(v: Any) -> str | None:
+    ok = isinstance(v, str) and re.fullmatch(r"[1-9][0-9]{0,12}(kb|mb|gb)", v.lower())
+    return None if ok else f"must be a size like '512mb' or '2gb', got {v!r}"
+
+
 def _device(v: Any) -> str | None:
     ok = re.fullmatch(r"auto|cpu|cuda(:\d+)?", v)
     return None if ok else f"must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {v!r}"
@@ -112,6 +117,7 @@ class StoreConfig:
     """The Redis-backed global prefix store."""
     enabled: bool = True
     url: str | None = _spec(None, _redis_url)   # None: start a private redis-server
+    private_maxmemory: str = _spec("512mb", _redis_size)   # the private server's LRU bound
     chunk_size: int = _spec(256, _ge(1))
     tenant_sharing: bool = False                # share prefixes across tenants
     local_cpu_bytes: int = _spec(256 << 20, _ge(0))   # LMCache commits its DRAM tier at start

@@ -4,6 +4,12 @@ The embedded default of the global KV store: when no Redis URL is configured, on
 started here with no persistence and an eviction policy (a full store evicts, never
 errors), and it is stopped when its owner closes it, when the interpreter exits (also
 after Ctrl-C) and, where the OS allows it, when the owning process dies.
+
+It requires a password generated at start (``secrets``), written to a config file in its
+private 0700 work directory, never on its command line: other local users can neither
+read nor write the cached KV. ``supervise()`` watches the process and restarts it on the
+same port and password when it dies (backoff 0.1 s doubling to 2 s); its contents are
+lost (a cache), and clients reconnect on their next call.
 """
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import atexit
 import ctypes
 import logging
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -58,24 +65,36 @@ class RedisServer:
     ``start()`` / ``stop()``; ``stop()`` is idempotent and also runs at exit.
     """
 
-    def __init__(self, port: int | None = None, maxmemory: str = "256mb",
+    def __init__(self, port: int | None = None, maxmemory: str = "512mb",
                  policy: str = "allkeys-lru", executable: str | None = None,
-                 start_timeout_s: float = 10.0) -> None:
+                 start_timeout_s: float = 10.0, password: str | None = None) -> None:
         if start_timeout_s <= 0:
             raise ValueError(f"start_timeout_s must be > 0, got {start_timeout_s}")
+        if password is not None and (not password or any(c.isspace() or c in "\"'@:/" for c in password)):
+            raise ValueError("password must be non-empty, without spaces, quotes, '@', ':' or '/'")
         self.port = port
+        self.password = password or secrets.token_urlsafe(24)
         self.maxmemory = maxmemory
         self.policy = policy
         self.executable = executable or shutil.which("redis-server") or "/usr/bin/redis-server"
         self.start_timeout_s = start_timeout_s
         self._proc: subprocess.Popen | None = None
         self._workdir: tempfile.TemporaryDirectory | None = None
+        self._lock = threading.RLock()
+        self._watcher: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.restarts = 0
 
     @property
     def url(self) -> str:
+        """``redis://:<password>@127.0.0.1:<port>`` (log ``safe_url``, never this)."""
         if self.port is None:
             raise RedisServerError("redis-server has not been started")
-        return f"redis://127.0.0.1:{self.port}"
+        return f"redis://:{self.password}@127.0.0.1:{self.port}"
+
+    @property
+    def safe_url(self) -> str:
+        return f"redis://:***@127.0.0.1:{self.port}"
 
     @property
     def running(self) -> bool:
@@ -87,6 +106,10 @@ class RedisServer:
 
     def start(self) -> "RedisServer":
         """Start the server and wait until it answers PING."""
+        with self._lock:
+            return self._start()
+
+    def _start(self) -> "RedisServer":
         if self.running:
             return self
         if not os.path.exists(self.executable):
@@ -97,12 +120,18 @@ class RedisServer:
             self.port = free_loopback_port()
         if self._workdir is None:
             self._workdir = tempfile.TemporaryDirectory(prefix="tandem-redis-")
-        cmd = [self.executable, "--port", str(self.port), "--bind", "127.0.0.1",
+        conf = os.path.join(self._workdir.name, "redis.conf")
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"requirepass {self.password}\n")
+        cmd = [self.executable, conf, "--port", str(self.port), "--bind", "127.0.0.1",
                "--save", "", "--appendonly", "no", "--dir", self._workdir.name,
                "--maxmemory", self.maxmemory, "--maxmemory-policy", self.policy,
                "--protected-mode", "yes", "--loglevel", "warning", "--daemonize", "no",
                "--logfile", self._log_path()]
-        preexec = _die_with_parent if threading.current_thread() is threading.main_thread() else None
+        # Linux signals on the death of the spawning *thread*: only long-lived ones qualify.
+        here = threading.current_thread()
+        preexec = _die_with_parent if here in (threading.main_thread(), self._watcher) else None
         with open(self._log_path() + ".out", "ab") as out:  # config errors go to stderr
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
                                           stderr=subprocess.STDOUT, preexec_fn=preexec)
@@ -114,8 +143,41 @@ class RedisServer:
             self.stop()
             raise
         logger.info("started private redis-server pid=%d on %s (maxmemory %s, %s)",
-                    self._proc.pid, self.url, self.maxmemory, self.policy)
+                    self._proc.pid, self.safe_url, self.maxmemory, self.policy)
         return self
+
+    def supervise(self, poll_s: float = 0.1, max_backoff_s: float = 2.0) -> "RedisServer":
+        """Restart the server whenever it dies, until ``stop()``; idempotent."""
+        with self._lock:
+            if self._watcher is None:
+                self._stopping.clear()
+                self._watcher = threading.Thread(target=self._watch, args=(poll_s, max_backoff_s),
+                                                 name="redis-supervisor", daemon=True)
+                self._watcher.start()
+        return self
+
+    def _watch(self, poll_s: float, max_backoff_s: float) -> None:
+        backoff = poll_s
+        while not self._stopping.wait(poll_s):
+            with self._lock:
+                proc = self._proc
+                if self._stopping.is_set() or proc is None or proc.poll() is None:
+                    backoff = poll_s
+                    continue
+                logger.warning("private redis-server pid=%d exited with %s; restarting it on %s",
+                               proc.pid, proc.returncode, self.safe_url)
+                try:
+                    self._proc = None
+                    self._start()
+                    self.restarts += 1
+                    backoff = poll_s
+                    continue
+                except (RedisServerError, OSError) as exc:
+                    self._proc = proc          # still dead: the next round retries
+                    logger.warning("restarting redis-server failed (retry in %.1f s): %s", backoff, exc)
+            if self._stopping.wait(backoff):
+                return
+            backoff = min(max_backoff_s, backoff * 2)
 
     def _wait_ready(self) -> None:
         deadline = time.monotonic() + self.start_timeout_s
@@ -143,18 +205,35 @@ class RedisServer:
         return text.strip() or "(no log)"
 
     def ping(self, timeout_s: float = 0.5) -> bool:
-        """True if the server answers a raw RESP PING now."""
+        """True if the server accepts our password and answers PING now (raw RESP)."""
         if self.port is None:
             return False
+        pw = self.password.encode()
+        request = b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n*1\r\n$4\r\nPING\r\n" % (len(pw), pw)
+        want = b"+OK\r\n+PONG\r\n"
         try:
             with socket.create_connection(("127.0.0.1", self.port), timeout=timeout_s) as sock:
-                sock.sendall(b"*1\r\n$4\r\nPING\r\n")
-                return sock.recv(16).startswith(b"+PONG")
+                sock.sendall(request)
+                got = b""
+                while len(got) < len(want) and want.startswith(got):
+                    chunk = sock.recv(64)
+                    if not chunk:
+                        break
+                    got += chunk
+                return got == want
         except OSError:
             return False
 
     def stop(self, timeout_s: float = 5.0) -> None:
         """Stop the server (SIGTERM, then SIGKILL) and remove its work directory."""
+        self._stopping.set()
+        watcher, self._watcher = self._watcher, None
+        if watcher is not None and watcher is not threading.current_thread():
+            watcher.join(timeout_s)
+        with self._lock:
+            self._stop(timeout_s)
+
+    def _stop(self, timeout_s: float) -> None:
         proc, self._proc = self._proc, None
         if proc is not None:
             if proc.poll() is None:
@@ -173,9 +252,10 @@ class RedisServer:
 
     def kill(self) -> None:
         """SIGKILL the server without cleanup (fault injection); ``start()`` may follow."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait(timeout=5.0)
+        with self._lock:
+            if self._proc is not None and self._proc.poll() is None:
+                self._proc.kill()
+                self._proc.wait(timeout=5.0)
 
     def __enter__(self) -> "RedisServer":
         return self.start()

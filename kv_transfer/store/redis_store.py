@@ -25,7 +25,8 @@ def open_redis(config: StoreConfig) -> tuple[str, RedisServer | None]:
     """The configured Redis URL, or a freshly started private server's (owned by caller)."""
     if config.url is not None:
         return config.url, None
-    server = RedisServer(maxmemory=config.private_maxmemory, policy=config.private_policy).start()
+    server = RedisServer(maxmemory=config.private_maxmemory, policy=config.private_policy)
+    server.start().supervise()
     return server.url, server
 
 

@@ -48,6 +48,43 @@ def test_private_server_has_no_persistence_and_evicts_lru():
     assert not server.running
 
 
+def test_private_server_requires_its_generated_password_kept_off_the_command_line():
+    with RedisServer() as a, RedisServer() as b:
+        assert a.password != b.password and len(a.password) >= 32
+        anonymous = redis.Redis(host="127.0.0.1", port=a.port)
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            anonymous.get("k")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis(host="127.0.0.1", port=a.port, password=b.password).get("k")
+        anonymous.close()
+        client = redis.Redis.from_url(a.url)
+        assert client.set("k", b"v") and client.get("k") == b"v"
+        client.close()
+        with open(f"/proc/{a.pid}/cmdline", "rb") as fh:
+            assert a.password.encode() not in fh.read()
+        assert a.password not in a.safe_url and a.password not in repr(a)
+
+
+def test_a_supervised_server_killed_is_restarted_within_5_s_on_the_same_port_and_password():
+    with RedisServer() as server:
+        server.supervise()
+        url, pid = server.url, server.pid
+        os.kill(pid, signal.SIGKILL)
+        start = time.monotonic()
+        while not (server.restarts == 1 and server.ping()):
+            assert time.monotonic() - start < 5.0, "not restarted within 5 s"
+            time.sleep(0.02)
+        assert not _alive(pid)                      # reaped, not a zombie
+        assert server.url == url and server.pid != pid
+        client = redis.Redis.from_url(url)
+        assert client.set("k", b"v") and client.get("k") == b"v"
+        client.close()
+        new_pid = server.pid
+    assert _wait_gone(new_pid) and not server.running   # stop() also ends supervision
+    time.sleep(0.3)
+    assert server.pid is None
+
+
 def test_full_server_evicts_instead_of_failing_writes():
     with RedisServer(maxmemory="4mb") as server:
         client = redis.Redis.from_url(server.url)
