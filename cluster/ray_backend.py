@@ -201,7 +201,8 @@ class RayPoolsBackend(Backend):
         m = self.model_cfg
         eos = m.eos_token_ids[0] if m.eos_token_ids else None
         max_len = min(m.max_position_embeddings, self.cfg.model.max_model_len or m.max_position_embeddings)
-        return ModelInfo(self.cfg.model.model, m.vocab_size, max_len, self.block_size, self.cfg.model.dtype,
+        dtype = self.cfg.model.dtype or m.torch_dtype      # what the workers' engines load
+        return ModelInfo(self.cfg.model.model, m.vocab_size, max_len, self.block_size, dtype,
                          m.num_layers, m.num_kv_heads, m.head_dim, eos, list(self.codecs),
                          self.cfg.kv_transfer.codec, self.cfg.mode)
 

@@ -10,6 +10,8 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
+import threading
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -41,13 +43,18 @@ class Cluster:
 
         cfg = self.cfg
         check_choices(cfg)
+        check_ports_free(cfg)
         try:
             if cfg.store.enabled and cfg.store.url is None and cfg.mode == "disaggregated":
                 from kv_transfer.redis_server import RedisServer
-                # Started from this (the main) thread so it dies with us even on SIGKILL.
-                self.redis = RedisServer().start()
+                # Started from this (the main) thread so it dies with us even on SIGKILL;
+                # supervised: restarted on the same port and password if it dies.
+                self.redis = RedisServer(maxmemory=cfg.store.private_maxmemory).start().supervise()
                 cfg.store.url = self.redis.url
-            self.owns_ray = await asyncio.to_thread(start_ray, cfg)
+            if threading.current_thread() is threading.main_thread():
+                self.owns_ray = start_ray(cfg)   # Ray arms its SIGTERM handler only from here
+            else:
+                self.owns_ray = await asyncio.to_thread(start_ray, cfg)
             pool_cfgs = {"prefill": cfg.pools.prefill, "decode": cfg.pools.decode, "colocated": cfg.pools.decode}
             for role in pool_sizes(cfg):
                 self.pools[role] = await asyncio.to_thread(WorkerPool.create, role, cfg, pool_cfgs[role])
@@ -92,6 +99,24 @@ def check_choices(cfg: ClusterConfig) -> None:
     cfg.require_choice("kv_transfer.transport", available_transports())
 
 
+def check_ports_free(cfg: ClusterConfig) -> None:
+    """The router's fixed ports are free: fail in milliseconds, before Redis, Ray and the pools."""
+    from cluster.config import ConfigError
+
+    r = cfg.router
+    for path, port in (("router.grpc_port", r.grpc_port), ("router.http_port", r.http_port),
+                       ("router.metrics_port", r.metrics_port)):
+        if not port:                    # None: off; 0: any free port
+            continue
+        with socket.socket(socket.AF_INET6 if ":" in r.host else socket.AF_INET) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)   # TIME_WAIT is fine
+            try:
+                probe.bind((r.host, port))
+            except OSError as exc:
+                raise ConfigError(path, f"cannot listen on {r.host}:{port}: "
+                                  f"{exc.strerror or exc}") from None
+
+
 def _codec_names() -> list[str]:
     try:
         from kv_transfer.codecs import available_codecs
@@ -101,23 +126,37 @@ def _codec_names() -> list[str]:
 
 
 async def serve(cfg: ClusterConfig) -> int:
+    from cluster.reaper import start_reaper
+
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+
+    def on_signals() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+
+    on_signals()
+    reaper = start_reaper()       # stops what we start even if this process is SIGKILLed
     cluster = Cluster(cfg)
-    await cluster.start()
     try:
-        extra = "".join(f", {name} on {cfg.router.host}:{port}" for name, port in (
-            ("OpenAI HTTP", cluster.server.http_port), ("metrics", cluster.server.metrics_port))
-            if port)
-        print(f"Tandem ({cfg.mode}, model {cfg.model.model}) serving gRPC on {cluster.target}{extra}\n"
-              f"  try:  tandem generate --target {cluster.target} \"Once upon a time\"\n"
-              f"        tandem status --target {cluster.target}\n"
-              "  Ctrl-C drains and stops everything.", flush=True)
-        await stop.wait()
-        logger.info("stopping: draining requests")
+        await cluster.start()
+        on_signals()              # ray.init replaced the SIGTERM handler with its own
+        await _serve_until(cluster, cfg, stop)
     finally:
         await cluster.stop()
+        reaper.stdin.close()      # EOF: the reaper stops anything left, then exits
+        await asyncio.to_thread(reaper.wait, 10)
     print("Tandem stopped.", flush=True)
     return 0
+
+
+async def _serve_until(cluster: Cluster, cfg: ClusterConfig, stop: asyncio.Event) -> None:
+    extra = "".join(f", {name} on {cfg.router.host}:{port}" for name, port in (
+        ("OpenAI HTTP", cluster.server.http_port), ("metrics", cluster.server.metrics_port))
+        if port)
+    print(f"Tandem ({cfg.mode}, model {cfg.model.model}) serving gRPC on {cluster.target}{extra}\n"
+          f"  try:  tandem generate --target {cluster.target} \"Once upon a time\"\n"
+          f"        tandem status --target {cluster.target}\n"
+          "  Ctrl-C drains and stops everything.", flush=True)
+    await stop.wait()
+    logger.info("stopping: draining requests")

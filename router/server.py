@@ -74,8 +74,9 @@ class RouterServer:
         self.gateway = build_gateway(self.backend, validator, info, cfg, self.slo, auth)
         self.service = TandemService(self.gateway)
         size = cfg.limits.max_message_bytes
+        # No SO_REUSEPORT: a port another process listens on is an error, not a shared port.
         server = grpc.aio.server(options=[("grpc.max_receive_message_length", size),
-                                          *self._options])
+                                          ("grpc.so_reuseport", 0), *self._options])
         add_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         reflection.enable_server_reflection(

@@ -21,22 +21,29 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def test_serve_generate_status_then_ctrl_c_stops_everything_it_started():
+def _serve() -> tuple[subprocess.Popen, list[str], str | None, str | None]:
+    """Start `tandem serve` on free ports; (process, output lines, gRPC target, HTTP address)."""
     proc = subprocess.Popen([*TANDEM, "serve", "--port", "0", "--http-port", "0", "--set", "pools.prefill.cpus_per_worker=0.25",
                              "--set", "pools.decode.cpus_per_worker=0.25", "--set", "model.num_threads=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
     lines: list[str] = []
-    target = None
+    target = http_base = None
+    deadline = time.monotonic() + 240
+    while target is None and time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if not line and proc.poll() is not None:
+            break
+        lines.append(line)
+        m = re.search(r"serving gRPC on ([^\s,]+), OpenAI HTTP on ([^\s,]+)", line)
+        target, http_base = (m.group(1), m.group(2)) if m else (None, None)
+    return proc, lines, target, http_base
+
+
+def test_serve_generate_status_then_ctrl_c_stops_everything_it_started():
+    proc, lines, target, http_base = _serve()
     try:
-        deadline = time.monotonic() + 240
-        while target is None and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if not line and proc.poll() is not None:
-                break
-            lines.append(line)
-            m = re.search(r"serving gRPC on ([^\s,]+), OpenAI HTTP on ([^\s,]+)", line)
-            target, http_base = (m.group(1), m.group(2)) if m else (None, None)
         assert target, "".join(lines)
+        assert not any("SIGTERM handler is not set" in line for line in lines), "".join(lines)
         started = {p.pid: p for p in _descendants(proc.pid)}
         names = " ".join(p.name() for p in started.values())
         assert "redis-server" in names and "raylet" in names
@@ -51,6 +58,7 @@ def test_serve_generate_status_then_ctrl_c_stops_everything_it_started():
                                 env=ENV, timeout=60)
         assert status.returncode == 0, status.stderr
         assert "tandem-prefill-0" in status.stdout and "tandem-decode-0" in status.stdout
+        assert status.stdout.startswith("model stories260K (float32), mode disaggregated"), status.stdout
 
         import urllib.request
         with urllib.request.urlopen(f"http://{http_base}/health", timeout=30) as resp:
@@ -72,6 +80,23 @@ def test_serve_generate_status_then_ctrl_c_stops_everything_it_started():
             proc.wait(30)
 
 
+def test_after_kill_9_of_serve_nothing_it_started_outlives_it_for_long():
+    proc, lines, target, _ = _serve()
+    try:
+        assert target, "".join(lines)
+        started = _descendants(proc.pid)
+        names = " ".join(p.name() for p in started)
+        assert "raylet" in names and "gcs_server" in names, names
+        proc.kill()
+        proc.wait(30)
+        gone, alive = psutil.wait_procs(started, timeout=20)   # Ray's own agents: up to ~80 s
+        assert not alive, [p.name() for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(30)
+
+
 def test_a_bad_config_value_exits_with_the_field_path():
     res = subprocess.run([*TANDEM, "serve", "--set", "pools.prefill.workers=0"], capture_output=True,
                          text=True, env=ENV, timeout=60)
@@ -84,3 +109,21 @@ def test_an_unknown_routing_policy_exits_with_the_field_and_the_known_names():
                          text=True, env=ENV, timeout=60)
     assert res.returncode == 2
     assert "router.decode_policy: unknown name 'fastest'" in res.stderr and "kv_aware" in res.stderr
+
+
+def test_a_port_in_use_exits_with_one_line_before_starting_anything():
+    import socket
+
+    for flag in ("--port", "--http-port"):
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            other = ["--http-port", "0"] if flag == "--port" else ["--port", "0"]
+            res = subprocess.run([*TANDEM, "serve", flag, str(port), *other], capture_output=True,
+                                 text=True, env=ENV, timeout=60)
+        field = "router.grpc_port" if flag == "--port" else "router.http_port"
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert lines == [f"tandem: error: {field}: cannot listen on 127.0.0.1:{port}: "
+                         "Address already in use"], res.stderr

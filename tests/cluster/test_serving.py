@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import sys
 import threading
 import time
-
-import sys
 from pathlib import Path
 
 import pytest
@@ -108,6 +108,10 @@ def test_stop_strings_give_the_offline_engines_text_through_grpc_and_http(cluste
     assert_served_text_equals_offline(cluster.target, url, offline_cases())
 
 
+def test_model_info_names_the_dtype_the_workers_run(cluster, client):
+    assert client.model_info().dtype == "float32"              # stories260K's checkpoint dtype
+
+
 def test_a_shared_system_prompt_is_served_from_cache_on_the_second_request(client):
     system = " ".join(["The kind old man told the children a story about a brave little fox."] * 12)
     first = client.generate(system + " Then Lily said", max_tokens=8, temperature=0)
@@ -187,3 +191,27 @@ def test_bad_input_gets_invalid_argument_naming_the_field(client, kwargs, field)
     with pytest.raises(InvalidArgument) as info:
         client.generate(prompt, **kwargs)
     assert info.value.field == field
+
+
+def test_a_killed_private_redis_is_restarted_within_5_s_and_prefix_reuse_resumes(cluster, client):
+    import redis as redis_py
+
+    server = cluster.cluster.redis
+    pid = server.pid
+    os.kill(pid, signal.SIGKILL)
+    start = time.monotonic()
+    while not (server.restarts >= 1 and server.ping()):
+        assert time.monotonic() - start < 5.0, "the private redis-server was not restarted in 5 s"
+        time.sleep(0.05)
+    assert server.pid != pid
+    # The restarted server is empty (a cache): a new shared prefix is written to it and reused.
+    system = " ".join(["A tall giraffe named Gus ate green leaves high up in the old tree."] * 12)
+    first = client.generate(system + " Then Mia said", max_tokens=4, temperature=0)
+    db = redis_py.Redis.from_url(server.url)
+    deadline = time.monotonic() + 15
+    while db.dbsize() == 0 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert db.dbsize() > 0, "no KV chunk reached the restarted redis-server"
+    db.close()
+    second = client.generate(system + " Then Sam asked", max_tokens=4, temperature=0)
+    assert first.usage.prompt_tokens > 256 and second.usage.cached_prompt_tokens >= 256
