@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 import ssl
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from router.metrics import CONTENT_TYPE, RouterMetrics
 logger = logging.getLogger(__name__)
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _HEALTH_TIMEOUT_S = 2.0
 _STATUS_NAMES = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied",
                  404: "not_found", 413: "resource_exhausted"}
@@ -96,9 +98,16 @@ class HttpServer:
             raise HttpError(413, f"request body too large: the limit is {self.max_body_bytes} "
                             "bytes") from None
         try:
-            return json.loads(data)
+            body = json.loads(data)
         except (ValueError, RecursionError):
             raise HttpError(400, "the request body is not valid JSON") from None
+        if _SURROGATE_ESCAPE.search(data):       # JSON may escape a lone UTF-16 surrogate
+            try:
+                json.dumps(body, ensure_ascii=False).encode("utf-8")
+            except UnicodeEncodeError:
+                raise HttpError(400, "the request body holds a lone surrogate (\\ud800-\\udfff "
+                                "escape without its pair): not valid Unicode text") from None
+        return body
 
     def _parse(self, request: web.Request, body: object, chat: bool) -> OpenAIRequest:
         info = self.gateway.info

@@ -159,6 +159,19 @@ def test_bad_completion_parameters_are_400_naming_the_parameter(router, body, pa
     assert err["message"]
 
 
+@pytest.mark.parametrize("data", [
+    b'{"prompt": "\\ud800 once"}', b'{"prompt": "x", "stop": ["\\udfff"]}',
+    b'{"messages": [{"role": "user", "content": "hi \\ud83d"}]}'])
+def test_a_lone_surrogate_anywhere_in_the_body_is_a_400_not_a_500(router, data):
+    path = "/v1/chat/completions" if b"messages" in data else "/v1/completions"
+    status, _, text = _raw(router, "POST", path, data=data)
+    assert status == 400, text
+    assert "surrogate" in json.loads(text)["error"]["message"]
+    status, _, text = _raw(router, "POST", "/v1/completions",         # a valid pair is fine
+                           data=b'{"prompt": "\\ud83d\\ude00 once", "max_tokens": 2}')
+    assert status == 200, text
+
+
 def test_http_errors_use_openai_shapes_and_codes(router):
     assert _raw(router, "POST", "/v1/completions", data=b"{not json")[0] == 400
     assert _raw(router, "POST", "/v1/completions", data=b"[1, 2]")[0] == 400
