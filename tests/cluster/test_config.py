@@ -133,3 +133,31 @@ def test_require_choice_checks_a_registry_name_with_its_path():
     cfg.require_choice("router.prefill_policy", ["prefix_aware", "round_robin"])
     with pytest.raises(ConfigError, match=r"^router\.decode_policy: unknown name 'fastest'"):
         cfg.require_choice("router.decode_policy", ["least_loaded", "round_robin"])
+
+
+def test_docs_config_lists_every_field_with_its_default():
+    import re
+    from pathlib import Path
+
+    from cluster.config import ClusterConfig
+
+    rows = dict(re.findall(r"^\| `([^`]+)` \| `([^`]*)` \|", (Path(__file__).resolve().parents[2]
+                                                             / "docs" / "config.md").read_text(), re.M))
+
+    def leaves(node, path=""):
+        for key, value in node.items():
+            if isinstance(value, dict):
+                yield from leaves(value, f"{path}{key}.")
+            else:
+                yield f"{path}{key}", value
+
+    def shown(value) -> str:
+        return {None: "null", True: "true", False: "false"}.get(value, str(value)) \
+            if not isinstance(value, (int, float)) or isinstance(value, bool) else str(value)
+
+    wrong = []
+    for key, default in leaves(ClusterConfig().to_dict()):
+        row = key.split(".")[-1] if key.startswith("pools.") else key
+        if rows.get(row) != shown(default):
+            wrong.append((key, default, rows.get(row)))
+    assert not wrong, wrong
