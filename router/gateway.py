@@ -110,7 +110,9 @@ class Gateway:
             logger.log(level, "request %s: %s %s", rid, exc.code.name, exc)
             raise
         except asyncio.CancelledError:
-            status = "cancelled"
+            # A client that hangs up once it has the whole result (a short call closing its
+            # channel) cancels the clean-up, not the request.
+            status = "ok" if m.delivered else "cancelled"
             logger.debug("request %s cancelled by the client", rid)
             raise
         except Exception:
@@ -175,6 +177,7 @@ class Gateway:
                                    else str(event.reason), event.usage)
                     await sink(event)
                     if finished is not None:
+                        m.delivered = True
                         break
         except TimeoutError:
             raise RequestTimedOut(f"request {req.request_id} passed its deadline") from None

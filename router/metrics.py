@@ -110,7 +110,7 @@ class RouterMetrics:
 class RequestMetrics:
     """Timing of one request; ``done(status)`` exactly once."""
 
-    __slots__ = ("m", "protocol", "start", "first", "last", "tokens", "_done")
+    __slots__ = ("m", "protocol", "start", "first", "last", "tokens", "delivered", "_done")
 
     def __init__(self, metrics: RouterMetrics, protocol: str) -> None:
         self.m, self.protocol = metrics, protocol
@@ -118,6 +118,7 @@ class RequestMetrics:
         self.first: float | None = None
         self.last: float | None = None
         self.tokens = 0
+        self.delivered = False      # the Finished event reached the client's transport
         self._done = False
 
     def tokens_arrived(self, n: int) -> None:

@@ -3,6 +3,7 @@
 and log lines about a request carry its id."""
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -12,8 +13,9 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from frontdoor_helpers import sample, scrape, start_router
+from frontdoor_helpers import FrontDoorRouter, make_llm, router_config, sample, scrape, start_router
 
+from router.backends.local import LocalBackend
 from router.logging_context import JsonFormatter, request_context
 from tandem_client import TandemClient
 
@@ -47,6 +49,34 @@ def test_every_catalogued_metric_is_exposed(router):
     assert len(names) >= 25 and len(set(names)) == len(names)
     missing = set(names) - exposed_names(scrape(router.metrics_url))
     assert not missing
+
+
+class SlowCleanupBackend(LocalBackend):
+    """Fault injection: the backend's clean-up after a finished stream takes 0.3 s (a Ray
+    backend releasing KV on a remote worker), so the client hangs up during it."""
+
+    async def generate(self, request):
+        try:
+            async for event in super().generate(request):
+                yield event
+        finally:
+            await asyncio.sleep(0.3)
+
+
+def test_short_calls_that_got_their_whole_result_count_as_ok_not_cancelled():
+    router = FrontDoorRouter(SlowCleanupBackend(make_llm()), router_config())
+    router.start()
+    try:
+        for i in range(6):                  # a client per call, closed at once (`tandem generate`)
+            with TandemClient(router.target) as client:
+                assert client.generate("Once upon a time", max_tokens=1 + i % 3).finish_reason
+        router.wait_idle()
+        text = scrape(router.metrics_url)
+        counts = {status: sample(text, "tandem_requests_total", protocol="grpc", status=status)
+                  for status in ("ok", "cancelled")}
+        assert counts == {"ok": 6, "cancelled": 0}
+    finally:
+        router.stop()
 
 
 def test_metrics_move_when_traffic_flows(router):
