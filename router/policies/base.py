@@ -41,10 +41,19 @@ class RoutingContext:
 
 class RoutingPolicy(abc.ABC):
     name: str = ""
+    _turn: int = 0
 
     @abc.abstractmethod
     def pick(self, workers: list[WorkerView], ctx: RoutingContext) -> WorkerView:
         """Choose one of ``workers`` (non-empty, all healthy)."""
+
+    def least(self, workers: list[WorkerView], key: Callable[[WorkerView], float]) -> WorkerView:
+        """The worker with the smallest ``key``; ties take turns (by name order), so equally
+        idle workers share a staggered stream of requests instead of the first taking all."""
+        best = min(key(w) for w in workers)
+        ties = sorted((w for w in workers if key(w) == best), key=lambda w: w.name)
+        self._turn += 1
+        return ties[self._turn % len(ties)]
 
 
 _POLICIES: dict[str, type[RoutingPolicy]] = {}
@@ -63,7 +72,3 @@ def create_policy(name: str, **kwargs: Any) -> RoutingPolicy:
 
 def policy_names() -> list[str]:
     return sorted(_POLICIES)
-
-
-def least(workers: list[WorkerView], key: Callable[[WorkerView], float]) -> WorkerView:
-    return min(workers, key=lambda w: (key(w), w.name))

@@ -5,7 +5,7 @@ free blocks after this request's blocks are taken, discounted by its in-flight c
 """
 from __future__ import annotations
 
-from router.policies.base import RoutingContext, RoutingPolicy, WorkerView, least, register_policy
+from router.policies.base import RoutingContext, RoutingPolicy, WorkerView, register_policy
 
 
 @register_policy
@@ -18,4 +18,4 @@ class KVAware(RoutingPolicy):
         def cost(w: WorkerView) -> float:
             free_after = (w.free_kv_blocks - need) / max(w.total_kv_blocks, 1)
             return w.load - free_after
-        return least(workers, cost)
+        return self.least(workers, cost)

@@ -1,7 +1,7 @@
 """Least-loaded: fewest requests queued or in flight; ties go to more free KV blocks."""
 from __future__ import annotations
 
-from router.policies.base import RoutingContext, RoutingPolicy, WorkerView, least, register_policy
+from router.policies.base import RoutingContext, RoutingPolicy, WorkerView, register_policy
 
 
 @register_policy
@@ -9,4 +9,4 @@ class LeastLoaded(RoutingPolicy):
     name = "least_loaded"
 
     def pick(self, workers: list[WorkerView], ctx: RoutingContext) -> WorkerView:
-        return least(workers, lambda w: w.load - w.free_kv_blocks / (w.total_kv_blocks + 1))
+        return self.least(workers, lambda w: w.load - w.free_kv_blocks / (w.total_kv_blocks + 1))

@@ -7,7 +7,7 @@ restart they are dropped, never trusted (``RayPoolsBackend`` does that).
 """
 from __future__ import annotations
 
-from router.policies.base import RoutingContext, RoutingPolicy, WorkerView, least, register_policy
+from router.policies.base import RoutingContext, RoutingPolicy, WorkerView, register_policy
 
 
 def cached_prefix_tokens(worker: WorkerView, ctx: RoutingContext) -> int:
@@ -32,5 +32,5 @@ class PrefixAware(RoutingPolicy):
         eligible = [w for w in workers if w.load <= lightest + self.load_slack]
         best = max(cached_prefix_tokens(w, ctx) for w in eligible)
         if best == 0:
-            return least(workers, lambda w: w.load)
-        return least([w for w in eligible if cached_prefix_tokens(w, ctx) == best], lambda w: w.load)
+            return self.least(workers, lambda w: w.load)
+        return self.least([w for w in eligible if cached_prefix_tokens(w, ctx) == best], lambda w: w.load)

@@ -54,3 +54,13 @@ def test_prefix_aware_ignores_hashes_of_another_tenant():
     holder = WorkerView("b", None, inflight=1, cached_hashes=set(_ctx(prompt, b"tenant-a").block_hashes))
     idle = WorkerView("a", None)
     assert create_policy("prefix_aware").pick([holder, idle], _ctx(prompt, b"tenant-b")).name == "a"
+
+
+@pytest.mark.parametrize("name", ["least_loaded", "kv_aware", "prefix_aware"])
+def test_equally_idle_workers_take_turns_on_a_staggered_stream(name):
+    """Each request finishes before the next arrives: every pick is a tie, and ties rotate."""
+    policy = create_policy(name)
+    ws = [WorkerView(f"w{i}", None, free_kv_blocks=50, total_kv_blocks=100) for i in range(2)]
+    picks = [policy.pick(ws, _ctx([7000 + 16 * i + j for j in range(20)])).name
+             for i in range(32)]
+    assert picks.count("w0") == picks.count("w1") == 16
