@@ -82,8 +82,9 @@ class RayPoolsBackend(Backend):
                 recoveries += 1
                 if recoveries > MAX_RECOVERIES:
                     raise WorkerFailed(f"request {rid}: decode failed {recoveries} times ({exc})") from None
-                logger.warning("request %s: %s; re-prefilling %d tokens (recovery %d)", rid, exc,
-                               len(prompt), recoveries)
+                logger.warning("request %s: %s; re-prefilling %d tokens (%d prompt + %d generated; "
+                               "recovery %d)", rid, exc, len(request.prompt_token_ids) + len(generated),
+                               len(request.prompt_token_ids), len(generated), recoveries)
 
     async def _attempt(self, request: GenerateRequest, rid: str, prompt: list[int], params: dict,
                        salt: bytes, usage: Usage, generated: list[int]) -> AsyncIterator[GenerateEvent]:

@@ -132,7 +132,10 @@ def test_cancelling_100_streams_mid_flight_returns_every_kv_block(cluster, clien
     assert _wait_blocks_back(cluster, start) == start
 
 
-def test_killing_a_decode_actor_mid_stream_still_completes_every_request_exactly(cluster, client, offline):
+def test_killing_a_decode_actor_mid_stream_still_completes_every_request_exactly(cluster, client, offline,
+                                                                                 caplog):
+    import re
+
     import ray
 
     results: dict[int, object] = {}
@@ -163,6 +166,12 @@ def test_killing_a_decode_actor_mid_stream_still_completes_every_request_exactly
     for prompt, res in results.values():
         assert res.token_ids == offline[prompt].token_ids, prompt
     assert len(results) == 8
+    # Each recovery re-prefills the prompt and what it had generated (at least the first token).
+    recoveries = [tuple(map(int, m.groups())) for m in (
+        re.search(r"re-prefilling (\d+) tokens \((\d+) prompt \+ (\d+) generated", r.getMessage())
+        for r in caplog.records) if m]
+    assert recoveries, "no recovery was logged"
+    assert all(total == prompt + gen and gen >= 1 for total, prompt, gen in recoveries), recoveries
 
 
 def test_a_dead_prefill_worker_is_retried_on_another_without_the_client_noticing(cluster, client):
