@@ -21,7 +21,7 @@ from loadtest.report import SCHEMA, environment, format_summary, write_json, wri
 from loadtest.runner import Runner, RunLimits, RunOutcome
 from loadtest.scrape import MetricNames, MetricsScraper
 from loadtest.spec import Workload
-from loadtest.synthetic import expected_rate
+from loadtest.synthetic import expected_rate, expected_user_rate
 from loadtest.targets.base import Target, TargetInfo, TargetOptions, make_target
 
 logger = logging.getLogger(__name__)
@@ -146,7 +146,7 @@ def build_result(cfg: BenchConfig, workload: Workload, target: Target, info: Tar
                     "stop_reason": outcome.stop_reason, "interrupted": outcome.interrupted,
                     "status_counts": outcome.status_counts},
         "figures": summarize(outcome.records, outcome.duration_s, cfg.slo,
-                             expected_rate(workload)),
+                             expected_rate(workload), expected_user_rate(workload)),
         "definitions": DEFINITIONS,
         "cluster_metrics": cluster_metrics,
         "server_after": server_after,

@@ -88,6 +88,9 @@ def format_sweep(result: dict[str, Any]) -> str:
                      f"{st['slo_attainment']:>7.1%} {st['goodput_rps']:>8.3g} "
                      f"{cell(st['sustained_rps'], '>7.3g')} {cell(st['ttft_p99_ms'], '>9.1f')} "
                      f"{cell(st['tpot_p99_ms'], '>9.1f')}  {'; '.join(st['saturation'])}")
-    lines.append(f"  max rate meeting SLO: {s['max_rate_meeting_slo']} req/s; goodput there: "
-                 f"{s['goodput_at_max_rate']}; first failing rate: {s['first_failing_rate']}")
+    def fig(v: Any, unit: str) -> str:
+        return f"{v:.3g} {unit}" if v is not None else "none"
+    lines.append(f"  max rate meeting SLO: {fig(s['max_rate_meeting_slo'], 'req/s')}; goodput "
+                 f"there: {fig(s['goodput_at_max_rate'], 'req/s')}; first failing rate: "
+                 f"{fig(s['first_failing_rate'], 'req/s')}")
     return "\n".join(lines)

@@ -14,6 +14,9 @@ _RUN_FIGURES = [
     "throughput.input_tokens_per_s", "goodput.goodput_rps", "goodput.slo_attainment",
     "counts.total", "counts.ok", "counts.failed", "tokens.prefix_hit_rate",
 ]
+# Two runs whose prefix hit rates differ by more than this (absolute) did not see the same
+# cache: e.g. the same seed against a server still warm from the first run.
+HIT_RATE_GAP = 0.10
 _SWEEP_FIGURES = ["max_rate_meeting_slo", "goodput_at_max_rate", "max_goodput_rps",
                   "first_failing_rate"]
 
@@ -69,10 +72,26 @@ def format_table(rows: list[Row], label_a: str, label_b: str) -> str:
     return "\n".join(lines)
 
 
+def warnings(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Why the two results may not be like for like (printed above the table)."""
+    if a.get("kind") != "run" or b.get("kind") != "run":
+        return []
+    out = []
+    ha, hb = (_dig(r["figures"], "tokens.prefix_hit_rate") for r in (a, b))
+    if ha is not None and hb is not None and abs(ha - hb) > HIT_RATE_GAP:
+        out.append(f"WARNING: prefix hit rates differ (a {100 * ha:.1f}%, b {100 * hb:.1f}%): "
+                   "one run found a cache the other did not (the same seed against a server "
+                   "still warm from an earlier run?); latency and throughput are not like for like")
+    for what in ("workload", "slo"):
+        if a.get("config", {}).get(what) != b.get("config", {}).get(what):
+            out.append(f"WARNING: the two runs' {what} settings differ")
+    return out
+
+
 def compare_files(path_a: str, path_b: str) -> str:
-    """The side-by-side table of two result files."""
+    """The side-by-side table of two result files, after any warnings."""
     a, b = read_result(path_a), read_result(path_b)
-    header = [f"a: {path_a} ({_describe(a)})", f"b: {path_b} ({_describe(b)})"]
+    header = [f"a: {path_a} ({_describe(a)})", f"b: {path_b} ({_describe(b)})", *warnings(a, b)]
     return "\n".join(header + [format_table(compare(a, b), "a", "b")])
 
 

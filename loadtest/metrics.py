@@ -13,6 +13,9 @@ Definitions (stated in every report):
   server that keeps up it is close to the offered rate; for an overloaded one it falls).
 - Send rate = (requests - 1) / (last send - first send): the rate actually offered, which
   for a short replay of a trace can differ from the trace's mean rate.
+- Offered rate = the workload's configured request rate (open loop; none for a closed loop).
+  A multi-turn workload's arrivals start conversations: it offers ``offered_users_per_s``,
+  and its request rate is the send rate.
 """
 from __future__ import annotations
 
@@ -84,7 +87,8 @@ class SLO:
 
 
 def summarize(records: Sequence[RequestRecord], duration_s: float, slo: SLO,
-              offered_rps: float | None = None) -> dict[str, Any]:
+              offered_rps: float | None = None,
+              offered_users_per_s: float | None = None) -> dict[str, Any]:
     """Every figure of a run's report (see the module doc for definitions)."""
     total = len(records)
     ok = [r for r in records if r.ok]
@@ -112,6 +116,7 @@ def summarize(records: Sequence[RequestRecord], duration_s: float, slo: SLO,
             "e2e": distribution(r.e2e_ms for r in ok),
         },
         "throughput": {"duration_s": duration_s, "offered_rps": offered_rps,
+                       "offered_users_per_s": offered_users_per_s,
                        "send_rate_rps": send_rate,
                        "sent_rps": per_s(total), "completed_rps": per_s(len(ok)),
                        "sustained_rps": sustained,

@@ -96,6 +96,8 @@ class MultiTurnWorkload(Workload):
 
     name = "multiturn"
 
+
+    arrivals_are_users = True        # its arrival process starts conversations
     def __init__(self, *, turns: int, question_len: LengthDistribution,
                  answer_len: LengthDistribution, users: int | None = None,
                  system_prompt_len: int = 0, user_context_len: int = 0,

@@ -1,6 +1,7 @@
 """PNG plots (matplotlib, Agg backend): latency CDFs, SLO attainment and goodput vs rate."""
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -27,9 +28,18 @@ def latency_values(records: Sequence[RequestRecord]) -> dict[str, list[float]]:
             "e2e": [r.e2e_ms for r in ok if r.e2e_ms is not None]}
 
 
+def cdf_label(name: str, records: Sequence[RequestRecord], n_values: int) -> str:
+    """A CDF line's legend: its sample count and the requests it cannot include."""
+    not_ok = Counter(r.status.value for r in records if not r.ok)
+    missing = ", ".join(f"{n} {status}" for status, n in sorted(not_ok.items()))
+    return f"{name} (n={n_values}" + (f"; not shown: {missing})" if missing else ")")
+
+
 def plot_latency_cdfs(series: Mapping[str, Sequence[RequestRecord]], path: Path,
                       slo: SLO | None = None, title: str = "") -> Path:
-    """One CDF panel per latency, one line per labelled set of records."""
+    """One CDF panel per latency, one line per labelled set of records. Only requests that
+    completed have latencies: how many others (refused, failed, timed out) each line leaves
+    out is in its legend and the title."""
     plt = _pyplot()
     fig, axes = plt.subplots(2, 2, figsize=(11, 8))
     for ax, (key, label) in zip(axes.flat, _CDF_PANELS):
@@ -37,7 +47,7 @@ def plot_latency_cdfs(series: Mapping[str, Sequence[RequestRecord]], path: Path,
             values = sorted(latency_values(records)[key])
             if values:
                 ys = [(i + 1) / len(values) for i in range(len(values))]
-                ax.step(values, ys, where="post", label=f"{name} (n={len(values)})")
+                ax.step(values, ys, where="post", label=cdf_label(name, records, len(values)))
         objective = {"ttft": slo.ttft_ms, "tpot": slo.tpot_ms}.get(key) if slo else None
         if objective:
             ax.axvline(objective, color="red", linestyle="--", linewidth=1, label="SLO")
@@ -49,7 +59,9 @@ def plot_latency_cdfs(series: Mapping[str, Sequence[RequestRecord]], path: Path,
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "no data", ha="center", va="center", transform=ax.transAxes)
-    fig.suptitle(title or "latency CDFs")
+    left_out = sum(1 for records in series.values() for r in records if not r.ok)
+    fig.suptitle((title or "latency CDFs") + (f" (completed requests only: {left_out} refused "
+                                              "or failed left out)" if left_out else ""))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

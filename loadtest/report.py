@@ -96,6 +96,17 @@ def write_requests(out_dir: Path, records: Sequence[RequestRecord]) -> dict[str,
     return {"requests_csv": str(csv_path), "requests_jsonl": str(jsonl_path)}
 
 
+def offered_text(t: dict) -> str:
+    """What was offered and what was sent, each in its own unit."""
+    if t.get("offered_users_per_s") is not None:
+        offered = f"offered {_fmt(t['offered_users_per_s'], 2)} users/s"
+    elif t.get("offered_rps") is not None:
+        offered = f"offered {_fmt(t['offered_rps'], 2)} req/s"
+    else:
+        offered = "closed loop"
+    return f"{offered}, sent {_fmt(t.get('send_rate_rps'), 2)} req/s"
+
+
 def _fmt(value: Any, digits: int = 1) -> str:
     if value is None:
         return "-"
@@ -123,7 +134,7 @@ def format_summary(result: dict[str, Any]) -> str:
     slo = g["slo"]
     lines.append(f"  throughput: {_fmt(t['completed_rps'], 2)} req/s ok, "
                  f"{_fmt(t['output_tokens_per_s'])} out tok/s, {_fmt(t['input_tokens_per_s'])} "
-                 f"in tok/s (offered {_fmt(t['offered_rps'], 2)} req/s)")
+                 f"in tok/s ({offered_text(t)})")
     lines.append(f"  goodput: {_fmt(g['goodput_rps'], 2)} req/s; SLO attainment "
                  f"{100 * g['slo_attainment']:.1f}% (TTFT<={slo['ttft_ms']:g} ms "
                  f"{100 * g['ttft_attainment']:.1f}%, TPOT<={slo['tpot_ms']:g} ms "

@@ -124,7 +124,18 @@ class SyntheticWorkload(Workload):
 
 
 def expected_rate(workload: Workload) -> float | None:
-    """The offered request rate of an open-loop workload, if it has one."""
+    """The offered request rate of an open-loop workload, if it has one (a multi-turn
+    workload's arrivals are users, not requests: see ``expected_user_rate``)."""
+    if getattr(workload, "arrivals_are_users", False):
+        return None
     arrival = getattr(workload, "arrival", None)
     rate = getattr(arrival, "rate", None) or getattr(workload, "rate", None)
+    return float(rate) if rate and math.isfinite(rate) else None
+
+
+def expected_user_rate(workload: Workload) -> float | None:
+    """New users (conversations) per second of an open-loop multi-turn workload."""
+    if not getattr(workload, "arrivals_are_users", False):
+        return None
+    rate = getattr(getattr(workload, "arrival", None), "rate", None)
     return float(rate) if rate and math.isfinite(rate) else None

@@ -5,17 +5,19 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
+import re
 
 import pytest
 
 from loadtest.arrivals import PoissonArrivals
 from loadtest.bench import BenchConfig, run_benchmark
-from loadtest.bench_sweep import run_rate_sweep
+from loadtest.bench_sweep import format_sweep, run_rate_sweep
 from loadtest.compare import compare, compare_files
 from loadtest.distributions import parse_length
 from loadtest.errors import ReportError
 from loadtest.metrics import SLO
 from loadtest.multiturn import MultiTurnWorkload
+from loadtest.plots import cdf_label
 from loadtest.replay import TraceTransform, TraceWorkload
 from loadtest.runner import RunLimits
 from loadtest.sweep import SweepPolicy
@@ -135,6 +137,8 @@ def test_refused_admissions_are_reported_by_status(tmp_path):
     assert by_status.get("refused", 0) > 0 and by_status.get("ok", 0) > 0
     assert sum(by_status.values()) == 12
     assert report.result["figures"]["goodput"]["good_requests"] == by_status["ok"]
+    label = cdf_label("run", report.records, by_status["ok"])   # the CDFs say what they omit
+    assert label == f"run (n={by_status['ok']}; not shown: {by_status['refused']} refused)"
 
 
 def test_a_mooncake_replay_reuses_prefixes_on_the_server(tandem_url, tmp_path):
@@ -172,6 +176,8 @@ def test_a_grid_sweep_writes_its_summary_plots_and_one_run_per_rate(tandem_url, 
     assert [s["rate"] for s in steps] == [4.0, 8.0] and all(s["passed"] for s in steps)
     assert result["sweep"]["max_rate_meeting_slo"] == 8.0
     assert all((tmp_path / f"rate_{r:g}" / "result.json").is_file() for r in (4, 8))
+    text = format_sweep(result)
+    assert "max rate meeting SLO: 8 req/s" in text and not re.search(r"\d\.\d{4,}", text), text
 
 
 def test_compare_puts_two_runs_side_by_side_with_ratios(first_run, tandem_url, tmp_path):
@@ -184,6 +190,20 @@ def test_compare_puts_two_runs_side_by_side_with_ratios(first_run, tandem_url, t
     rows = {r.metric: r for r in compare(a, b)}
     assert rows["counts.total"].a == 12 and rows["counts.total"].b == 6
     assert rows["counts.total"].ratio == pytest.approx(0.5)
+
+
+def test_compare_warns_when_the_runs_saw_different_prefix_hit_rates(first_run, tmp_path):
+    _, out = first_run
+    result = json.loads((out / "result.json").read_text())
+    cold = json.loads(json.dumps(result))
+    result["figures"]["tokens"]["prefix_hit_rate"] = 0.98
+    cold["figures"]["tokens"]["prefix_hit_rate"] = 0.02
+    (tmp_path / "warm.json").write_text(json.dumps(result))
+    (tmp_path / "cold.json").write_text(json.dumps(cold))
+    text = compare_files(str(tmp_path / "warm.json"), str(tmp_path / "cold.json"))
+    assert "WARNING: prefix hit rates differ (a 98.0%, b 2.0%)" in text
+    same = compare_files(str(tmp_path / "warm.json"), str(tmp_path / "warm.json"))
+    assert "WARNING" not in same
 
 
 def test_compare_refuses_other_files_and_mixed_kinds(first_run, tmp_path):

@@ -125,3 +125,17 @@ def test_answers_without_token_ids_become_placeholders_of_the_answer_length():
     t1 = user.next_request(RequestRecord(index=0, status=Status.OK, completion_tokens=5))
     assert len(t1.token_ids) == len(t0.token_ids) + 5 + 10
     assert workload.describe()["answers_as_placeholders"] == 1
+
+
+def test_a_multi_turn_workload_offers_users_per_second_not_requests():
+    from loadtest.report import offered_text
+    from loadtest.synthetic import expected_rate, expected_user_rate
+
+    convo = conversation_workload(concurrency=None, arrival=PoissonArrivals(0.5))
+    assert expected_rate(convo) is None and expected_user_rate(convo) == 0.5
+    synth = SyntheticWorkload(parse_length("4"), parse_length("4"), arrival=PoissonArrivals(2.0))
+    assert expected_rate(synth) == 2.0 and expected_user_rate(synth) is None
+    assert offered_text({"offered_rps": None, "offered_users_per_s": 0.5, "send_rate_rps": 1.37}) \
+        == "offered 0.50 users/s, sent 1.37 req/s"
+    assert offered_text({"offered_rps": 1.0, "offered_users_per_s": None, "send_rate_rps": 0.24}) \
+        == "offered 1.00 req/s, sent 0.24 req/s"
