@@ -12,6 +12,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 from cluster.config import ClusterConfig
 from cluster.streams import StreamHub, WorkerGone
@@ -68,14 +69,16 @@ class RayPoolsBackend(Backend):
         rid = request.request_id
         salt = b"" if self.cfg.store.tenant_sharing else request.tenant.encode()
         sampling = request.sampling.to_dict()
-        generated: list[int] = []
+        progress = _Progress()
+        generated = progress.token_ids
         usage = Usage(prompt_tokens=len(request.prompt_token_ids))
         recoveries = 0
         while True:
+            # A recovery re-prefills what was generated as the tail of the prompt and tells the
+            # engine so: max_tokens, stop strings and held-back text carry on where they were.
             prompt = request.prompt_token_ids + generated
-            params = {**sampling, "max_tokens": sampling["max_tokens"] - len(generated)}
             try:
-                async for event in self._attempt(request, rid, prompt, params, salt, usage, generated):
+                async for event in self._attempt(request, rid, prompt, sampling, salt, usage, progress):
                     yield event
                 return
             except _Recover as exc:
@@ -87,7 +90,8 @@ class RayPoolsBackend(Backend):
                                len(request.prompt_token_ids), len(generated), recoveries)
 
     async def _attempt(self, request: GenerateRequest, rid: str, prompt: list[int], params: dict,
-                       salt: bytes, usage: Usage, generated: list[int]) -> AsyncIterator[GenerateEvent]:
+                       salt: bytes, usage: Usage, progress: _Progress) -> AsyncIterator[GenerateEvent]:
+        generated = progress.token_ids
         ctx = RoutingContext(rid, len(prompt), chunk_hashes(prompt, self.block_size, salt), self.block_size)
         deadline = _epoch(request.deadline)
         decoder = self._pick(self.stream_role, self.decode_policy, ctx)
@@ -98,14 +102,16 @@ class RayPoolsBackend(Backend):
             if self.colocated:
                 decoder.cached_hashes.update(ctx.block_hashes)
                 await self._call(request, decoder, decoder.handle.submit.remote(
-                    FullRequest(rid, prompt, params, salt, deadline)), recover=True)
+                    FullRequest(rid, prompt, params, salt, deadline, len(generated),
+                                progress.text_chars)), recover=True)
                 usage.decode_worker = usage.prefill_worker = decoder.name
             else:
-                res = await self._prefill(request, rid, prompt, params, salt, decoder, ctx, deadline)
+                res = await self._prefill(request, rid, prompt, params, salt, decoder, ctx, deadline,
+                                          progress)
                 usage.prefill_worker, usage.decode_worker = res.worker_id, decoder.name
                 if not generated:
                     usage.cached_prompt_tokens = res.num_cached_tokens
-                for ev in self._emit(request, usage, generated, [res.first_token_id], res.first_text,
+                for ev in self._emit(request, usage, progress, [res.first_token_id], res.first_text,
                                      res.finish_reason):
                     yield ev
                 if res.finish_reason is not None:
@@ -121,7 +127,7 @@ class RayPoolsBackend(Backend):
                     raise _Recover(f"decode worker {item.worker} lost ({item.reason})")
                 if self.colocated and not generated and item.token_ids:
                     usage.cached_prompt_tokens = item.num_cached_tokens
-                for ev in self._emit(request, usage, generated, item.token_ids, item.text, item.finish_reason):
+                for ev in self._emit(request, usage, progress, item.token_ids, item.text, item.finish_reason):
                     yield ev
                 if item.finish_reason is not None:
                     finished = True
@@ -132,14 +138,16 @@ class RayPoolsBackend(Backend):
             if not finished:
                 _fire_and_forget(decoder.handle.abort.remote(rid))
 
-    async def _prefill(self, request, rid, prompt, params, salt, decoder: WorkerView, ctx, deadline) -> PrefillResult:
+    async def _prefill(self, request, rid, prompt, params, salt, decoder: WorkerView, ctx, deadline,
+                       progress: _Progress) -> PrefillResult:
         tried: set[str] = set()
         while True:
             worker = self._pick("prefill", self.prefill_policy, ctx, exclude=tried)
             worker.cached_hashes.update(ctx.block_hashes)
             worker.inflight += 1
-            ref = worker.handle.prefill.remote(PrefillRequest(rid, prompt, params, salt, request.codec,
-                                                              decoder.name, deadline))
+            ref = worker.handle.prefill.remote(PrefillRequest(
+                rid, prompt, params, salt, request.codec, decoder.name, deadline,
+                len(progress.token_ids), progress.text_chars))
             try:
                 return await self._call(request, worker, ref, recover=False)
             except WorkerFailed as exc:
@@ -177,8 +185,10 @@ class RayPoolsBackend(Backend):
         except asyncio.TimeoutError:
             raise RequestTimedOut(f"request {request.request_id} passed its deadline") from None
 
-    def _emit(self, request, usage: Usage, generated: list[int], token_ids: list[int], text: str,
+    def _emit(self, request, usage: Usage, progress: _Progress, token_ids: list[int], text: str,
               finish_reason: str | None):
+        generated = progress.token_ids
+        progress.text_chars += len(text)
         if token_ids:
             if not generated and usage.ttft_ms == 0.0:
                 usage.ttft_ms = 1000 * (time.monotonic() - request.arrival_time)
@@ -238,6 +248,13 @@ class RayPoolsBackend(Backend):
         """(worker, last WorkerLoad) for every worker that has reported."""
         return [(v.name, v.last_load) for pool in self.registry.views.values()
                 for v in pool.values() if v.last_load is not None]
+
+
+@dataclass(slots=True)
+class _Progress:
+    """What one request has streamed so far, across recoveries."""
+    token_ids: list[int] = field(default_factory=list)
+    text_chars: int = 0
 
 
 def _remaining(request: GenerateRequest) -> float | None:

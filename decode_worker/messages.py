@@ -31,3 +31,5 @@ class FullRequest:
     sampling: dict[str, Any]
     cache_salt: bytes = b""
     deadline: float | None = None
+    output_len: int = 0                    # recovery: the prompt's last tokens are output already
+    output_text_offset: int = 0            # ... of whose text this many chars were streamed

@@ -72,7 +72,8 @@ class DecodeWorker:
         if req.deadline is not None:
             self.deadlines[req.request_id] = req.deadline
         await self.driver.call(lambda e: e.add_request(req.request_id, req.prompt_token_ids, params,
-                                                       cache_salt=req.cache_salt))
+                                                       cache_salt=req.cache_salt, output_len=req.output_len,
+                                                       output_text_offset=req.output_text_offset))
 
     async def poll(self, cursor: int, timeout_s: float = 1.0) -> tuple[str, int, list[StreamEvent]]:
         """(incarnation, new cursor, events after ``cursor``); a changed incarnation tells the

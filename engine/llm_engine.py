@@ -59,16 +59,29 @@ class LLMEngine:
     # -- request lifecycle ---------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                     prefill_only: bool = False, cached_prefix_kv: torch.Tensor | None = None,
-                    cache_salt: bytes = b"") -> None:
+                    cache_salt: bytes = b"", output_len: int = 0, output_text_offset: int = 0) -> None:
+        """Queue a request. ``output_len`` > 0 resumes one whose KV was lost: the last
+        ``output_len`` of ``prompt_token_ids`` are output it already generated, of whose text
+        ``output_text_offset`` chars were streamed. Stop strings, ``max_tokens`` and the text
+        then continue exactly where that output left off (seeded sampling restarts its RNG)."""
+        if isinstance(output_len, bool) or not isinstance(output_len, int) or \
+                not 0 <= output_len < len(prompt_token_ids or [None]):
+            raise ValueError(f"output_len must be an int in [0, {len(prompt_token_ids or [])}), "
+                             f"got {output_len!r}")
+        prompt = prompt_token_ids[:len(prompt_token_ids) - output_len]
+        self._validate_prompt(prompt, sampling_params)
         self._validate_prompt(prompt_token_ids, sampling_params)
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         if cached_prefix_kv is not None:
             self._check_kv(cached_prefix_kv, max_tokens=len(prompt_token_ids) - 1, what="cached_prefix_kv")
-        seq = Sequence(request_id, list(prompt_token_ids), len(prompt_token_ids), sampling_params,
-                       IncrementalDetokenizer(self.tokenizer, prompt_token_ids),
+        detok = IncrementalDetokenizer(self.tokenizer, prompt)
+        seq = Sequence(request_id, list(prompt_token_ids), len(prompt), sampling_params, detok,
                        generator=self._generator_for(sampling_params), cache_salt=cache_salt,
                        prefill_only=prefill_only, pending_prefix_kv=cached_prefix_kv)
+        if output_len:
+            detok.step(seq.token_ids)
+            seq.emitted_text_len = min(max(0, int(output_text_offset)), len(detok.text))
         self.requests[request_id] = seq
         self.scheduler.add(seq)
 

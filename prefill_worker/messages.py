@@ -14,6 +14,8 @@ class PrefillRequest:
     codec: str = ""                       # "" = the worker's default codec
     decode_worker: str = ""               # who will receive the KV
     deadline: float | None = None         # time.time() epoch seconds
+    output_len: int = 0                   # recovery: the prompt's last tokens are output already
+    output_text_offset: int = 0           # ... of whose text this many chars were streamed
 
 
 @dataclass(slots=True)

@@ -53,7 +53,9 @@ class PrefillWorker(AsyncRayKVSource):
         try:
             await self.driver.call(lambda e: e.add_request(rid, req.prompt_token_ids, params, prefill_only=True,
                                                            cached_prefix_kv=prefix_kv,
-                                                           cache_salt=req.cache_salt))
+                                                           cache_salt=req.cache_salt,
+                                                           output_len=req.output_len,
+                                                           output_text_offset=req.output_text_offset))
             added = True
             timeout = None if req.deadline is None else max(0.0, req.deadline - time.time())
             out = await asyncio.wait_for(queue.get(), timeout)

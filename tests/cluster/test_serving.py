@@ -134,10 +134,15 @@ def test_cancelling_100_streams_mid_flight_returns_every_kv_block(cluster, clien
 
 def test_killing_a_decode_actor_mid_stream_still_completes_every_request_exactly(cluster, client, offline,
                                                                                  caplog):
+    """Half the requests carry stop strings: ",," holds back every comma, so a recovery must
+    carry the held-back text and the stop state across the re-prefill."""
     import re
 
     import ray
 
+    stops = [",,", "Lily"]
+    with_stops = {p: o for p, o in zip(PROMPTS, LLM("stories260K").generate(
+        PROMPTS, SamplingParams(temperature=0, max_tokens=MAX_TOKENS, stop=stops)))}
     results: dict[int, object] = {}
     errors: list[BaseException] = []
     started = threading.Barrier(9)
@@ -145,13 +150,15 @@ def test_killing_a_decode_actor_mid_stream_still_completes_every_request_exactly
     def run(i: int) -> None:
         prompt = PROMPTS[i]
         try:
-            with client.stream(prompt, max_tokens=MAX_TOKENS, temperature=0) as s:
+            with client.stream(prompt, max_tokens=MAX_TOKENS, temperature=0,
+                               stop=stops if i % 2 else None) as s:
                 it = iter(s)
-                next(it)
+                texts = [next(it).text]
                 started.wait(60)
-                for _ in it:
+                for delta in it:
+                    texts.append(delta.text)
                     time.sleep(0.01)   # keep the stream open across the kill
-                results[i] = (prompt, s.result)
+                results[i] = (prompt, s.result, "".join(texts))
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
@@ -163,8 +170,10 @@ def test_killing_a_decode_actor_mid_stream_still_completes_every_request_exactly
     for t in threads:
         t.join(120)
     assert not errors, errors
-    for prompt, res in results.values():
-        assert res.token_ids == offline[prompt].token_ids, prompt
+    for i, (prompt, res, streamed) in results.items():
+        want = (with_stops if i % 2 else offline)[prompt]
+        assert res.token_ids == want.token_ids, prompt
+        assert res.text == streamed == want.text, prompt
     assert len(results) == 8
     # Each recovery re-prefills the prompt and what it had generated (at least the first token).
     recoveries = [tuple(map(int, m.groups())) for m in (

@@ -96,3 +96,45 @@ def test_abort_reason_is_abort(stories):
     eng.step()
     out = eng.abort("x")
     assert out.finish_reason == "abort" and len(out.token_ids) == 2
+
+
+def _events(engine, rid):
+    """The (new token ids, new text, finish reason) outputs of one request, until it ends."""
+    events = []
+    while engine.has_unfinished():
+        for out in engine.step():
+            if out.request_id == rid:
+                events.append((out.new_token_ids, out.new_text, out.finish_reason))
+                if out.finished:
+                    return events
+    raise AssertionError("request did not finish")
+
+
+@pytest.mark.parametrize("stop, cut", [(", there", 1), (" the", 1), ("Lily", 2), ("Lily", 7),
+                                       (".", 5), (",,", 1), (",,", 9)])
+def test_a_resumed_request_continues_its_text_stops_and_max_tokens_exactly(stories, stop, cut):
+    """Recovery re-prefills the output so far as the prompt's tail (output_len), with the
+    count of chars already streamed (a stop string may hold some back); what it streams then
+    completes exactly what the uninterrupted request would have streamed."""
+    eng = stories.engine
+    prompt = stories.tokenizer.encode("Once upon a time")
+    params = greedy(24, stop=[stop])
+    eng.add_request("whole", prompt, params)
+    whole = _events(eng, "whole")
+    want_ids = [t for ids, _, _ in whole for t in ids]
+    want_text, want_reason = "".join(t for _, t, _ in whole), whole[-1][2]
+    assert len(want_ids) > cut              # the failure comes before the end
+    head = whole[:cut]                      # one token per output: what streamed before a failure
+    head_ids = [t for ids, _, _ in head for t in ids]
+    head_text = "".join(t for _, t, _ in head)
+    assert len(head_ids) == cut
+    eng.add_request("resumed", prompt + head_ids, params, output_len=cut,
+                    output_text_offset=len(head_text))
+    rest = _events(eng, "resumed")
+    assert head_ids + [t for ids, _, _ in rest for t in ids] == want_ids
+    assert head_text + "".join(t for _, t, _ in rest) == want_text and rest[-1][2] == want_reason
+
+
+def test_output_len_must_leave_a_prompt(stories):
+    with pytest.raises(ValueError, match="output_len"):
+        stories.engine.add_request("x", [1, 2], greedy(4), output_len=2)
