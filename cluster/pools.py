@@ -78,6 +78,10 @@ class WorkerPool:
                         lifetime=lifetime, get_if_exists=True,
                         num_gpus=gpus, resources={POOL_RESOURCES[role]: 1.0},
                         max_restarts=pool_cfg.max_restarts, max_task_retries=0, max_concurrency=1000,
+                        # No per-call task events: the GCS keeps each (~10 KB a call, several
+                        # calls a request) until 100k tasks, which read as a leak (Serve does
+                        # the same for its replicas).
+                        enable_task_events=False,
                         scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i))
             args = _actor_args(role, name, cfg, threads)
             handles[name] = actor_cls.options(**opts).remote(*args)
