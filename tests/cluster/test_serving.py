@@ -190,8 +190,14 @@ def test_a_dead_prefill_worker_is_retried_on_another_without_the_client_noticing
     want = LLM("stories260K").generate([long_prompt], SamplingParams(temperature=0, max_tokens=8))[0]
     # Dead, but the router has not noticed yet: the next request is routed to it and must be retried.
     ray.kill(cluster.cluster.pools["prefill"].handles["tandem-prefill-0"], no_restart=True)
-    cluster.backend.registry.views["prefill"]["tandem-prefill-0"].healthy = True
-    results = [client.generate(long_prompt, max_tokens=8, temperature=0) for _ in range(4)]
+    views = cluster.backend.registry.views["prefill"]
+    views["tandem-prefill-0"].healthy = True
+    views["tandem-prefill-1"].inflight += 10     # the dead one looks idler: it is picked first
+    try:
+        results = [client.generate(long_prompt, max_tokens=8, temperature=0)]
+    finally:
+        views["tandem-prefill-1"].inflight -= 10
+    results += [client.generate(long_prompt, max_tokens=8, temperature=0) for _ in range(3)]
     assert [r.token_ids for r in results] == [want.token_ids] * 4
     assert {r.usage.prefill_worker for r in results} == {"tandem-prefill-1"}
     assert not cluster.backend.registry.views["prefill"]["tandem-prefill-0"].healthy
