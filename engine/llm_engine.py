@@ -69,8 +69,7 @@ class LLMEngine:
             raise ValueError(f"output_len must be an int in [0, {len(prompt_token_ids or [])}), "
                              f"got {output_len!r}")
         prompt = prompt_token_ids[:len(prompt_token_ids) - output_len]
-        self._validate_prompt(prompt, sampling_params)
-        self._validate_prompt(prompt_token_ids, sampling_params)
+        self._validate_prompt(prompt_token_ids, sampling_params)   # covers the prompt part too
         if request_id in self.requests:
             raise ValueError(f"request_id {request_id!r} is already in use")
         if cached_prefix_kv is not None:
