@@ -13,12 +13,13 @@ export DO_NOT_TRACK := 1
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test bench lint protos setup redis clean help
+.PHONY: run test bench bench-peer lint protos setup redis clean help
 
 help:
 	@echo "make run    - set up and run Tandem on the embedded default model"
 	@echo "make test   - set up and run the test suite"
 	@echo "make bench  - run the benchmarks (JSON lines on stdout)"
+	@echo "make bench-peer - Tandem side by side with vLLM's CPU server (installs it in .venv-peer)"
 
 setup: $(STAMP)/project redis
 
@@ -54,6 +55,13 @@ test: setup
 
 bench: setup
 	$(PY) -m benchmarks
+
+# Side by side with vLLM's CPU build (installed into its own .venv-peer, ~1 GB, once); the
+# full grid takes 30-40 min. Pass options with BENCH_PEER_ARGS, e.g.
+#   make bench-peer BENCH_PEER_ARGS="--num-prompts 20 --rates 2,inf --reps 1 --skip-offline"
+BENCH_PEER_ARGS ?=
+bench-peer: setup
+	$(PY) -m benchmarks.vs_vllm $(BENCH_PEER_ARGS)
 
 protos: setup
 	$(PY) -m protos.build

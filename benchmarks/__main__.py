@@ -3,7 +3,8 @@
     .venv/bin/python -m benchmarks [--list] [NAME ...] [-- ARGS FOR EACH]
 
 Without names, every ``benchmarks/*.py`` module with a top-level ``main()`` runs, in name
-order. A separate process per module keeps thread settings, memory and Ray state apart.
+order, except the opt-in ones (``OPT_IN``: they install a peer system or run for long), which
+run only when named. A separate process per module keeps thread settings, memory and Ray state apart.
 Exits non-zero if any benchmark failed (the others still run).
 """
 from __future__ import annotations
@@ -17,6 +18,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+# Run only when named: vs_vllm installs vLLM (~1 GB) into .venv-peer and runs 30-40 min
+# (``make bench-peer``).
+OPT_IN = {"vs_vllm"}
 # Telemetry off for anything that imports lmcache or ray.
 CHILD_ENV = {"LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1", "RAY_AUTH_MODE": "disabled",
              "RAY_USAGE_STATS_ENABLED": "0"}
@@ -52,7 +56,8 @@ def main() -> None:
     if args.list:
         print("\n".join(available))
         return
-    names = [n.removeprefix("benchmarks.").removesuffix(".py") for n in args.names] or available
+    names = ([n.removeprefix("benchmarks.").removesuffix(".py") for n in args.names]
+             or [n for n in available if n not in OPT_IN])
     unknown = [n for n in names if n not in available]
     if unknown:
         parser.error(f"unknown benchmark(s) {unknown}; available: {available}")

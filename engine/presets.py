@@ -30,6 +30,12 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama-8m": _cfg(hidden_size=384, intermediate_size=1024, num_hidden_layers=4,
                      num_attention_heads=6, num_key_value_heads=2, vocab_size=4096,
                      max_position_embeddings=2048, tie_word_embeddings=True),
+    # 9.84M parameters (the name follows the peer notes' make_llama20m.py): the model of
+    # benchmarks/vs_vllm.py, served by both Tandem and vLLM's CPU build from one HF
+    # directory. head_dim 64: vLLM's CPU attention rejects stories260K's head_dim 8.
+    "llama-20m": _cfg(hidden_size=384, intermediate_size=1024, num_hidden_layers=6,
+                      num_attention_heads=6, num_key_value_heads=2, vocab_size=512,
+                      max_position_embeddings=2048),
     # ~1B shape, for store and transfer cost estimates (slow on CPU; not for tests).
     "llama-1b": _cfg(hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
                      num_attention_heads=32, num_key_value_heads=8, vocab_size=32000,
