@@ -38,6 +38,12 @@ RUN pip install --no-cache-dir . \
  && python -c "import pathlib, engine; m = pathlib.Path(engine.__file__).parent / 'models/stories260K/model.safetensors'; assert m.is_file(), m"
 
 FROM ${PYTHON_IMAGE} AS runtime
+# A C compiler: the engine builds its native CPU kernels (engine/csrc) on the node it runs on
+# (-march=native), on first use; without one it logs a warning and uses torch attention.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 RUN groupadd --gid 1000 tandem \
  && useradd --uid 1000 --gid 1000 --create-home --shell /bin/bash tandem
 COPY --from=build /opt/venv /opt/venv

@@ -5,7 +5,9 @@ sequence's keys. The flat token batch is laid out as spans of rows: all decode r
 query per sequence) form one padded, masked span; each prefill chunk is a span of its own,
 so a long chunk never pads the decode rows up to its length. A span reads its keys either
 as a plain slice of the cache (a sequence whose blocks happen to be consecutive: no copy)
-or gathered block by block through its block table.
+or gathered block by block through its block table. On CPU at float32 the decode span
+instead goes to a native kernel (``engine.cpu_kernels``) that reads every sequence's blocks
+in place: no gather, no padding to the longest sequence, no mask.
 """
 from __future__ import annotations
 
@@ -13,6 +15,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from engine import cpu_kernels
 
 
 @dataclass(slots=True)
@@ -27,6 +31,7 @@ class AttentionSpan:
     slot_start: int = 0
     mask: torch.Tensor | None = None   # [batch, 1, q_len, kv_len] bool, True = may attend
     causal: bool = False               # square causal (a chunk that starts the sequence)
+    seq_lens: torch.Tensor | None = None   # [batch] keys per sequence: the native decode kernel
 
 
 @dataclass(slots=True)
@@ -54,6 +59,10 @@ def paged_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 def _attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, span: AttentionSpan,
             block_size: int, scale: float) -> torch.Tensor:
+    if span.seq_lens is not None:
+        return cpu_kernels.paged_decode_attention(q[span.row_start:span.row_end], k_cache, v_cache,
+                                                  span.block_tables, span.seq_lens, span.kv_len,
+                                                  block_size, scale)
     b, n_q, n_kv = span.batch, span.q_len, span.kv_len
     heads, head_dim = q.shape[1], q.shape[2]
     qs = q[span.row_start:span.row_end].view(b, n_q, heads, head_dim).transpose(1, 2)

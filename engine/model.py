@@ -3,10 +3,14 @@
 Weights use a fused layout (``qkv``, ``gate_up``); ``engine.weights`` maps HF names onto it.
 Numerics follow HF: RMSNorm in float32, rotary in the compute dtype, SiLU-gated MLP.
 
-Float32 matmuls on CPU go through oneDNN rather than torch's default BLAS (MKL) when the
-build has it: on the AMD EPYC machines we run on, MKL's sgemm reached ~17 GB/s for batch-1
-GEMV and ~70 GFLOP/s at batch 32 where oneDNN reached ~23-32 GB/s and ~130-250 GFLOP/s
-(1-2 threads). ``select_kernels`` probes it once and falls back to ``F.linear``.
+Float32 matmuls on CPU pick their library by CPU vendor. On AMD EPYC, MKL's sgemm reached
+~17 GB/s for batch-1 GEMV and ~70 GFLOP/s at batch 32 where oneDNN reached ~23-32 GB/s and
+~130-250 GFLOP/s (1-2 threads), so AMD (and any non-Intel CPU) goes through oneDNN. On Intel
+Xeon (AVX-512, AMX) MKL is the faster one: a llama-20m layer's matmuls took 0.41 / 1.59 ms
+with MKL against 0.54 / 1.86 ms with oneDNN at batch 1 / 32, one thread, so Intel keeps
+``F.linear``. The choice is by vendor, not by a timing probe, so every process on a machine
+computes the same numbers. ``TANDEM_ONEDNN=1``/``0`` forces either way; ``select_kernels``
+checks oneDNN once against ``F.linear`` and falls back to it.
 """
 from __future__ import annotations
 
@@ -23,7 +27,19 @@ from engine.rope import RotaryEmbedding
 
 logger = logging.getLogger(__name__)
 
-_ONEDNN_ENV = "TANDEM_ONEDNN"      # "0" turns the oneDNN matmul path off (for comparisons)
+_ONEDNN_ENV = "TANDEM_ONEDNN"      # "1" / "0" forces the oneDNN matmul path on / off
+
+
+def cpu_vendor() -> str:
+    """``vendor_id`` of /proc/cpuinfo (e.g. GenuineIntel, AuthenticAMD); "" if unknown."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -31,8 +47,12 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
 
 
 def onednn_usable(device: torch.device, dtype: torch.dtype) -> bool:
-    """oneDNN float32 linear on CPU, present and agreeing with ``F.linear``."""
-    if device.type != "cpu" or dtype != torch.float32 or os.environ.get(_ONEDNN_ENV) == "0":
+    """oneDNN float32 linear on CPU: wanted (forced, or a non-Intel CPU), present, and agreeing
+    with ``F.linear``."""
+    if device.type != "cpu" or dtype != torch.float32:
+        return False
+    wanted = os.environ.get(_ONEDNN_ENV)
+    if wanted == "0" or (wanted != "1" and cpu_vendor() == "GenuineIntel"):
         return False
     if not torch.backends.mkldnn.is_available():
         return False

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import torch
 
+from engine import cpu_kernels
 from engine.attention import AttentionMetadata, AttentionSpan
 from engine.model import CausalLM
 from engine.sequence import Sequence
@@ -27,6 +28,9 @@ class ModelRunner:
         self.kv_cache = torch.zeros(cfg.num_layers, 2, num_blocks * block_size, cfg.num_kv_heads,
                                     cfg.head_dim, dtype=dtype, device=device)
         model.select_kernels()
+        # Decode rows read the paged cache in place through the native kernel where it runs.
+        self.native_decode = device.type == "cpu" and dtype == torch.float32 and \
+            cpu_kernels.paged_decode_available()
 
     # -- batch preparation -------------------------------------------------------------
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
@@ -81,6 +85,12 @@ class ModelRunner:
         lengths = [s.num_computed + 1 for s in seqs]
         kv_len = max(lengths)
         span = AttentionSpan(0, len(seqs), len(seqs), 1, kv_len, None)
+        if self.native_decode:
+            num_blocks = -(-kv_len // self.block_size)
+            span.block_tables = torch.tensor([s.block_table[:num_blocks] + [0] * (num_blocks - min(
+                len(s.block_table), num_blocks)) for s in seqs], dtype=torch.long)
+            span.seq_lens = torch.tensor(lengths, dtype=torch.long)
+            return span
         self._locate_keys(span, [s.block_table for s in seqs], kv_len)
         if min(lengths) != kv_len:
             lens = torch.tensor(lengths, device=self.device)

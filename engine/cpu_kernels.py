@@ -1,0 +1,149 @@
+"""Native CPU kernels: C sources in ``engine/csrc``, compiled once per machine, loaded with ctypes.
+
+Why C and ctypes rather than a torch extension: the kernel needs no torch headers, so it
+compiles in about a second with the system's C compiler (``cc``/``gcc``; ``$CC`` wins),
+where ``torch.utils.cpp_extension`` takes a minute. The shared object is cached under
+``$TANDEM_KERNEL_CACHE`` (default ``~/.cache/tandem/kernels``), keyed by the source, the
+flags, the compiler and the CPU (it is built with ``-march=native``), so every process on
+the machine reuses one build and a home directory moved to another CPU rebuilds.
+
+Every kernel is checked once per process against the torch computation it replaces; if
+the compiler is missing, the build fails, or the check disagrees, the engine logs why and
+keeps its torch path. ``TANDEM_CPU_KERNELS=0`` turns the kernels off (for comparisons).
+"""
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+logger = logging.getLogger(__name__)
+
+ENV_SWITCH = "TANDEM_CPU_KERNELS"
+_SRC = Path(__file__).resolve().parent / "csrc" / "paged_attention.c"
+_FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
+_I64, _PTR = ctypes.c_int64, ctypes.c_void_p
+
+
+def _cpu_identity() -> str:
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    keep = [ln for ln in info.splitlines() if ln.startswith(("model name", "flags"))][:2]
+    return platform.machine() + "\n" + "\n".join(keep)
+
+
+def _cache_dir() -> Path:
+    root = os.environ.get("TANDEM_KERNEL_CACHE") or \
+        os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "tandem", "kernels")
+    return Path(root)
+
+
+def _build(src: Path) -> Path:
+    """Compile ``src`` into the cache (atomically: concurrent workers may race) and return it."""
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        raise RuntimeError("no C compiler found (set CC, or install gcc)")
+    version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    key = hashlib.sha256("\0".join([src.read_text(), " ".join(_FLAGS), version, _cpu_identity()])
+                         .encode()).hexdigest()[:20]
+    out_dir = _cache_dir()
+    target = out_dir / f"{src.stem}-{key}.so"
+    if target.exists():
+        return target
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
+    os.close(fd)
+    try:
+        proc = subprocess.run([cc, *_FLAGS, "-o", tmp, str(src), "-lm"], capture_output=True,
+                              text=True, timeout=120)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    logger.info("compiled %s -> %s", src.name, target)
+    return target
+
+
+@functools.cache
+def _library() -> ctypes.CDLL | None:
+    if os.environ.get(ENV_SWITCH) == "0":
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(_SRC)))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        logger.warning("CPU kernels unavailable (%s); using torch attention", exc)
+        return None
+    fn = lib.tandem_paged_decode_attention
+    fn.argtypes = [_PTR] * 5 + [_I64] * 6 + [ctypes.c_float, _PTR, _PTR]
+    fn.restype = ctypes.c_int
+    if not _agrees_with_torch(fn):
+        logger.warning("CPU paged attention disagrees with torch on this machine; using torch attention")
+        return None
+    return lib
+
+
+def paged_decode_available() -> bool:
+    """True when the native decode attention is built, loaded and checked."""
+    return _library() is not None
+
+
+def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                           block_tables: torch.Tensor, seq_lens: torch.Tensor, max_len: int,
+                           block_size: int, scale: float) -> torch.Tensor:
+    """One query per sequence over its paged keys/values, read in place.
+
+    q: [B, Hq, D] float32; caches: [slots, Hkv, D] float32 contiguous; block_tables: [B, M]
+    int64; seq_lens: [B] int64 (keys per sequence, each <= M * block_size, max ``max_len``).
+    Returns [B, Hq, D]."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("native paged attention is not available")
+    return _call(lib.tandem_paged_decode_attention, q, k_cache, v_cache, block_tables, seq_lens,
+                 max_len, block_size, scale)
+
+
+def _call(fn, q, k_cache, v_cache, block_tables, seq_lens, max_len, block_size, scale) -> torch.Tensor:
+    q = q.contiguous()
+    batch, heads, head_dim = q.shape
+    kv_heads = k_cache.shape[1]
+    if heads % kv_heads or head_dim % 8 or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("paged_decode_attention needs contiguous caches, Hq divisible by Hkv "
+                         "and head_dim divisible by 8")
+    out = torch.empty_like(q)
+    scratch = torch.empty(heads * (max_len + head_dim), dtype=torch.float32)
+    fn(q.data_ptr(), k_cache.data_ptr(), v_cache.data_ptr(), block_tables.data_ptr(),
+       seq_lens.data_ptr(), batch, heads, kv_heads, head_dim, block_tables.shape[1], block_size,
+       scale, scratch.data_ptr(), out.data_ptr())
+    return out
+
+
+def _agrees_with_torch(fn) -> bool:
+    """The kernel against SDPA on gathered keys, on a small shuffled paged layout."""
+    gen = torch.Generator().manual_seed(0)
+    bs, heads, kv_heads, dim, lens = 4, 6, 2, 16, [1, 7, 11]
+    blocks = torch.randperm(12, generator=gen)[:9].view(3, 3)
+    k_cache, v_cache = (torch.randn(12 * bs, kv_heads, dim, generator=gen) for _ in range(2))
+    q = torch.randn(3, heads, dim, generator=gen)
+    got = _call(fn, q, k_cache, v_cache, blocks, torch.tensor(lens), max(lens), bs, dim ** -0.5)
+    for b, n in enumerate(lens):
+        slots = (blocks[b].repeat_interleave(bs) * bs + torch.arange(bs).repeat(3))[:n]
+        k, v = k_cache[slots].transpose(0, 1), v_cache[slots].transpose(0, 1)
+        ref = F.scaled_dot_product_attention(q[b].unsqueeze(1), k.repeat_interleave(3, 0),
+                                             v.repeat_interleave(3, 0), scale=dim ** -0.5)
+        if not torch.allclose(got[b], ref.squeeze(1), atol=1e-5, rtol=1e-4):
+            return False
+    return True

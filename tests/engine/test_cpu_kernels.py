@@ -1,0 +1,104 @@
+"""The native CPU decode attention: exact against SDPA on gathered keys, in the engine, and
+falling back to torch when it cannot be built."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from engine import LLM, cpu_kernels
+from engine_helpers import assert_fp32_close, greedy
+
+
+def _reference(q, k_cache, v_cache, tables, lens, block_size, scale):
+    """SDPA over each sequence's keys, gathered slot by slot (the definition)."""
+    heads, kv_heads = q.shape[1], k_cache.shape[1]
+    out = []
+    for b, n in enumerate(lens):
+        pos = torch.arange(n)
+        slots = tables[b][pos // block_size] * block_size + pos % block_size
+        k = k_cache[slots].transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+        v = v_cache[slots].transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+        out.append(F.scaled_dot_product_attention(q[b].unsqueeze(1), k, v, scale=scale).squeeze(1))
+    return torch.stack(out)
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(6, 2, 64), (8, 8, 16), (4, 1, 128), (8, 4, 8)])
+@pytest.mark.parametrize("block_size", [16, 5])
+def test_paged_decode_attention_equals_sdpa_on_gathered_keys(heads, kv_heads, head_dim, block_size):
+    gen = torch.Generator().manual_seed(heads * 1000 + head_dim + block_size)
+    lens = [1, 3, 4, 17, block_size, block_size + 1, 130]        # tails of every length mod 4 and 8
+    max_blocks = -(-max(lens) // block_size)
+    num_blocks = len(lens) * max_blocks + 3
+    # Blocks scattered over the cache in random order: nothing is consecutive by luck.
+    tables = torch.randperm(num_blocks, generator=gen)[:len(lens) * max_blocks].view(len(lens), max_blocks)
+    k_cache = torch.randn(num_blocks * block_size, kv_heads, head_dim, generator=gen)
+    v_cache = torch.randn(num_blocks * block_size, kv_heads, head_dim, generator=gen)
+    q = torch.randn(len(lens), heads, head_dim, generator=gen) * 3      # peaked softmaxes too
+    scale = head_dim ** -0.5
+    got = cpu_kernels.paged_decode_attention(q, k_cache, v_cache, tables.contiguous(),
+                                             torch.tensor(lens), max(lens), block_size, scale)
+    assert_fp32_close(got, _reference(q, k_cache, v_cache, tables, lens, block_size, scale))
+
+
+def test_paged_decode_attention_keeps_tiny_weights_and_ignores_blocks_past_the_length():
+    """Scores 90 apart (weights down to e^-90, flushed to ~0 in fp32) and garbage past each
+    sequence's length: the result is the max-weight value, untouched by the garbage."""
+    k_cache = torch.zeros(32, 1, 8)
+    v_cache = torch.arange(32, dtype=torch.float32).view(32, 1, 1).expand(32, 1, 8).contiguous()
+    k_cache[0, 0, 0], k_cache[1, 0, 0] = 10.0, -80.0
+    k_cache[2:, 0, 0] = float("nan")                   # past the length: must never be read
+    q = torch.zeros(1, 1, 8)
+    q[0, 0, 0] = 1.0
+    out = cpu_kernels.paged_decode_attention(q, k_cache, v_cache, torch.tensor([[0, 1]]),
+                                             torch.tensor([2]), 2, 16, 1.0)
+    assert torch.isfinite(out).all()
+    assert_fp32_close(out, torch.zeros(1, 1, 8))
+
+
+def test_paged_decode_attention_rejects_a_head_dim_it_cannot_vectorise():
+    q, cache = torch.zeros(1, 2, 12), torch.zeros(16, 1, 12)
+    with pytest.raises(ValueError, match="head_dim"):
+        cpu_kernels.paged_decode_attention(q, cache, cache, torch.tensor([[0]]), torch.tensor([1]), 1, 16, 1.0)
+
+
+def test_the_engine_decodes_the_same_tokens_with_and_without_the_kernel():
+    assert cpu_kernels.paged_decode_available(), "the kernel must build on a machine with a C compiler"
+    prompts = [[1] + list(range(5, 5 + n)) for n in (3, 40, 97, 200)]
+    outs = {}
+    for native in (True, False):
+        llm = LLM("tiny-llama-gqa", max_num_seqs=8)
+        assert llm.engine.runner.native_decode      # on by default on CPU at float32
+        llm.engine.runner.native_decode = native
+        outs[native] = [o.token_ids for o in llm.generate(prompts, greedy(48, ignore_eos=True))]
+    assert outs[True] == outs[False]
+
+
+def test_a_missing_compiler_leaves_the_torch_path_with_a_warning(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
+    monkeypatch.setenv("TANDEM_KERNEL_CACHE", str(tmp_path / "cache"))
+    cpu_kernels._library.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="engine.cpu_kernels"):
+            assert not cpu_kernels.paged_decode_available()
+            llm = LLM("tiny-llama-gqa")
+        assert not llm.engine.runner.native_decode
+        assert "CPU kernels unavailable" in caplog.text
+        out = llm.generate([[1, 5, 6, 7]], greedy(8, ignore_eos=True))[0]
+        assert len(out.token_ids) == 8
+    finally:
+        monkeypatch.undo()
+        cpu_kernels._library.cache_clear()
+    assert cpu_kernels.paged_decode_available()
+
+
+def test_the_kernel_switch_turns_it_off(monkeypatch):
+    monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
+    cpu_kernels._library.cache_clear()
+    try:
+        assert not cpu_kernels.paged_decode_available()
+    finally:
+        monkeypatch.undo()
+        cpu_kernels._library.cache_clear()
