@@ -78,10 +78,10 @@ class ModelConfig:
     dtype: Literal["float32", "bfloat16", "float16"] | None = None   # None: the checkpoint's
     device: str = _spec("auto", _device)  # auto: CUDA where present, else CPU
     block_size: int = _spec(16, _ge(1))
-    max_num_seqs: int = _spec(32, _ge(1))
+    max_num_seqs: int = _spec(256, _ge(1))
     max_num_batched_tokens: int = _spec(2048, _ge(1))
     max_model_len: int | None = _spec(None, _ge(2))   # None: the model's context
-    num_kv_blocks: int | None = _spec(None, _ge(2))   # None: max_num_seqs full contexts
+    num_kv_blocks: int | None = _spec(None, _ge(2))   # None: max_num_seqs full contexts, <= 1 GiB
     enable_prefix_caching: bool = True
     seed: int = 0
     num_threads: int | None = _spec(None, _ge(1))     # torch intra-op threads per worker

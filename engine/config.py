@@ -180,6 +180,11 @@ def _parse_rope_scaling(raw: dict[str, Any]) -> RopeScaling:
                        int(raw.get("original_max_position_embeddings", 8192)))
 
 
+# The default KV reservation's cap (num_kv_blocks unset). On CPU the cache is reserved with
+# calloc, so pages cost memory only once a sequence writes them.
+KV_CACHE_BYTES = 1 << 30
+
+
 @dataclass(slots=True)
 class EngineConfig:
     """Runtime knobs of one engine instance (one per worker)."""
@@ -187,8 +192,8 @@ class EngineConfig:
     dtype: str | None = None            # None: the checkpoint's own dtype
     device: str = "cpu"
     block_size: int = 16
-    num_kv_blocks: int | None = None    # None: enough for max_num_seqs full contexts
-    max_num_seqs: int = 32
+    num_kv_blocks: int | None = None    # None: max_num_seqs full contexts, at most KV_CACHE_BYTES
+    max_num_seqs: int = 256
     max_num_batched_tokens: int = 2048  # chunked-prefill token budget per step
     max_model_len: int | None = None    # None: the model's context
     seed: int = 0                       # random-weight presets and unseeded sampling

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 
 class LLM:
     def __init__(self, model: str = "stories260K", dtype: str | None = None, device: str = "cpu",
-                 block_size: int = 16, max_num_seqs: int = 32, **kwargs):
+                 block_size: int = 16, max_num_seqs: int = 256, **kwargs):
         self.config = EngineConfig(model=model, dtype=dtype, device=device, block_size=block_size,
                                    max_num_seqs=max_num_seqs, **kwargs)
         self.engine = LLMEngine(self.config)

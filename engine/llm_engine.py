@@ -12,7 +12,7 @@ import time
 import torch
 
 from engine.block_pool import BlockPool
-from engine.config import EngineConfig
+from engine.config import KV_CACHE_BYTES, EngineConfig
 from engine.errors import UnknownRequestError
 from engine.kv_export import KVLayout, SequenceKV
 from engine.loader import LoadedModel, load_model
@@ -41,7 +41,8 @@ class LLMEngine:
                                  cfg.max_position_embeddings)
         bs = config.block_size
         min_blocks = -(-self.max_model_len // bs) + 1
-        num_blocks = config.num_kv_blocks or config.max_num_seqs * min_blocks
+        num_blocks = config.num_kv_blocks or max(min_blocks, min(
+            config.max_num_seqs * min_blocks, KV_CACHE_BYTES // self._block_bytes(bs)))
         if num_blocks < min_blocks:
             raise ValueError(f"num_kv_blocks={num_blocks} cannot hold one full context "
                              f"({min_blocks} blocks of {bs} tokens)")
@@ -55,6 +56,11 @@ class LLMEngine:
         self.requests: dict[str, Sequence] = {}
         self._seed_rng = torch.Generator().manual_seed(config.seed)
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "steps": 0}
+
+    def _block_bytes(self, block_size: int) -> int:
+        cfg = self.model_config
+        return 2 * cfg.num_layers * block_size * cfg.num_kv_heads * cfg.head_dim * \
+            torch.empty((), dtype=self.loaded.dtype).element_size()
 
     # -- request lifecycle ---------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,

@@ -10,12 +10,23 @@ model is memory-bound and each extra tiny op is time not spent streaming weights
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from engine import cpu_kernels
 from engine.attention import AttentionMetadata, AttentionSpan
 from engine.model import CausalLM
 from engine.sequence import Sequence
+
+
+def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Zeros; on CPU from calloc (numpy), so the OS maps pages only as they are written and
+    a large KV reservation costs no memory until used (``torch.zeros`` touches every page)."""
+    if device.type != "cpu":
+        return torch.zeros(shape, dtype=dtype, device=device)
+    width = torch.empty((), dtype=dtype).element_size()
+    raw = np.zeros(shape, dtype={1: np.uint8, 2: np.int16, 4: np.int32, 8: np.int64}[width])
+    return torch.from_numpy(raw).view(dtype)
 
 
 class ModelRunner:
@@ -25,8 +36,8 @@ class ModelRunner:
         self.model = model
         self.block_size = block_size
         self.device = device
-        self.kv_cache = torch.zeros(cfg.num_layers, 2, num_blocks * block_size, cfg.num_kv_heads,
-                                    cfg.head_dim, dtype=dtype, device=device)
+        self.kv_cache = _zeros((cfg.num_layers, 2, num_blocks * block_size, cfg.num_kv_heads,
+                                cfg.head_dim), dtype, device)
         model.select_kernels()
         # Decode rows read the paged cache in place through the native kernel where it runs.
         self.native_decode = device.type == "cpu" and dtype == torch.float32 and \
