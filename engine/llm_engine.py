@@ -199,7 +199,7 @@ class LLMEngine:
 
     def _output(self, seq: Sequence, new_ids: list[int], new_text: str) -> RequestOutput:
         ttft = None if seq.first_token_time is None else seq.first_token_time - seq.arrival_time
-        return RequestOutput(seq.request_id, seq.token_ids[:seq.prompt_len], seq.output_ids,
+        return RequestOutput(seq.request_id, seq.prompt_token_ids, seq.output_ids,
                              seq.output_text, new_ids, new_text, seq.finish_reason,
                              seq.num_cached_tokens, ttft)
 

@@ -110,11 +110,11 @@ class DecoderLayer(nn.Module):
                 k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
         n = x.shape[0]
         h = self.input_norm(x)
-        q, k, v = self.qkv(h).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        q = q.view(n, self.num_heads, self.head_dim)
-        k = k.view(n, self.num_kv_heads, self.head_dim)
+        qk, v = self.qkv(h).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
+        # Queries and keys rotate together: one set of elementwise ops for both.
+        qk = RotaryEmbedding.rotate(qk.view(n, self.num_heads + self.num_kv_heads, self.head_dim), *rotary)
+        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(n, self.num_kv_heads, self.head_dim)
-        q, k = RotaryEmbedding.apply(q, k, *rotary)
         attn = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale)
         x = x + self.o_proj(attn.reshape(n, self.q_size))
         gate, up = self.gate_up(self.post_norm(x)).chunk(2, dim=-1)

@@ -44,10 +44,15 @@ class RotaryEmbedding:
         return self.cos[positions].unsqueeze(1).to(dtype), self.sin[positions].unsqueeze(1).to(dtype)
 
     @staticmethod
+    def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """x: [N, H, D] (any heads: queries and keys side by side); cos, sin: [N, 1, D]."""
+        return x * cos + _rotate_half(x) * sin
+
+    @staticmethod
     def apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
               sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [N, Hq, D], k: [N, Hkv, D]; cos, sin: [N, 1, D] from ``tables``."""
-        return q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+        return RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin)
 
     def __call__(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """q: [N, Hq, D], k: [N, Hkv, D]; positions: [N]."""

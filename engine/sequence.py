@@ -40,6 +40,14 @@ class Sequence:
     emitted_text_len: int = 0           # output chars already streamed (never taken back)
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
+    prompt_copy: list[int] | None = None   # the prompt as outputs hand it out, copied once
+
+    @property
+    def prompt_token_ids(self) -> list[int]:
+        """The prompt ids (one list per sequence, shared by every output: do not mutate)."""
+        if self.prompt_copy is None:
+            self.prompt_copy = self.token_ids[:self.prompt_len]
+        return self.prompt_copy
 
     @property
     def num_tokens(self) -> int:
