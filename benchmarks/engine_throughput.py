@@ -263,7 +263,7 @@ def main() -> None:
     emit(figure="setup", model=MODEL, params_m=round(cfg.num_params / 1e6, 1), dtype="float32",
          thread_counts=thread_counts, cpus=cores, torch=torch.__version__,
          transformers=transformers.__version__, hf_attention="sdpa",
-         engine_matmul="oneDNN" if llm.engine.loaded.model.use_onednn else "F.linear",
+         engine_matmul=llm.engine.loaded.model.matmul.mode,
          prompt_len=PROMPT_LEN, new_tokens=new_tokens, machine=platform.machine())
     for threads in thread_counts:
         run_at(threads, llm, hf, args, machine_bw)

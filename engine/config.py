@@ -198,6 +198,7 @@ class EngineConfig:
     max_model_len: int | None = None    # None: the model's context
     seed: int = 0                       # random-weight presets and unseeded sampling
     num_threads: int | None = None      # torch intra-op threads; None leaves torch's default
+    matmul_dtype: str | None = None     # "bfloat16": bf16 matmuls on AMX CPUs (engine.matmul); None: exact
     enable_prefix_caching: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -210,6 +211,8 @@ class EngineConfig:
                 raise ValueError(f"{name} must be a positive int, got {val!r}")
         if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
             raise ValueError(f"num_kv_blocks must be >= 2, got {self.num_kv_blocks}")
+        if self.matmul_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"matmul_dtype must be null, 'float32' or 'bfloat16', got {self.matmul_dtype!r}")
         if self.num_threads is not None and self.num_threads < 1:
             raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
         if not (self.device == "cpu" or self.device.startswith("cuda")):

@@ -49,7 +49,8 @@ class LLMEngine:
         self.pool = BlockPool(num_blocks, bs)
         self.scheduler = Scheduler(self.pool, config.max_num_seqs, config.max_num_batched_tokens,
                                    config.enable_prefix_caching)
-        self.runner = ModelRunner(self.loaded.model, num_blocks, bs, self.loaded.dtype, self.loaded.device)
+        self.runner = ModelRunner(self.loaded.model, num_blocks, bs, self.loaded.dtype, self.loaded.device,
+                                  config.matmul_dtype)
         self.kv_layout = KVLayout(cfg.num_layers, cfg.num_kv_heads, cfg.head_dim,
                                   str(self.loaded.dtype).removeprefix("torch."), self.loaded.fingerprint)
         self.eos_token_ids = set(cfg.eos_token_ids)

@@ -3,19 +3,11 @@
 Weights use a fused layout (``qkv``, ``gate_up``); ``engine.weights`` maps HF names onto it.
 Numerics follow HF: RMSNorm in float32, rotary in the compute dtype, SiLU-gated MLP.
 
-Float32 matmuls on CPU pick their library by CPU vendor. On AMD EPYC, MKL's sgemm reached
-~17 GB/s for batch-1 GEMV and ~70 GFLOP/s at batch 32 where oneDNN reached ~23-32 GB/s and
-~130-250 GFLOP/s (1-2 threads), so AMD (and any non-Intel CPU) goes through oneDNN. On Intel
-Xeon (AVX-512, AMX) MKL is the faster one: a llama-20m layer's matmuls took 0.41 / 1.59 ms
-with MKL against 0.54 / 1.86 ms with oneDNN at batch 1 / 32, one thread, so Intel keeps
-``F.linear``. The choice is by vendor, not by a timing probe, so every process on a machine
-computes the same numbers. ``TANDEM_ONEDNN=1``/``0`` forces either way; ``select_kernels``
-checks oneDNN once against ``F.linear`` and falls back to it.
+Matmuls go through ``engine.matmul.Linear`` (library by CPU vendor; optional bf16 on AMX).
 """
 from __future__ import annotations
 
 import logging
-import os
 
 import torch
 import torch.nn.functional as F
@@ -23,58 +15,10 @@ from torch import nn
 
 from engine.attention import AttentionMetadata, paged_attention
 from engine.config import ModelConfig
+from engine.matmul import Linear, MatmulPlan, linear_for
 from engine.rope import RotaryEmbedding
 
 logger = logging.getLogger(__name__)
-
-_ONEDNN_ENV = "TANDEM_ONEDNN"      # "1" / "0" forces the oneDNN matmul path on / off
-
-
-def cpu_vendor() -> str:
-    """``vendor_id`` of /proc/cpuinfo (e.g. GenuineIntel, AuthenticAMD); "" if unknown."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("vendor_id"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return ""
-
-
-def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
-
-
-def onednn_usable(device: torch.device, dtype: torch.dtype) -> bool:
-    """oneDNN float32 linear on CPU: wanted (forced, or a non-Intel CPU), present, and agreeing
-    with ``F.linear``."""
-    if device.type != "cpu" or dtype != torch.float32:
-        return False
-    wanted = os.environ.get(_ONEDNN_ENV)
-    if wanted == "0" or (wanted != "1" and cpu_vendor() == "GenuineIntel"):
-        return False
-    if not torch.backends.mkldnn.is_available():
-        return False
-    try:
-        gen = torch.Generator().manual_seed(0)
-        x, w, b = (torch.randn(s, generator=gen) for s in ((3, 64), (48, 64), (48,)))
-        return torch.allclose(_onednn_linear(x, w, b), F.linear(x, w, b), atol=1e-5, rtol=1e-5)
-    except (RuntimeError, AttributeError) as exc:   # op missing or primitive unsupported
-        logger.info("oneDNN linear unavailable (%s); using F.linear", exc)
-        return False
-
-
-class Linear(nn.Linear):
-    """``nn.Linear`` whose matmul can be routed through oneDNN (see module docstring)."""
-
-    use_onednn = False
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.use_onednn:
-            return _onednn_linear(x, self.weight, self.bias)
-        return F.linear(x, self.weight, self.bias)
-
 
 class RMSNorm(nn.Module):
     def __init__(self, dim: int, eps: float):
@@ -131,16 +75,19 @@ class CausalLM(nn.Module):
         if not cfg.tie_word_embeddings:
             self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.rope = RotaryEmbedding(cfg.head_dim, max_positions, cfg.rope_theta, cfg.rope_scaling)
-        self.use_onednn = False
+        self.matmul = MatmulPlan("torch")
+        self._head_packed: torch.Tensor | None = None
 
-    def select_kernels(self) -> None:
+    def select_kernels(self, matmul_dtype: str | None = None) -> None:
         """Pick the matmul path for the device and dtype the model now lives on."""
         param = next(self.parameters())
-        self.use_onednn = onednn_usable(param.device, param.dtype)
+        self.matmul = MatmulPlan.choose(param.device, param.dtype, matmul_dtype)
         for module in self.modules():
             if isinstance(module, Linear):
-                module.use_onednn = self.use_onednn
-        logger.debug("matmul path: %s", "oneDNN" if self.use_onednn else "F.linear")
+                module.apply_plan(self.matmul)
+        head = self.embed.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
+        self._head_packed = self.matmul.pack(head)
+        logger.info("matmul path: %s", self.matmul.mode)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:
@@ -153,9 +100,7 @@ class CausalLM(nn.Module):
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
-        if self.use_onednn:
-            return _onednn_linear(hidden, weight, None).float()
-        return F.linear(hidden, weight).float()
+        return linear_for(self.matmul, hidden, weight, self._head_packed, None).float()
 
     @torch.no_grad()
     def init_random(self, seed: int) -> None:

@@ -31,14 +31,14 @@ def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
 
 class ModelRunner:
     def __init__(self, model: CausalLM, num_blocks: int, block_size: int,
-                 dtype: torch.dtype, device: torch.device):
+                 dtype: torch.dtype, device: torch.device, matmul_dtype: str | None = None):
         cfg = model.cfg
         self.model = model
         self.block_size = block_size
         self.device = device
         self.kv_cache = _zeros((cfg.num_layers, 2, num_blocks * block_size, cfg.num_kv_heads,
                                 cfg.head_dim), dtype, device)
-        model.select_kernels()
+        model.select_kernels(matmul_dtype)
         # Decode rows read the paged cache in place through the native kernel where it runs.
         self.native_decode = device.type == "cpu" and dtype == torch.float32 and \
             cpu_kernels.paged_decode_available()
