@@ -79,15 +79,13 @@ class Scheduler:
         hits: list[int] = []
         hashes: list[bytes] = []
         if self.enable_prefix_caching:
-            parent = ROOT_HASH
-            for i in range((seq.num_tokens - 1) // self.block_size):
-                parent = hash_chunk(parent, seq.token_ids[i * self.block_size:(i + 1) * self.block_size],
-                                    seq.cache_salt)
-                block = self.pool.lookup(parent)
+            n = (seq.num_tokens - 1) // self.block_size
+            for h in self._hash_chain(seq, n)[:n]:
+                block = self.pool.lookup(h)
                 if block is None:
                     break
                 hits.append(block)
-                hashes.append(parent)
+                hashes.append(h)
         hit_tokens = len(hits) * self.block_size
         given = 0 if seq.pending_prefix_kv is None else int(seq.pending_prefix_kv.shape[2])
         computed = max(hit_tokens, given)
@@ -143,12 +141,23 @@ class Scheduler:
         if not self.enable_prefix_caching:
             return
         full = seq.num_computed // self.block_size
-        bs = self.block_size
+        if len(seq.block_hashes) >= full:
+            return
+        chain = self._hash_chain(seq, full)
         for i in range(len(seq.block_hashes), full):
-            parent = seq.block_hashes[-1] if seq.block_hashes else ROOT_HASH
-            h = hash_chunk(parent, seq.token_ids[i * bs:(i + 1) * bs], seq.cache_salt)
-            self.pool.register(seq.block_table[i], h)
-            seq.block_hashes.append(h)
+            self.pool.register(seq.block_table[i], chain[i])
+            seq.block_hashes.append(chain[i])
+
+    def _hash_chain(self, seq: Sequence, num_blocks: int) -> list[bytes]:
+        """``seq``'s chain of full-block hashes, at least ``num_blocks`` long; each computed once
+        per sequence (tokens are append-only, so a block's hash never changes): a sequence
+        waiting for room is not re-hashed at every step."""
+        chain, bs = seq.hash_chain, self.block_size
+        while len(chain) < num_blocks:
+            i = len(chain)
+            chain.append(hash_chunk(chain[-1] if chain else ROOT_HASH, seq.token_ids[i * bs:(i + 1) * bs],
+                                    seq.cache_salt))
+        return chain
 
     def remove(self, seq: Sequence) -> None:
         if seq in self.running:

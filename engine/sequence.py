@@ -30,7 +30,8 @@ class Sequence:
     prefill_only: bool = False
     status: SequenceStatus = SequenceStatus.WAITING
     block_table: list[int] = field(default_factory=list)
-    block_hashes: list[bytes] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)   # of the blocks registered in the pool
+    hash_chain: list[bytes] = field(default_factory=list)     # chained hashes of full blocks, kept
     num_computed: int = 0               # tokens whose KV is in the cache
     num_cached_tokens: int = 0          # of the prompt, served by the prefix cache or a given prefix
     pending_prefix_kv: torch.Tensor | None = None   # [L, 2, n, H, D] to write before the first step
