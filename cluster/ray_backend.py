@@ -43,7 +43,7 @@ class RayPoolsBackend(Backend):
         self.colocated = cfg.mode == "colocated"
         self.stream_role = "colocated" if self.colocated else "decode"
         self.registry = WorkerRegistry(pools, poll_s=cfg.router.health_poll_s)
-        self.hub = StreamHub(self.registry, self.stream_role)
+        self.hub = StreamHub(self.registry, self.stream_role, cfg.router.stream_interval_s)
         self._tokenizer, self.model_cfg = load_tokenizer(cfg.model.model)
         self.prefill_policy = create_policy(cfg.router.prefill_policy)
         self.decode_policy = create_policy(cfg.router.decode_policy)
@@ -100,7 +100,7 @@ class RayPoolsBackend(Backend):
         finished = False
         try:
             if self.colocated:
-                decoder.cached_hashes.update(ctx.block_hashes)
+                self.registry.expect_cached(decoder, ctx.block_hashes)
                 await self._call(request, decoder, decoder.handle.submit.remote(
                     FullRequest(rid, prompt, params, salt, deadline, len(generated),
                                 progress.text_chars)), recover=True)
@@ -143,7 +143,7 @@ class RayPoolsBackend(Backend):
         tried: set[str] = set()
         while True:
             worker = self._pick("prefill", self.prefill_policy, ctx, exclude=tried)
-            worker.cached_hashes.update(ctx.block_hashes)
+            self.registry.expect_cached(worker, ctx.block_hashes)
             worker.inflight += 1
             ref = worker.handle.prefill.remote(PrefillRequest(
                 rid, prompt, params, salt, request.codec, decoder.name, deadline,

@@ -3,15 +3,35 @@
 A refresher task asks each worker for its load every ``health_poll_s``. When a worker's
 incarnation changes (the actor restarted), everything the router knew about its cache is
 dropped: a stale prefix index is worse than none.
+
+The prefix index travels as deltas: each load call names the version of the worker's index
+the router holds, and the report carries only the hashes added and removed since (the whole
+set when the router holds none, after a restart, or after a worker was marked failed). Hashes
+the router adds itself when it routes a prompt (``expect_cached``) count until the next
+report, which replaces them with what the worker really holds, as the full reports did.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
+from dataclasses import dataclass, field
 
+from prefill_worker.messages import WorkerLoad
 from router.policies import WorkerView
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class _IndexState:
+    """What the router holds of one worker's prefix index."""
+    incarnation: str = ""
+    version: int = 0                  # 0: nothing; the next report sends the whole set
+    expected: set[bytes] = field(default_factory=set)   # added by routing, not yet reported
+
+    def reset(self) -> None:
+        self.incarnation, self.version = "", 0
+        self.expected.clear()
 
 
 class WorkerRegistry:
@@ -21,6 +41,8 @@ class WorkerRegistry:
             for role, handles in pools.items()}
         self.poll_s, self.timeout_s = poll_s, timeout_s
         self.restarts: dict[str, int] = {}
+        self._index: dict[str, _IndexState] = {
+            name: _IndexState() for pool in self.views.values() for name in pool}
         self._task: asyncio.Task | None = None
 
     def healthy(self, role: str, exclude: set[str] = frozenset()) -> list[WorkerView]:
@@ -38,6 +60,16 @@ class WorkerRegistry:
             logger.warning("worker %s marked unhealthy", name)
         view.healthy = False
         view.cached_hashes.clear()
+        self._index[name].reset()
+
+    def expect_cached(self, view: WorkerView, hashes: list[bytes]) -> None:
+        """The router sent ``view`` a prompt with these chunks: count them as cached there
+        until its next report says what it really holds."""
+        cached, expected = view.cached_hashes, self._index[view.name].expected
+        for h in hashes:
+            if h not in cached:
+                cached.add(h)
+                expected.add(h)
 
     async def refresh_once(self) -> None:
         views = [v for pool in self.views.values() for v in pool.values()]
@@ -53,15 +85,41 @@ class WorkerRegistry:
                                view.name, view.incarnation, res.incarnation)
                 self.restarts[view.name] = self.restarts.get(view.name, 0) + 1
                 view.cached_hashes.clear()
+                self._index[view.name].reset()
             view.incarnation = res.incarnation
             view.healthy = res.healthy
             view.queue_depth, view.running = res.queue_depth, res.running
             view.free_kv_blocks, view.total_kv_blocks = res.free_kv_blocks, res.total_kv_blocks
-            view.cached_hashes = set(res.cached_chunk_hashes)
+            self.apply_hashes(view, res)
             view.last_load = res
 
+    def apply_hashes(self, view: WorkerView, res: WorkerLoad) -> None:
+        """Bring ``view.cached_hashes`` to the report's version: O(changes) for a delta."""
+        idx = self._index[view.name]
+        cached = view.cached_hashes
+        if res.hashes_base == 0:   # the whole set: O(size), only on (re)sync
+            view.cached_hashes = set(res.hashes_added)
+            idx.expected.clear()
+        elif res.hashes_base == idx.version and res.incarnation == idx.incarnation:
+            cached.difference_update(idx.expected)
+            idx.expected.clear()
+            cached.difference_update(res.hashes_removed)
+            cached.update(res.hashes_added)
+        else:   # a delta from a version this router does not hold: resync next time
+            logger.debug("worker %s: hash delta from version %d, holding %d; resyncing",
+                         view.name, res.hashes_base, idx.version)
+            idx.version = 0
+            return
+        idx.incarnation, idx.version = res.incarnation, res.hashes_version
+
+    def since(self, name: str) -> tuple[str, int]:
+        """(incarnation, version) of the worker's prefix index this router holds: the
+        arguments of its next ``load`` call."""
+        idx = self._index[name]
+        return idx.incarnation, idx.version
+
     async def _load(self, view: WorkerView):
-        return await asyncio.wait_for(view.handle.load.remote(), self.timeout_s)
+        return await asyncio.wait_for(view.handle.load.remote(*self.since(view.name)), self.timeout_s)
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run())

@@ -17,7 +17,7 @@ from decode_worker.messages import DecodeStart, FullRequest, StreamEvent
 from decode_worker.outbox import Outbox
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.driver import EngineDriver
-from engine.load import load_figures
+from engine.load import CachedHashFeed, cached_hashes, load_figures
 from engine.outputs import RequestOutput
 from prefill_worker.messages import WorkerLoad
 
@@ -37,6 +37,7 @@ class DecodeWorker:
             from kv_transfer.handoff import KVReceiver
             self.receiver = KVReceiver(self.engine.kv_layout, **kv_options)
         self.outbox = Outbox()
+        self.hash_feed = CachedHashFeed()   # reported in the colocated role only
         self.deadlines: dict[str, float] = {}
         self.started = time.monotonic()
         self.driver.add_observer(self._on_step)
@@ -49,11 +50,16 @@ class DecodeWorker:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_expired())
 
     def _on_step(self, outputs: list[RequestOutput]) -> None:
-        self.outbox.put([StreamEvent(o.request_id, o.new_token_ids, o.new_text, o.finish_reason,
-                                     o.num_cached_tokens) for o in outputs])
+        # Urgent (a lingering poll returns at once): a request's first tokens, or its end.
+        urgent = False
         for o in outputs:
             if o.finished:
                 self.deadlines.pop(o.request_id, None)
+                urgent = True
+            elif len(o.new_token_ids) == len(o.token_ids):
+                urgent = True
+        self.outbox.put([StreamEvent(o.request_id, o.new_token_ids, o.new_text, o.finish_reason,
+                                     o.num_cached_tokens) for o in outputs], urgent)
 
     # -- requests ------------------------------------------------------------------------
     async def start(self, req: DecodeStart) -> int:
@@ -75,18 +81,20 @@ class DecodeWorker:
                                                        cache_salt=req.cache_salt, output_len=req.output_len,
                                                        output_text_offset=req.output_text_offset))
 
-    async def poll(self, cursor: int, timeout_s: float = 1.0) -> tuple[str, int, list[StreamEvent]]:
+    async def poll(self, cursor: int, timeout_s: float = 1.0,
+                   linger_s: float = 0.0) -> tuple[str, int, list[StreamEvent]]:
         """(incarnation, new cursor, events after ``cursor``); a changed incarnation tells the
-        router this actor restarted and every request it held is gone."""
+        router this actor restarted and every request it held is gone. ``linger_s``: see
+        ``Outbox.events_after`` (coalesces steady streaming into fewer round trips)."""
         self._ensure_loop()
-        cursor, events = await self.outbox.events_after(cursor, timeout_s)
+        cursor, events = await self.outbox.events_after(cursor, timeout_s, linger_s)
         return self.incarnation, cursor, events
 
     async def abort(self, request_id: str) -> bool:
         self.deadlines.pop(request_id, None)
         out = await self.driver.call(lambda e: e.abort(request_id))
         if out is not None:
-            self.outbox.put([StreamEvent(request_id, [], "", "abort")])
+            self.outbox.put([StreamEvent(request_id, [], "", "abort")], urgent=True)
         return out is not None
 
     async def _reap_expired(self) -> None:
@@ -99,12 +107,20 @@ class DecodeWorker:
                 await self.abort(rid)
 
     # -- health and load -------------------------------------------------------------------
-    async def load(self) -> WorkerLoad:
+    async def load(self, since_incarnation: str = "", since_version: int = 0) -> WorkerLoad:
+        """Load figures; in the colocated role also the prefix-cache index as a delta from
+        ``since_version`` (see ``PrefillWorker.load``)."""
         wall = time.monotonic() - self.started
-        fig = await self.driver.call(lambda e: load_figures(e, self.driver.busy_s, wall))
-        return WorkerLoad(self.worker_id, self.incarnation, self.role, fig["queue_depth"], fig["running"],
-                          fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"], 0.0,
-                          cached_chunk_hashes=fig["cached_chunk_hashes"] if self.role == "colocated" else [])
+        colocated = self.role == "colocated"
+        fig, hashes = await self.driver.call(lambda e: (load_figures(e, self.driver.busy_s, wall),
+                                                        cached_hashes(e) if colocated else None))
+        load = WorkerLoad(self.worker_id, self.incarnation, self.role, fig["queue_depth"], fig["running"],
+                          fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"], 0.0)
+        if hashes is not None:
+            self.hash_feed.update(hashes)
+            load.hashes_base, load.hashes_version, load.hashes_added, load.hashes_removed = \
+                self.hash_feed.since(since_version if since_incarnation == self.incarnation else 0)
+        return load
 
     async def ping(self) -> str:
         return self.incarnation

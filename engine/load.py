@@ -1,7 +1,21 @@
-"""Load figures a worker reports about its engine (read on the engine thread)."""
+"""Load figures a worker reports about its engine (read on the engine thread), and the
+feed that turns its cached block hashes into deltas.
+
+A load report used to carry every cached block hash, each second. ``CachedHashFeed`` keeps
+the last set it saw and a short log of versioned changes, so a report carries only what
+changed since the version the caller already holds (``since``); a caller with no version,
+or one older than the log, gets the whole set once (``base`` 0).
+"""
 from __future__ import annotations
 
-from engine.llm_engine import LLMEngine
+from collections import deque
+from collections.abc import Collection
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from engine.llm_engine import LLMEngine
+
+HISTORY = 16   # versions a caller may lag behind and still get a delta
 
 
 def load_figures(engine: LLMEngine, busy_s: float, wall_s: float) -> dict:
@@ -14,5 +28,57 @@ def load_figures(engine: LLMEngine, busy_s: float, wall_s: float) -> dict:
         "total_kv_blocks": engine.pool.num_blocks,
         "tokens_per_s": tokens / wall_s if wall_s > 0 else 0.0,
         "busy_fraction": busy_s / wall_s if wall_s > 0 else 0.0,
-        "cached_chunk_hashes": list(engine.pool.by_hash),
     }
+
+
+def cached_hashes(engine: LLMEngine) -> frozenset[bytes]:
+    """A copy of the engine's prefix-cache index keys (one C-level pass; engine thread)."""
+    return frozenset(engine.pool.by_hash)
+
+
+class CachedHashFeed:
+    """Versioned deltas of a set of block hashes, for callers at different versions.
+
+    ``update(current)`` records what changed since the last update as a new version (none
+    if nothing did); ``since(v)`` returns ``(base, version, added, removed)``: applying
+    ``removed`` then ``added`` to the set a caller held at ``base`` gives the set at
+    ``version``. ``base`` 0 means ``added`` is the whole set.
+    """
+
+    def __init__(self, history: int = HISTORY):
+        if history < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        self.version = 0
+        self._current: frozenset[bytes] = frozenset()
+        self._log: deque[tuple[int, frozenset[bytes], frozenset[bytes]]] = deque(maxlen=history)
+
+    def update(self, current: Collection[bytes]) -> None:
+        current = current if isinstance(current, frozenset) else frozenset(current)
+        added, removed = current - self._current, self._current - current
+        if not added and not removed:
+            return
+        self.version += 1
+        self._log.append((self.version, added, removed))
+        self._current = current
+
+    def since(self, version: int) -> tuple[int, int, list[bytes], list[bytes]]:
+        if version == self.version:
+            return version, version, [], []
+        if version <= 0 or version > self.version or not self._log or version < self._log[0][0] - 1:
+            return 0, self.version, list(self._current), []
+        added: set[bytes] = set()
+        removed: set[bytes] = set()
+        for v, add, rem in self._log:
+            if v <= version:
+                continue
+            for h in rem:
+                if h in added:
+                    added.discard(h)
+                else:
+                    removed.add(h)
+            for h in add:
+                if h in removed:
+                    removed.discard(h)
+                else:
+                    added.add(h)
+        return version, self.version, list(added), list(removed)

@@ -43,5 +43,11 @@ class WorkerLoad:
     tokens_per_s: float
     prefill_tokens_per_s: float
     healthy: bool = True
-    cached_chunk_hashes: list[bytes] = field(default_factory=list)
+    # The prefix-cache index as a delta (engine.load.CachedHashFeed): drop ``hashes_removed``
+    # and add ``hashes_added`` to the set held at version ``hashes_base`` to get the set at
+    # ``hashes_version``; base 0: ``hashes_added`` is the whole set.
+    hashes_base: int = 0
+    hashes_version: int = 0
+    hashes_added: list[bytes] = field(default_factory=list)
+    hashes_removed: list[bytes] = field(default_factory=list)
     store: dict[str, Any] = field(default_factory=dict)

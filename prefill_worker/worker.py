@@ -14,7 +14,7 @@ import uuid
 
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.driver import EngineDriver
-from engine.load import load_figures
+from engine.load import CachedHashFeed, cached_hashes, load_figures
 from kv_transfer.handoff import KVSender
 from kv_transfer.transports.ray_source import AsyncRayKVSource
 from prefill_worker.messages import PrefillRequest, PrefillResult, WorkerLoad
@@ -34,6 +34,7 @@ class PrefillWorker(AsyncRayKVSource):
         self.sender = KVSender(self.engine.kv_layout, **kv_options)
         self.prefix = PrefixFetcher(self.engine, store_options)
         self.kv_bytes_sent = 0
+        self.hash_feed = CachedHashFeed()
         self._sending: set[asyncio.Task] = set()
         self.started = time.monotonic()
         logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)
@@ -95,13 +96,19 @@ class PrefillWorker(AsyncRayKVSource):
         except Exception as exc:   # the stream was aborted: the receiver sees the error
             logger.warning("request %s: KV send failed: %s", request_id, exc)
 
-    async def load(self) -> WorkerLoad:
+    async def load(self, since_incarnation: str = "", since_version: int = 0) -> WorkerLoad:
+        """Load figures, and the prefix-cache index as a delta from ``since_version`` (the
+        version the caller holds of this incarnation's index; anything else: the whole set)."""
         wall = time.monotonic() - self.started
-        fig = await self.driver.call(lambda e: load_figures(e, self.driver.busy_s, wall))
+        fig, hashes = await self.driver.call(lambda e: (load_figures(e, self.driver.busy_s, wall),
+                                                        cached_hashes(e)))
+        self.hash_feed.update(hashes)
+        base, version, added, removed = self.hash_feed.since(
+            since_version if since_incarnation == self.incarnation else 0)
         return WorkerLoad(self.worker_id, self.incarnation, "prefill", fig["queue_depth"], fig["running"],
                           fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"],
-                          self.prefill_tokens_per_s, cached_chunk_hashes=fig["cached_chunk_hashes"],
-                          store=self.prefix.stats())
+                          self.prefill_tokens_per_s, hashes_base=base, hashes_version=version,
+                          hashes_added=added, hashes_removed=removed, store=self.prefix.stats())
 
     async def ping(self) -> str:
         return self.incarnation
