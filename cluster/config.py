@@ -177,6 +177,7 @@ class RouterConfig:
     max_inflight: int = _spec(1024, _ge(1))     # admitted requests beyond this: RESOURCE_EXHAUSTED
     max_prompt_chars: int = _spec(1 << 20, _ge(1))
     health_poll_s: float = _spec(1.0, _gt(0))
+    stream_interval_s: float = _spec(0.02, _ge(0))  # a steady token stream is polled this often
     http_port: int | None = _spec(None, _port)  # OpenAI-compatible HTTP; null: off, 0: any free port
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)

@@ -34,6 +34,25 @@ def kv_options(cfg: ClusterConfig) -> dict[str, Any]:
             "streaming": k.transport == "ray"}
 
 
+# Ray starts worker processes at nice 15 (RayConfig worker_niceness) so its own daemons stay
+# responsive. A pool worker's engine thread is the serving hot path: at nice 15 it loses the
+# CPU to every nice-0 thread on the host (the router, the other workers' I/O threads, other
+# tenants), and a decode step in the actor took 1.3x to 1.6x the bare engine's step on a busy
+# 2-core host (benchmarks/actor_step.py, docs/disaggregation.md). Unprivileged: the worker
+# simply never lowers its priority.
+POOL_ACTOR_ENV = {"RAY_worker_niceness": "0"}
+
+
+def pool_actor_options() -> dict[str, Any]:
+    """Ray options every pool actor gets (besides placement and naming)."""
+    return dict(max_task_retries=0, max_concurrency=1000,
+                # No per-call task events: the GCS keeps each (~10 KB a call, several calls
+                # a request) until 100k tasks, which read as a leak (Serve does the same for
+                # its replicas).
+                enable_task_events=False,
+                runtime_env={"env_vars": dict(POOL_ACTOR_ENV)})
+
+
 def _gpus(pool: PoolConfig) -> float:
     if pool.gpus_per_worker is not None:
         return pool.gpus_per_worker
@@ -77,11 +96,7 @@ class WorkerPool:
             opts = dict(name=name, namespace=cfg.ray.namespace, num_cpus=pool_cfg.cpus_per_worker,
                         lifetime=lifetime, get_if_exists=True,
                         num_gpus=gpus, resources={POOL_RESOURCES[role]: 1.0},
-                        max_restarts=pool_cfg.max_restarts, max_task_retries=0, max_concurrency=1000,
-                        # No per-call task events: the GCS keeps each (~10 KB a call, several
-                        # calls a request) until 100k tasks, which read as a leak (Serve does
-                        # the same for its replicas).
-                        enable_task_events=False,
+                        max_restarts=pool_cfg.max_restarts, **pool_actor_options(),
                         scheduling_strategy=PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=i))
             args = _actor_args(role, name, cfg, threads)
             handles[name] = actor_cls.options(**opts).remote(*args)

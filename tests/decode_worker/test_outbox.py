@@ -123,3 +123,28 @@ def test_the_engine_thread_wakes_the_loop_only_for_a_waiting_poll_and_once_per_w
         assert loop.wakeups == 1
     finally:
         loop.close()
+
+
+def test_a_lingering_poll_holds_steady_tokens_but_returns_at_once_for_an_urgent_event():
+    async def main():
+        box = Outbox()
+        box.bind(asyncio.get_running_loop())
+        box.put([_ev(0)], urgent=True)
+        cursor, _ = await box.events_after(0, 1.0, linger_s=60.0)    # the first poll: at once
+        loop = asyncio.get_running_loop()
+
+        def publish():
+            box.put([_ev(1)])                                        # steady: held
+            box.put([_ev(2)])
+            loop.call_later(0.05, lambda: threading.Thread(
+                target=box.put, args=([_ev(3)],), kwargs={"urgent": True}).start())
+
+        loop.call_soon(lambda: threading.Thread(target=publish).start())
+        held = await asyncio.wait_for(box.events_after(cursor, 60.0, linger_s=60.0), 30.0)
+        box.put([_ev(4)])                                            # steady, and the poll ends at
+        timed_out = await box.events_after(held[0], 0.05, linger_s=60.0)   # its timeout with it
+        return held, timed_out
+
+    (c1, held), (c2, timed_out) = asyncio.run(main())
+    assert [e.token_ids[0] for e in held] == [1, 2, 3] and c1 == 4
+    assert [e.token_ids[0] for e in timed_out] == [4] and c2 == 5
