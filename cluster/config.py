@@ -85,6 +85,7 @@ class ModelConfig:
     enable_prefix_caching: bool = True
     seed: int = 0
     num_threads: int | None = _spec(None, _ge(1))     # torch intra-op threads per worker
+    matmul_dtype: Literal["float32", "bfloat16"] | None = None   # bfloat16: AMX matmuls (opt-in)
 
 
 @dataclass(slots=True)

@@ -23,7 +23,7 @@ def engine_config(cfg: ClusterConfig, num_threads: int | None = None) -> EngineC
                         num_kv_blocks=m.num_kv_blocks, max_num_seqs=m.max_num_seqs,
                         max_num_batched_tokens=m.max_num_batched_tokens, max_model_len=m.max_model_len,
                         enable_prefix_caching=m.enable_prefix_caching, seed=m.seed,
-                        num_threads=m.num_threads or num_threads)
+                        num_threads=m.num_threads or num_threads, matmul_dtype=m.matmul_dtype)
 
 
 def kv_options(cfg: ClusterConfig) -> dict[str, Any]:

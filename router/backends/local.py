@@ -46,7 +46,7 @@ def engine_kwargs(config: ModelConfig) -> dict[str, Any]:
                   max_num_batched_tokens=config.max_num_batched_tokens,
                   max_model_len=config.max_model_len, num_kv_blocks=config.num_kv_blocks,
                   enable_prefix_caching=config.enable_prefix_caching, seed=config.seed,
-                  num_threads=config.num_threads)
+                  num_threads=config.num_threads, matmul_dtype=config.matmul_dtype)
     return kwargs
 
 

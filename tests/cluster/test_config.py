@@ -80,6 +80,7 @@ def test_unknown_key_in_yaml_names_its_path(tmp_path):
     ("slo.tpot_ms=.nan", "slo.tpot_ms", "finite number"),
     ("kv_transfer.codec=", "kv_transfer.codec", "non-empty string"),
     ("kv_transfer.entropy=brotli", "kv_transfer.entropy", "must be one of"),
+    ("model.matmul_dtype=fp8", "model.matmul_dtype", "must be one of"),
     ("kv_transfer.transport=null", "kv_transfer.transport", "non-empty string"),
     ("model=stories", "model", "must be a mapping"),
 ])
@@ -161,3 +162,12 @@ def test_docs_config_lists_every_field_with_its_default():
         if rows.get(row) != shown(default):
             wrong.append((key, default, rows.get(row)))
     assert not wrong, wrong
+
+
+def test_matmul_dtype_reaches_the_engines_of_both_backends():
+    from cluster.pools import engine_config
+    from router.backends.local import engine_kwargs
+    cfg = load_config(None, ["model.matmul_dtype=bfloat16"])
+    assert engine_config(cfg).matmul_dtype == "bfloat16"
+    assert engine_kwargs(cfg.model)["matmul_dtype"] == "bfloat16"
+    assert engine_config(load_config(None, [])).matmul_dtype is None
