@@ -406,6 +406,12 @@ def point_seed(rep: int, rate_index: int) -> int:
     return 1000 * (rep + 1) + rate_index
 
 
+def save_runs(out_dir: Path, systems: list[str], rates: list[float], slo: dict[str, float],
+              runs: list[dict[str, Any]]) -> None:
+    (out_dir / "runs.json").write_text(json.dumps({"systems": systems, "rates": [rate_arg(r) for r in rates],
+                                                   "slo": slo, "runs": runs}, indent=1))
+
+
 def run_serving(args: argparse.Namespace, peer_bin: Path, model_dir: Path, out_dir: Path,
                 systems: list[str], rates: list[float]) -> list[dict[str, Any]]:
     runs: list[dict[str, Any]] = []
@@ -433,6 +439,7 @@ def run_serving(args: argparse.Namespace, peer_bin: Path, model_dir: Path, out_d
                         continue
                     run = {"system": system, "rate": rate_arg(rate), "rep": rep, **fig}
                     runs.append(run)
+                    save_runs(out_dir, systems, rates, slo, runs)   # kept as it grows
                     emit(figure="run", admission=SYSTEMS[system][2], slo=slo,
                          **{k: (_rnd(v) if isinstance(v, float) else v) for k, v in run.items()})
                     if server.proc.poll() is not None:
@@ -443,8 +450,7 @@ def run_serving(args: argparse.Namespace, peer_bin: Path, model_dir: Path, out_d
                 emit(figure="error", system=system, rep=rep, error=str(exc))
             finally:
                 server.stop()
-    (out_dir / "runs.json").write_text(json.dumps({"systems": systems, "rates": [rate_arg(r) for r in rates],
-                                                   "slo": slo, "runs": runs}, indent=1))
+    save_runs(out_dir, systems, rates, slo, runs)
     aggregate(runs, rates, systems, slo)
     return runs
 
