@@ -110,6 +110,8 @@ class Outbox:
         an urgent one is among them (or ``timeout_s`` ends first)."""
         now = time.monotonic()
         deadline = now + timeout_s
+        if self._changed is None:     # not bound to a loop: nothing to wait on
+            linger_s = 0.0
         ready_at = min(self._last_return + linger_s, deadline)
         while True:
             if self.cursor > cursor and (now >= ready_at or self._urgent > cursor):

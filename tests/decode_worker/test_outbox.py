@@ -148,3 +148,12 @@ def test_a_lingering_poll_holds_steady_tokens_but_returns_at_once_for_an_urgent_
     (c1, held), (c2, timed_out) = asyncio.run(main())
     assert [e.token_ids[0] for e in held] == [1, 2, 3] and c1 == 4
     assert [e.token_ids[0] for e in timed_out] == [4] and c2 == 5
+
+
+def test_an_unbound_outbox_answers_at_once_even_when_asked_to_linger():
+    box = Outbox()
+    box.put([_ev(0)])
+    box.put([_ev(1)])
+    cursor, events = asyncio.run(box.events_after(0, 5.0, linger_s=60.0))
+    assert cursor == 2 and [e.token_ids[0] for e in events] == [0, 1]
+    assert asyncio.run(box.events_after(2, 5.0, linger_s=60.0)) == (2, [])
