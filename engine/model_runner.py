@@ -39,9 +39,10 @@ class ModelRunner:
         self.kv_cache = _zeros((cfg.num_layers, 2, num_blocks * block_size, cfg.num_kv_heads,
                                 cfg.head_dim), dtype, device)
         model.select_kernels(matmul_dtype)
-        # Decode rows read the paged cache in place through the native kernel where it runs.
+        # Decode rows read the paged cache in place through the native kernel where it runs
+        # (CPU, float32, head_dim a multiple of its 8-wide vectors).
         self.native_decode = device.type == "cpu" and dtype == torch.float32 and \
-            cpu_kernels.paged_decode_available()
+            cfg.head_dim % 8 == 0 and cpu_kernels.paged_decode_available()
 
     # -- batch preparation -------------------------------------------------------------
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:

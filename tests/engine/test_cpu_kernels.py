@@ -76,6 +76,17 @@ def test_the_engine_decodes_the_same_tokens_with_and_without_the_kernel():
     assert outs[True] == outs[False]
 
 
+def test_a_head_dim_the_kernel_cannot_take_decodes_on_the_torch_path(tmp_path):
+    """head_dim 12 is not a multiple of the kernel's 8-wide vectors: the engine keeps SDPA
+    for decode and still generates (batched, so the padded, masked path runs)."""
+    from hf_checkpoints import random_hf_model, save_checkpoint
+    model_dir = save_checkpoint(random_hf_model("tiny-llama-gqa", seed=3, head_dim=12), tmp_path / "m")
+    llm = LLM(str(model_dir), max_num_seqs=4)
+    assert llm.engine.model_config.head_dim == 12 and not llm.engine.runner.native_decode
+    outs = llm.generate([[1, 5, 6], [1] + list(range(7, 40))], greedy(6, ignore_eos=True))
+    assert [len(o.token_ids) for o in outs] == [6, 6]
+
+
 def test_a_missing_compiler_leaves_the_torch_path_with_a_warning(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("CC", str(tmp_path / "no-such-cc"))
     monkeypatch.setenv("TANDEM_KERNEL_CACHE", str(tmp_path / "cache"))
