@@ -12,7 +12,8 @@ once against ``F.linear`` and falls back to it.
 ``matmul_dtype="bfloat16"`` (opt-in; float32 stays the exact default) runs every linear layer
 and the LM head in bfloat16 on CPUs with AMX: weights are converted and packed once for
 oneDNN's AMX kernels, each matmul's input is rounded to bfloat16 and its output returned in
-the model's float32. Norms, RoPE, attention, the KV cache and the residual stream stay float32.
+the model's float32; prefill attention (SDPA over a prompt chunk) runs in bfloat16 too. Norms,
+RoPE, decode attention, the KV cache and the residual stream stay float32.
 Measured on one core of an AMX Xeon, a 2048x384 weight: 62 vs 124 us at batch 1, 0.7 vs 5.1
 ms at 512 rows. Without AMX it logs a warning and stays float32 (bf16 without AMX is slower).
 """
