@@ -1,6 +1,9 @@
 """Native CPU kernels: C sources in ``engine/csrc``, compiled once per machine, loaded with ctypes.
 
-Why C and ctypes rather than a torch extension: the kernel needs no torch headers, so it
+Decode attention over the paged cache (``paged_attention.c``) and the decoder layer's
+elementwise work, RMSNorm, SiLU-gate and RoPE, one pass each (``elementwise.c``).
+
+Why C and ctypes rather than a torch extension: the kernels need no torch headers, so it
 compiles in about a second with the system's C compiler (``cc``/``gcc``; ``$CC`` wins),
 where ``torch.utils.cpp_extension`` takes a minute. The shared object is cached under
 ``$TANDEM_KERNEL_CACHE`` (default ``~/.cache/tandem/kernels``), keyed by the source, the
@@ -30,7 +33,8 @@ import torch.nn.functional as F
 logger = logging.getLogger(__name__)
 
 ENV_SWITCH = "TANDEM_CPU_KERNELS"
-_SRC = Path(__file__).resolve().parent / "csrc" / "paged_attention.c"
+_CSRC = Path(__file__).resolve().parent / "csrc"
+_SOURCES = ("paged_attention.c", "elementwise.c")
 _FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
@@ -50,31 +54,34 @@ def _cache_dir() -> Path:
     return Path(root)
 
 
-def _build(src: Path) -> Path:
-    """Compile ``src`` into the cache (atomically: concurrent workers may race) and return it."""
+def _build() -> Path:
+    """Compile the sources into one shared object in the cache (atomically: concurrent
+    workers may race) and return its path."""
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if not cc:
         raise RuntimeError("no C compiler found (set CC, or install gcc)")
     version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    key = hashlib.sha256("\0".join([src.read_text(), " ".join(_FLAGS), version, _cpu_identity()])
+    texts = [(_CSRC / name).read_text() for name in (*_SOURCES, "vec8.h")]
+    key = hashlib.sha256("\0".join([*texts, " ".join(_FLAGS), version, _cpu_identity()])
                          .encode()).hexdigest()[:20]
     out_dir = _cache_dir()
-    target = out_dir / f"{src.stem}-{key}.so"
+    target = out_dir / f"tandem-kernels-{key}.so"
     if target.exists():
         return target
     out_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".so", dir=out_dir)
     os.close(fd)
     try:
-        proc = subprocess.run([cc, *_FLAGS, "-o", tmp, str(src), "-lm"], capture_output=True,
-                              text=True, timeout=120)
+        proc = subprocess.run([cc, *_FLAGS, "-I", str(_CSRC), "-o", tmp,
+                               *(str(_CSRC / name) for name in _SOURCES), "-lm"],
+                              capture_output=True, text=True, timeout=120)
         if proc.returncode != 0:
             raise RuntimeError(f"{cc} failed: {proc.stderr.strip()[-500:]}")
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-    logger.info("compiled %s -> %s", src.name, target)
+    logger.info("compiled %s -> %s", ", ".join(_SOURCES), target)
     return target
 
 
@@ -83,22 +90,71 @@ def _library() -> ctypes.CDLL | None:
     if os.environ.get(ENV_SWITCH) == "0":
         return None
     try:
-        lib = ctypes.CDLL(str(_build(_SRC)))
+        lib = ctypes.CDLL(str(_build()))
     except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        logger.warning("CPU kernels unavailable (%s); using torch attention", exc)
+        logger.warning("CPU kernels unavailable (%s); using torch ops", exc)
         return None
     fn = lib.tandem_paged_decode_attention
     fn.argtypes = [_PTR] * 5 + [_I64] * 6 + [ctypes.c_float, _PTR, _PTR]
     fn.restype = ctypes.c_int
-    if not _agrees_with_torch(fn):
-        logger.warning("CPU paged attention disagrees with torch on this machine; using torch attention")
+    lib.tandem_rms_norm.argtypes = [_PTR, _I64, _PTR, _I64, _I64, ctypes.c_float, _PTR]
+    lib.tandem_silu_mul.argtypes = [_PTR, _I64, _I64, _PTR]
+    lib.tandem_rope.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _PTR]
+    for name in ("tandem_rms_norm", "tandem_silu_mul", "tandem_rope"):
+        getattr(lib, name).restype = None
+    if not (_agrees_with_torch(fn) and _elementwise_agrees_with_torch(lib)):
+        logger.warning("CPU kernels disagree with torch on this machine; using torch ops")
         return None
     return lib
 
 
-def paged_decode_available() -> bool:
-    """True when the native decode attention is built, loaded and checked."""
+def available() -> bool:
+    """True when the native kernels are built, loaded and checked (all of them or none)."""
     return _library() is not None
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """HF RMSNorm of float32 rows: x [rows, dim] (rows may be strided), weight [dim]."""
+    return _rms_norm(_library(), x, weight, eps)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up of a contiguous float32 [rows, 2 * inter] fused projection."""
+    return _silu_mul(_library(), gate_up)
+
+
+def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x * cos + rotate_half(x) * sin: x [n, heads, dim] (token rows may be strided),
+    cos / sin [n, 1, dim] or [n, dim] contiguous. Returns a contiguous [n, heads, dim]."""
+    return _rope(_library(), x, cos, sin)
+
+
+def _rms_norm(lib, x, weight, eps):
+    if x.dim() != 2 or x.stride(1) != 1:
+        x = x.reshape(-1, x.shape[-1]).contiguous()
+    out = torch.empty(x.shape, dtype=torch.float32)
+    lib.tandem_rms_norm(x.data_ptr(), x.stride(0), weight.data_ptr(), x.shape[0], x.shape[1], eps,
+                        out.data_ptr())
+    return out
+
+
+def _silu_mul(lib, gate_up):
+    gate_up = gate_up.contiguous()
+    rows, inter = gate_up.shape[0], gate_up.shape[1] // 2
+    out = torch.empty(rows, inter, dtype=torch.float32)
+    lib.tandem_silu_mul(gate_up.data_ptr(), rows, inter, out.data_ptr())
+    return out
+
+
+def _rope(lib, x, cos, sin):
+    n, heads, dim = x.shape
+    if x.stride(2) != 1 or x.stride(1) != dim:
+        x = x.contiguous()
+    cos, sin = cos.contiguous(), sin.contiguous()
+    out = torch.empty(n, heads, dim, dtype=torch.float32)
+    lib.tandem_rope(x.data_ptr(), x.stride(0), cos.data_ptr(), sin.data_ptr(), n, heads, dim,
+                    out.data_ptr())
+    return out
 
 
 def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -129,6 +185,22 @@ def _call(fn, q, k_cache, v_cache, block_tables, seq_lens, max_len, block_size, 
        seq_lens.data_ptr(), batch, heads, kv_heads, head_dim, block_tables.shape[1], block_size,
        scale, scratch.data_ptr(), out.data_ptr())
     return out
+
+
+def _elementwise_agrees_with_torch(lib) -> bool:
+    """Each elementwise kernel against the torch ops it replaces, on strided inputs."""
+    gen = torch.Generator().manual_seed(1)
+    wide = torch.randn(5, 3 * 24, generator=gen) * 4
+    x, w = wide[:, :20], torch.randn(20, generator=gen)
+    ref = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5))
+    ok = torch.allclose(_rms_norm(lib, x, w, 1e-5), ref, atol=1e-5, rtol=1e-4)
+    gu = torch.randn(5, 2 * 13, generator=gen) * 6
+    ok &= torch.allclose(_silu_mul(lib, gu), F.silu(gu[:, :13]) * gu[:, 13:], atol=1e-5, rtol=1e-4)
+    qk = wide[:, :3 * 16].view(5, 3, 16)
+    cos, sin = torch.randn(5, 1, 16, generator=gen), torch.randn(5, 1, 16, generator=gen)
+    rot = torch.cat((-qk[..., 8:], qk[..., :8]), dim=-1)
+    ok &= torch.allclose(_rope(lib, qk, cos, sin), qk * cos + rot * sin, atol=1e-5, rtol=1e-4)
+    return bool(ok)
 
 
 def _agrees_with_torch(fn) -> bool:

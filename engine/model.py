@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import cpu_kernels
 from engine.attention import AttentionMetadata, paged_attention
 from engine.config import ModelConfig
 from engine.matmul import Linear, MatmulPlan, linear_for
@@ -21,6 +22,8 @@ from engine.rope import RotaryEmbedding
 logger = logging.getLogger(__name__)
 
 class RMSNorm(nn.Module):
+    native = False      # engine.cpu_kernels (CPU, float32): one pass instead of several ops
+
     def __init__(self, dim: int, eps: float):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
@@ -28,6 +31,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         dtype = x.dtype
+        if self.native:
+            return cpu_kernels.rms_norm(x, self.weight, self.eps)
         if dtype == torch.float32:
             # Same arithmetic as below in one fused kernel (bitwise equal at float32).
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
@@ -37,6 +42,8 @@ class RMSNorm(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    native = False      # RoPE and SiLU-gate through engine.cpu_kernels (CPU, float32)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.num_heads, self.num_kv_heads, self.head_dim = cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
@@ -56,12 +63,16 @@ class DecoderLayer(nn.Module):
         h = self.input_norm(x)
         qk, v = self.qkv(h).split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         # Queries and keys rotate together: one set of elementwise ops for both.
-        qk = RotaryEmbedding.rotate(qk.view(n, self.num_heads + self.num_kv_heads, self.head_dim), *rotary)
+        qk = qk.view(n, self.num_heads + self.num_kv_heads, self.head_dim)
+        qk = cpu_kernels.rope(qk, *rotary) if self.native else RotaryEmbedding.rotate(qk, *rotary)
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(n, self.num_kv_heads, self.head_dim)
         attn = paged_attention(q, k, v, k_cache, v_cache, meta, self.scale)
         x = x + self.o_proj(attn.reshape(n, self.q_size))
-        gate, up = self.gate_up(self.post_norm(x)).chunk(2, dim=-1)
+        gate_up = self.gate_up(self.post_norm(x))
+        if self.native:
+            return x + self.down(cpu_kernels.silu_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return x + self.down(F.silu(gate) * up)
 
 
@@ -87,7 +98,11 @@ class CausalLM(nn.Module):
                 module.apply_plan(self.matmul)
         head = self.embed.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
         self._head_packed = self.matmul.pack(head)
-        logger.info("matmul path: %s", self.matmul.mode)
+        native = param.device.type == "cpu" and param.dtype == torch.float32 and cpu_kernels.available()
+        for module in self.modules():
+            if isinstance(module, (RMSNorm, DecoderLayer)):
+                module.native = native
+        logger.info("matmul path: %s; native elementwise kernels: %s", self.matmul.mode, native)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:

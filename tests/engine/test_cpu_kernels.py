@@ -1,5 +1,6 @@
-"""The native CPU decode attention: exact against SDPA on gathered keys, in the engine, and
-falling back to torch when it cannot be built."""
+"""The native CPU kernels: decode attention exact against SDPA on gathered keys, the
+elementwise kernels against the torch ops they replace, the engine the same with and without
+them, and the torch fallback when they cannot be built."""
 from __future__ import annotations
 
 import logging
@@ -64,16 +65,58 @@ def test_paged_decode_attention_rejects_a_head_dim_it_cannot_vectorise():
         cpu_kernels.paged_decode_attention(q, cache, cache, torch.tensor([[0]]), torch.tensor([1]), 1, 16, 1.0)
 
 
-def test_the_engine_decodes_the_same_tokens_with_and_without_the_kernel():
-    assert cpu_kernels.paged_decode_available(), "the kernel must build on a machine with a C compiler"
+@pytest.mark.parametrize("rows,dim", [(1, 384), (7, 20), (33, 64)])
+def test_rms_norm_equals_the_torch_formula_on_strided_rows(rows, dim):
+    gen = torch.Generator().manual_seed(rows + dim)
+    wide = torch.randn(rows, dim + 5, generator=gen) * 3
+    x, w = wide[:, :dim], torch.randn(dim, generator=gen)
+    ref = w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-6))
+    assert_fp32_close(cpu_kernels.rms_norm(x, w, 1e-6), ref)
+
+
+@pytest.mark.parametrize("rows,inter", [(1, 1024), (5, 13), (64, 160)])
+def test_silu_mul_equals_torch_including_large_and_tiny_gates(rows, inter):
+    gen = torch.Generator().manual_seed(rows * inter)
+    gate_up = torch.randn(rows, 2 * inter, generator=gen) * 8
+    gate_up[0, :4] = torch.tensor([-100.0, 100.0, 0.0, -1e-30])     # saturation, zero, denormal
+    ref = F.silu(gate_up[:, :inter]) * gate_up[:, inter:]
+    assert_fp32_close(cpu_kernels.silu_mul(gate_up), ref)
+
+
+@pytest.mark.parametrize("heads,dim", [(8, 64), (3, 8), (5, 128)])
+def test_rope_equals_rotate_half_on_a_strided_view(heads, dim):
+    gen = torch.Generator().manual_seed(heads * dim)
+    n = 9
+    fused = torch.randn(n, (heads + 2) * dim, generator=gen)     # like qkv's output
+    x = fused[:, :heads * dim].view(n, heads, dim)                  # rows strided, as in the model
+    angles = torch.rand(n, 1, dim, generator=gen) * 6
+    cos, sin = angles.cos(), angles.sin()
+    rot = torch.cat((-x[..., dim // 2:], x[..., :dim // 2]), dim=-1)
+    assert_fp32_close(cpu_kernels.rope(x, cos, sin), x * cos + rot * sin)
+
+
+def _torch_only(llm) -> None:
+    from engine.model import DecoderLayer, RMSNorm
+    llm.engine.runner.native_decode = False
+    for module in llm.engine.runner.model.modules():
+        if isinstance(module, (RMSNorm, DecoderLayer)):
+            module.native = False
+
+
+def test_the_engine_decodes_the_same_tokens_with_and_without_the_kernels():
+    assert cpu_kernels.available(), "the kernels must build on a machine with a C compiler"
     prompts = [[1] + list(range(5, 5 + n)) for n in (3, 40, 97, 200)]
-    outs = {}
+    outs, logits = {}, {}
     for native in (True, False):
         llm = LLM("tiny-llama-gqa", max_num_seqs=8)
         assert llm.engine.runner.native_decode      # on by default on CPU at float32
-        llm.engine.runner.native_decode = native
+        assert llm.engine.runner.model.layers[0].native and llm.engine.runner.model.norm.native
+        if not native:
+            _torch_only(llm)
         outs[native] = [o.token_ids for o in llm.generate(prompts, greedy(48, ignore_eos=True))]
+        logits[native] = llm.engine.prompt_logits(prompts[2])
     assert outs[True] == outs[False]
+    assert_fp32_close(logits[True], logits[False])
 
 
 def test_a_head_dim_the_kernel_cannot_take_decodes_on_the_torch_path(tmp_path):
@@ -93,23 +136,23 @@ def test_a_missing_compiler_leaves_the_torch_path_with_a_warning(monkeypatch, tm
     cpu_kernels._library.cache_clear()
     try:
         with caplog.at_level(logging.WARNING, logger="engine.cpu_kernels"):
-            assert not cpu_kernels.paged_decode_available()
+            assert not cpu_kernels.available()
             llm = LLM("tiny-llama-gqa")
-        assert not llm.engine.runner.native_decode
+        assert not llm.engine.runner.native_decode and not llm.engine.runner.model.norm.native
         assert "CPU kernels unavailable" in caplog.text
         out = llm.generate([[1, 5, 6, 7]], greedy(8, ignore_eos=True))[0]
         assert len(out.token_ids) == 8
     finally:
         monkeypatch.undo()
         cpu_kernels._library.cache_clear()
-    assert cpu_kernels.paged_decode_available()
+    assert cpu_kernels.available()
 
 
 def test_the_kernel_switch_turns_it_off(monkeypatch):
     monkeypatch.setenv(cpu_kernels.ENV_SWITCH, "0")
     cpu_kernels._library.cache_clear()
     try:
-        assert not cpu_kernels.paged_decode_available()
+        assert not cpu_kernels.available()
     finally:
         monkeypatch.undo()
         cpu_kernels._library.cache_clear()
