@@ -42,7 +42,7 @@ class ModelRunner:
         # Decode rows read the paged cache in place through the native kernel where it runs
         # (CPU, float32, head_dim a multiple of its 8-wide vectors).
         self.native_decode = device.type == "cpu" and dtype == torch.float32 and \
-            cfg.head_dim % 8 == 0 and cpu_kernels.paged_decode_available()
+            cfg.head_dim % 8 == 0 and cpu_kernels.available()
 
     # -- batch preparation -------------------------------------------------------------
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
