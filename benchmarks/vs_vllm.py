@@ -94,7 +94,7 @@ SYSTEMS: dict[str, tuple[str, list[str], str, str]] = {
     "vllm": ("vllm", [], "n/a",
              "vllm serve defaults, --dtype float32 --max-model-len 2048, VLLM_CPU_KVCACHE_SPACE=2"),
     "tandem-default": ("tandem", ADMISSION_OFF, "off",
-                       "defaults: disaggregated 1 prefill + 1 decode worker, torch default threads, "
+                       "defaults: disaggregated 1 prefill + 1 decode worker, 1 torch thread each (cpus_per_worker 1), "
                        "global store on"),
     "tandem-colocated": ("tandem", ["--mode", "colocated", "--set", "pools.decode.workers=2",
                                     "--set", "pools.decode.cpus_per_worker=1",
@@ -103,6 +103,16 @@ SYSTEMS: dict[str, tuple[str, list[str], str, str]] = {
                          "colocated, 2 workers x 1 torch thread, global store off"),
     "tandem-default-admission": ("tandem", [], "on",
                                  "defaults exactly (disaggregated 1P+1D), SLO admission on"),
+    # bfloat16 operating point (not in the default set): vLLM with bf16 weights, Tandem with
+    # float32 weights and bf16 AMX matmuls (model.matmul_dtype, docs/engine.md).
+    "vllm-bf16": ("vllm", ["--dtype", "bfloat16"], "n/a",
+                  "vllm serve defaults, --dtype bfloat16 --max-model-len 2048, VLLM_CPU_KVCACHE_SPACE=2"),
+    "tandem-colocated-bf16": ("tandem", ["--mode", "colocated", "--set", "pools.decode.workers=2",
+                                         "--set", "pools.decode.cpus_per_worker=1",
+                                         "--set", "model.num_threads=1", "--set", "store.enabled=false",
+                                         "--set", "model.matmul_dtype=bfloat16", *ADMISSION_OFF], "off",
+                              "colocated, 2 workers x 1 torch thread, global store off, "
+                              "bf16 AMX matmuls (model.matmul_dtype=bfloat16)"),
 }
 DEFAULT_SYSTEMS = "vllm,tandem-default,tandem-colocated"
 
@@ -211,7 +221,7 @@ class Server:
         env = {**os.environ, **PEER_ENV}
         if kind == "vllm":
             cmd = [str(peer_bin / "vllm"), "serve", str(model_dir), "--host", "127.0.0.1",
-                   "--port", str(self.port), "--max-model-len", "2048", "--dtype", "float32"]
+                   "--port", str(self.port), "--max-model-len", "2048", *(extra or ["--dtype", "float32"])]
         else:
             cmd = [str(TANDEM_BIN), "serve", "--model", str(model_dir), "--http-port", str(self.port),
                    "--port", "0", *extra]
