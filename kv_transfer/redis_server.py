@@ -132,9 +132,13 @@ class RedisServer:
         # Linux signals on the death of the spawning *thread*: only long-lived ones qualify.
         here = threading.current_thread()
         preexec = _die_with_parent if here in (threading.main_thread(), self._watcher) else None
+        # Its own session: a terminal's Ctrl-C (SIGINT to the whole foreground group) must not
+        # reach it, or the supervisor would restart it while `tandem serve` shuts down. It
+        # still dies with its parent (above) and is stopped by stop().
         with open(self._log_path() + ".out", "ab") as out:  # config errors go to stderr
             self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
-                                          stderr=subprocess.STDOUT, preexec_fn=preexec)
+                                          stderr=subprocess.STDOUT, preexec_fn=preexec,
+                                          start_new_session=True)
         with _LIVE_LOCK:
             _LIVE_SERVERS.add(self)
         try:

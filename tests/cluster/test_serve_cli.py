@@ -25,7 +25,8 @@ def _serve() -> tuple[subprocess.Popen, list[str], str | None, str | None]:
     """Start `tandem serve` on free ports; (process, output lines, gRPC target, HTTP address)."""
     proc = subprocess.Popen([*TANDEM, "serve", "--port", "0", "--http-port", "0", "--set", "pools.prefill.cpus_per_worker=0.25",
                              "--set", "pools.decode.cpus_per_worker=0.25", "--set", "model.num_threads=1"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV)
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
+                            start_new_session=True)     # its own group, as a terminal's job
     lines: list[str] = []
     target = http_base = None
     deadline = time.monotonic() + 240
@@ -68,10 +69,11 @@ def test_serve_generate_status_then_ctrl_c_stops_everything_it_started():
                              capture_output=True, text=True, env=ENV, timeout=60)
         assert bad.returncode == 1 and "max_tokens" in bad.stderr
 
-        proc.send_signal(signal.SIGINT)
+        os.killpg(proc.pid, signal.SIGINT)     # Ctrl-C: SIGINT to the whole foreground group
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 0, out
         assert "Tandem stopped." in out
+        assert "restarting it" not in out, out      # the private Redis is not caught in the Ctrl-C
         gone, alive = psutil.wait_procs(list(started.values()), timeout=30)
         assert not alive, [p.name() for p in alive]
     finally:
