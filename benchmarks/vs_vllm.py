@@ -370,8 +370,16 @@ def _rnd(v: float | None, nd: int = 3) -> float | None:
     return round(v, nd) if v is not None else None
 
 
+def peer_of(system: str) -> str | None:
+    """The vLLM system a Tandem system is compared with: the one at the same precision."""
+    if SYSTEMS[system][0] == "vllm":
+        return None
+    return "vllm-bf16" if system.endswith("-bf16") else "vllm"
+
+
 def aggregate(runs: list[dict[str, Any]], rates: list[float], systems: list[str], slo: dict[str, float]) -> None:
-    """Per system and rate medians over repetitions, ratios to vLLM, and the summaries."""
+    """Per system and rate medians over repetitions, ratios to vLLM at the same precision
+    (``vs_vllm``, with ``peer`` naming it), and the summaries."""
     table: dict[tuple[str, float], dict[str, Any]] = {}
     for system in systems:
         for rate in rates:
@@ -385,8 +393,10 @@ def aggregate(runs: list[dict[str, Any]], rates: list[float], systems: list[str]
         line = {"figure": "rate", "system": system, "rate": rate_arg(rate), "reps": fig["reps"],
                 "admission": SYSTEMS[system][2], "layout": SYSTEMS[system][3], "slo": slo,
                 "failed_requests": fig["failed"], **{f: _rnd(fig[f]) for f in FIGURES}}
-        base = table.get(("vllm", rate))
-        if system != "vllm" and base:
+        peer = peer_of(system)
+        base = table.get((peer, rate)) if peer else None
+        if base:
+            line["peer"] = peer
             line["vs_vllm"] = {f: _ratio(fig[f], base[f]) for f in FIGURES}
         emit(**line)
     best: dict[str, dict[str, Any]] = {}
@@ -403,8 +413,10 @@ def aggregate(runs: list[dict[str, Any]], rates: list[float], systems: list[str]
         line = {"figure": "summary", "system": system, "admission": SYSTEMS[system][2],
                 "layout": SYSTEMS[system][3], "slo": slo, "rates": [rate_arg(r) for r in rates],
                 **{k: (_rnd(v) if isinstance(v, float) else v) for k, v in b.items()}}
-        if system != "vllm" and "vllm" in best:
-            v = best["vllm"]
+        peer = peer_of(system)
+        if peer in best:
+            v = best[peer]
+            line["peer"] = peer
             line["vs_vllm"] = {"max_req_s": _ratio(b["max_req_s"], v["max_req_s"]),
                                "max_out_tok_s": _ratio(b["max_out_tok_s"], v["max_out_tok_s"]),
                                "max_goodput_req_s": _ratio(b["max_goodput_req_s"], v["max_goodput_req_s"])}
