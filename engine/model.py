@@ -93,14 +93,13 @@ class CausalLM(nn.Module):
         """Pick the matmul path for the device and dtype the model now lives on."""
         param = next(self.parameters())
         self.matmul = MatmulPlan.choose(param.device, param.dtype, matmul_dtype)
+        # A tied head is the embedding, not a Linear: its packed copy is kept here.
+        self._head_packed = self.matmul.pack(self.embed.weight) if self.cfg.tie_word_embeddings else None
+        native = param.device.type == "cpu" and param.dtype == torch.float32 and cpu_kernels.available()
         for module in self.modules():
             if isinstance(module, Linear):
                 module.apply_plan(self.matmul)
-        head = self.embed.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
-        self._head_packed = self.matmul.pack(head)
-        native = param.device.type == "cpu" and param.dtype == torch.float32 and cpu_kernels.available()
-        for module in self.modules():
-            if isinstance(module, (RMSNorm, DecoderLayer)):
+            elif isinstance(module, (RMSNorm, DecoderLayer)):
                 module.native = native
         logger.info("matmul path: %s; native elementwise kernels: %s", self.matmul.mode, native)
 
@@ -114,8 +113,9 @@ class CausalLM(nn.Module):
         return self.norm(x)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        weight = self.embed.weight if self.cfg.tie_word_embeddings else self.lm_head.weight
-        return linear_for(self.matmul, hidden, weight, self._head_packed, None).float()
+        if not self.cfg.tie_word_embeddings:
+            return self.lm_head(hidden).float()
+        return linear_for(self.matmul, hidden, self.embed.weight, self._head_packed, None).float()
 
     @torch.no_grad()
     def init_random(self, seed: int) -> None:

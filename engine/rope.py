@@ -48,16 +48,6 @@ class RotaryEmbedding:
         """x: [N, H, D] (any heads: queries and keys side by side); cos, sin: [N, 1, D]."""
         return x * cos + _rotate_half(x) * sin
 
-    @staticmethod
-    def apply(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor,
-              sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [N, Hq, D], k: [N, Hkv, D]; cos, sin: [N, 1, D] from ``tables``."""
-        return RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin)
-
-    def __call__(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """q: [N, Hq, D], k: [N, Hkv, D]; positions: [N]."""
-        return self.apply(q, k, *self.tables(positions, q.dtype))
-
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2

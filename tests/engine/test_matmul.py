@@ -43,7 +43,7 @@ def test_bfloat16_matmuls_follow_the_cpu(caplog):
     assert agree >= 0.95, agree
 
 
-def test_a_bfloat16_model_or_a_gpu_ignores_the_option():
+def test_a_bfloat16_model_ignores_the_option():
     plan = MatmulPlan.choose(torch.device("cpu"), torch.bfloat16, "bfloat16")
     assert plan.mode == "torch"
 
