@@ -8,8 +8,8 @@ tokens, fresh per repetition) and the same number of decode steps. The bare engi
 ``LLMEngine`` in this process driven by ``step()`` in a loop. The actor is a real
 ``DecodeWorker`` (colocated role) on a local Ray, created with the pool's actor options,
 with the router's streaming and load polling going on as in production: this process runs
-``cluster.streams.StreamHub`` (one long-poll of ``poll()`` per worker) and
-``cluster.worker_views.WorkerRegistry`` (``load()`` every second) against it, and every
+``router.backends.stream_hub.StreamHub`` (one long-poll of ``poll()`` per worker) and
+``router.backends.worker_registry.WorkerRegistry`` (``load()`` every second) against it, and every
 request is a ``submit`` whose tokens arrive through the hub.
 
 Runtimes measured against the same bare runs, each on its own actor:
@@ -133,8 +133,8 @@ class ActorSide:
         import ray
 
         from cluster.pools import pool_actor_options
-        from cluster.streams import StreamHub
-        from cluster.worker_views import WorkerRegistry
+        from router.backends.stream_hub import StreamHub
+        from router.backends.worker_registry import WorkerRegistry
         from decode_worker.worker import DecodeWorker
         opts = pool_actor_options()
         if not nice_fix:      # what pool actors got before: Ray's default worker niceness

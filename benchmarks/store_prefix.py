@@ -129,7 +129,7 @@ def bench_model(model: str, codecs: list[str] | None, reps: int, server: RedisSe
         for codec in codecs:
             clients[codec] = client = PrefixCacheClient.open(StoreConfig(
                 url=server.url, chunk_size=chunk, codec=codec, local_cpu_bytes=512 << 20,
-                writeback_max_bytes=1 << 30, instance_id=f"bench-{codec}"), engine.kv_layout)
+                writeback_max_bytes=1 << 30), engine.kv_layout)
             prefill_with_store(engine, client, f"store-{codec}", earlier, PARAMS, _salt(model, codec),
                                speed)
             client.flush(300)

@@ -2,28 +2,21 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 from cluster.config import ClusterConfig, PoolConfig
 from cluster.ray_runtime import POOL_RESOURCES
-from engine import EngineConfig
+from engine.config import EngineConfig
 
 logger = logging.getLogger(__name__)
 
 
 def engine_config(cfg: ClusterConfig, num_threads: int | None = None) -> EngineConfig:
-    m = cfg.model
-    device = m.device
-    if device == "auto":
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return EngineConfig(model=m.model, dtype=m.dtype, device=device, block_size=m.block_size,
-                        num_kv_blocks=m.num_kv_blocks, max_num_seqs=m.max_num_seqs,
-                        max_num_batched_tokens=m.max_num_batched_tokens, max_model_len=m.max_model_len,
-                        enable_prefix_caching=m.enable_prefix_caching, seed=m.seed,
-                        num_threads=m.num_threads or num_threads, matmul_dtype=m.matmul_dtype)
+    """The ``model:`` section as a pool worker runs it: torch threads default to its CPUs."""
+    return dataclasses.replace(cfg.model, num_threads=cfg.model.num_threads or num_threads)
 
 
 def kv_options(cfg: ClusterConfig) -> dict[str, Any]:
@@ -149,14 +142,5 @@ def _actor_class(role: str):
 def _actor_args(role: str, name: str, cfg: ClusterConfig, threads: int) -> tuple:
     ecfg = engine_config(cfg, threads)
     if role == "prefill":
-        return (name, ecfg, kv_options(cfg), store_options(cfg))
+        return (name, ecfg, kv_options(cfg), cfg.store_for_workers())
     return (name, ecfg, kv_options(cfg), role)
-
-
-def store_options(cfg: ClusterConfig) -> dict[str, Any] | None:
-    s = cfg.store
-    if not s.enabled:
-        return None
-    return {"url": s.url, "chunk_size": s.chunk_size, "local_cpu_bytes": s.local_cpu_bytes,
-            "codec": cfg.kv_transfer.codec, "entropy": cfg.kv_transfer.entropy,
-            "share_tenants": s.tenant_sharing, "key_prefix": s.key_prefix}

@@ -38,7 +38,8 @@ class Cluster:
         return f"{self.cfg.router.host}:{self.port}"
 
     async def start(self) -> "Cluster":
-        from cluster.ray_backend import RayPoolsBackend
+        from kv_transfer.codecs import available_codecs
+        from router.backends.ray_pools import RayPoolsBackend
         from router.server import RouterServer
 
         cfg = self.cfg
@@ -59,8 +60,10 @@ class Cluster:
             for role in pool_sizes(cfg):
                 self.pools[role] = await asyncio.to_thread(WorkerPool.create, role, cfg, pool_cfgs[role])
             await asyncio.gather(*(p.wait_ready() for p in self.pools.values()))
-            self.backend = RayPoolsBackend(cfg, {r: p.handles for r, p in self.pools.items()},
-                                           _codec_names())
+            self.backend = RayPoolsBackend(
+                cfg.router, cfg.model, {r: p.handles for r, p in self.pools.items()}, available_codecs(),
+                default_codec=cfg.kv_transfer.codec, colocated=cfg.mode == "colocated",
+                tenant_sharing=cfg.store.tenant_sharing)
             self.server = RouterServer(self.backend, cfg.router, slo=cfg.slo)
             self.port = await self.server.start()
         except BaseException:
@@ -115,14 +118,6 @@ def check_ports_free(cfg: ClusterConfig) -> None:
             except OSError as exc:
                 raise ConfigError(path, f"cannot listen on {r.host}:{port}: "
                                   f"{exc.strerror or exc}") from None
-
-
-def _codec_names() -> list[str]:
-    try:
-        from kv_transfer.codecs import available_codecs
-    except ImportError:
-        return ["raw"]
-    return available_codecs()
 
 
 async def serve(cfg: ClusterConfig) -> int:

@@ -19,7 +19,7 @@ from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.driver import EngineDriver
 from engine.load import CachedHashFeed, cached_hashes, load_figures
 from engine.outputs import RequestOutput
-from prefill_worker.messages import WorkerLoad
+from tandem_common.worker_load import WorkerLoad
 
 logger = logging.getLogger(__name__)
 

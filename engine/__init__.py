@@ -1,11 +1,17 @@
-"""Tandem's model runtime, shared by the prefill and decode workers."""
-from engine.config import EngineConfig, ModelConfig
-from engine.errors import EngineError, ModelLoadError, UnsupportedModelError
-from engine.kv_export import KVLayout, SequenceKV
-from engine.llm import LLM
-from engine.llm_engine import LLMEngine
-from engine.outputs import RequestOutput
-from engine.sampling_params import SamplingParams
+"""Tandem's model runtime, shared by the prefill and decode workers.
 
-__all__ = ["LLM", "LLMEngine", "SamplingParams", "RequestOutput", "EngineConfig", "ModelConfig",
-           "KVLayout", "SequenceKV", "EngineError", "ModelLoadError", "UnsupportedModelError"]
+The names below load on first use: ``import engine.config`` or ``engine.model_info`` stays
+torch-free, so the router can read a model's config and tokenizer without the runtime.
+"""
+from tandem_common.lazy import lazy_exports
+
+_EXPORTS = {
+    "EngineConfig": "engine.config", "ModelConfig": "engine.config",
+    "EngineError": "engine.errors", "ModelLoadError": "engine.errors",
+    "UnsupportedModelError": "engine.errors",
+    "KVLayout": "engine.kv_export", "SequenceKV": "engine.kv_export",
+    "LLM": "engine.llm", "LLMEngine": "engine.llm_engine",
+    "RequestOutput": "engine.outputs", "SamplingParams": "engine.sampling_params",
+}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -10,10 +10,11 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
 
 from engine.errors import UnsupportedModelError
+from tandem_common.config import ge, matches, setting, validate
 
 logger = logging.getLogger(__name__)
 
@@ -187,36 +188,31 @@ KV_CACHE_BYTES = 1 << 30
 
 @dataclass(slots=True)
 class EngineConfig:
-    """Runtime knobs of one engine instance (one per worker)."""
-    model: str = "stories260K"
-    dtype: str | None = None            # None: the checkpoint's own dtype
-    device: str = "cpu"
-    block_size: int = 16
-    num_kv_blocks: int | None = None    # None: max_num_seqs full contexts, at most KV_CACHE_BYTES
-    max_num_seqs: int = 256
-    max_num_batched_tokens: int = 2048  # chunked-prefill token budget per step
-    max_model_len: int | None = None    # None: the model's context
-    seed: int = 0                       # random-weight presets and unseeded sampling
-    num_threads: int | None = None      # torch intra-op threads; None leaves torch's default
-    matmul_dtype: str | None = None     # "bfloat16": bf16 matmuls on AMX CPUs (engine.matmul); None: exact
+    """Runtime knobs of one engine instance (one per worker); the cluster config's ``model:``."""
+    model: str = "stories260K"           # bundled name, preset name or checkpoint directory
+    dtype: Literal["float32", "bfloat16", "float16"] | None = None   # None: the checkpoint's
+    device: str = setting("auto", matches(r"auto|cpu|cuda(:\d+)?", "'auto', 'cpu', 'cuda' or 'cuda:N'"))
+    block_size: int = setting(16, ge(1))
+    max_num_seqs: int = setting(256, ge(1))
+    max_num_batched_tokens: int = setting(2048, ge(1))   # chunked-prefill token budget per step
+    max_model_len: int | None = setting(None, ge(2))     # None: the model's context
+    num_kv_blocks: int | None = setting(None, ge(2))     # None: max_num_seqs full contexts, <= KV_CACHE_BYTES
     enable_prefix_caching: bool = True
-    extra: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0                        # random-weight presets and unseeded sampling
+    num_threads: int | None = setting(None, ge(1))       # torch intra-op threads; None: torch's default
+    matmul_dtype: Literal["float32", "bfloat16"] | None = None   # bfloat16: AMX matmuls (opt-in)
 
     def __post_init__(self) -> None:
         if self.dtype is not None:
             self.dtype = normalize_dtype(self.dtype)
-        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
-            val = getattr(self, name)
-            if not isinstance(val, int) or isinstance(val, bool) or val < 1:
-                raise ValueError(f"{name} must be a positive int, got {val!r}")
-        if self.num_kv_blocks is not None and self.num_kv_blocks < 2:
-            raise ValueError(f"num_kv_blocks must be >= 2, got {self.num_kv_blocks}")
-        if self.matmul_dtype not in (None, "float32", "bfloat16"):
-            raise ValueError(f"matmul_dtype must be null, 'float32' or 'bfloat16', got {self.matmul_dtype!r}")
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1, got {self.num_threads}")
-        if not (self.device == "cpu" or self.device.startswith("cuda")):
-            raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {self.device!r}")
+        validate(self)
+
+    def resolved_device(self) -> str:
+        """``device`` with "auto" made concrete: CUDA where present, else CPU (imports torch)."""
+        if self.device != "auto":
+            return self.device
+        import torch
+        return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def fingerprint(*parts: bytes) -> str:

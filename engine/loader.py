@@ -1,20 +1,17 @@
 """Builds a ready model from a name: the embedded default, a checkpoint directory, or a preset."""
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from engine.config import EngineConfig, ModelConfig, fingerprint, normalize_dtype
-from engine.errors import ModelLoadError
 from engine.model import CausalLM
-from engine.presets import PRESETS, preset_config
 from engine.tokenizer import ByteTokenizer, HFTokenizer, Tokenizer
-from engine.weights import load_state, resolve_model_dir, safetensor_files, weights_fingerprint
+from engine.model_info import read_model_config
+from engine.weights import load_state, safetensor_files, weights_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -32,29 +29,11 @@ class LoadedModel:
     name: str
 
 
-def read_model_config(model: str) -> tuple[ModelConfig, Path | None]:
-    """The parsed config for ``model`` and its directory (None for presets)."""
-    model_dir = resolve_model_dir(model)
-    if model_dir is None:
-        if model not in PRESETS:
-            raise ModelLoadError(f"unknown model {model!r}: not a directory, 'stories260K', "
-                                 f"or a preset ({', '.join(sorted(PRESETS))})")
-        return ModelConfig.from_hf(preset_config(model)), None
-    path = model_dir / "config.json"
-    if not path.exists():
-        raise ModelLoadError(f"missing model config file: {path}")
-    try:
-        raw = json.loads(path.read_text())
-    except ValueError as exc:
-        raise ModelLoadError(f"{path}: not valid JSON ({exc})") from exc
-    return ModelConfig.from_hf(raw), model_dir
-
-
 def load_model(config: EngineConfig) -> LoadedModel:
     t0 = time.perf_counter()
     mcfg, model_dir = read_model_config(config.model)
     dtype = _DTYPES[normalize_dtype(config.dtype or mcfg.torch_dtype)]
-    device = torch.device(config.device)
+    device = torch.device(config.resolved_device())
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device='cuda' was asked for but CUDA is not available")
     max_pos = min(config.max_model_len or mcfg.max_position_embeddings, mcfg.max_position_embeddings)
@@ -74,12 +53,3 @@ def load_model(config: EngineConfig) -> LoadedModel:
     logger.info("loaded %s (%s, %.1fM params, %s on %s) in %.2fs", config.model, mcfg.architecture,
                 mcfg.num_params / 1e6, str(dtype).removeprefix("torch."), device, time.perf_counter() - t0)
     return LoadedModel(model, mcfg, tokenizer, dtype, device, fp, config.model)
-
-
-def load_tokenizer(model: str) -> tuple[Tokenizer, ModelConfig]:
-    """The tokenizer and config of ``model`` without loading any weights (for the router)."""
-    mcfg, model_dir = read_model_config(model)
-    if model_dir is None:
-        return ByteTokenizer(mcfg.vocab_size), mcfg
-    eos = mcfg.eos_token_ids[0] if mcfg.eos_token_ids else None
-    return HFTokenizer(model_dir, mcfg.bos_token_id, eos), mcfg

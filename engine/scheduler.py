@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from engine.block_pool import BlockPool
-from engine.hashing import ROOT_HASH, hash_chunk
+from tandem_common.hashing import ROOT_HASH, hash_chunk
 from engine.sequence import Sequence, SequenceStatus
 
 logger = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,15 +132,3 @@ def _copy(param: torch.nn.Parameter, tensor: torch.Tensor, hf_name: str, dtype: 
                              f"the config implies {tuple(param.shape)}")
     with torch.no_grad():
         param.copy_(tensor.to(dtype))
-
-
-def resolve_model_dir(model: str) -> Path | None:
-    """A directory for ``model``: the embedded default by name, or a path; None if not a path."""
-    if model == "stories260K":
-        return Path(__file__).parent / "models" / "stories260K"
-    p = Path(os.path.expanduser(model))
-    if p.exists() or os.sep in model or model.startswith("."):
-        if not p.is_dir():
-            raise ModelLoadError(f"model directory not found: {p}")
-        return p
-    return None

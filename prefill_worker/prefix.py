@@ -9,6 +9,7 @@ import time
 import torch
 
 from engine.llm_engine import LLMEngine
+from kv_transfer.store.config import StoreConfig
 
 logger = logging.getLogger(__name__)
 
@@ -16,13 +17,12 @@ logger = logging.getLogger(__name__)
 class PrefixFetcher:
     """Wraps the store client; with no store configured every call is a cheap no-op."""
 
-    def __init__(self, engine: LLMEngine, store_options: dict | None):
+    def __init__(self, engine: LLMEngine, store: StoreConfig | None):
         self.engine = engine
         self.client = None
-        if store_options:
+        if store is not None and store.enabled:
             from kv_transfer.store.client import PrefixCacheClient
-            from kv_transfer.store.config import StoreConfig
-            self.client = PrefixCacheClient.open(StoreConfig(**store_options), engine.kv_layout)
+            self.client = PrefixCacheClient.open(store, engine.kv_layout)
 
     async def fetch(self, token_ids: list[int], salt: bytes,
                     prefill_tokens_per_s: float) -> tuple[torch.Tensor | None, float]:

@@ -16,8 +16,10 @@ from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.driver import EngineDriver
 from engine.load import CachedHashFeed, cached_hashes, load_figures
 from kv_transfer.handoff import KVSender
+from kv_transfer.store.config import StoreConfig
 from kv_transfer.transports.ray_source import AsyncRayKVSource
-from prefill_worker.messages import PrefillRequest, PrefillResult, WorkerLoad
+from prefill_worker.messages import PrefillRequest, PrefillResult
+from tandem_common.worker_load import WorkerLoad
 from prefill_worker.prefix import PrefixFetcher
 
 logger = logging.getLogger(__name__)
@@ -25,14 +27,14 @@ logger = logging.getLogger(__name__)
 
 class PrefillWorker(AsyncRayKVSource):
     def __init__(self, worker_id: str, engine_config: EngineConfig, kv_options: dict,
-                 store_options: dict | None = None):
+                 store: StoreConfig | None = None):
         self.worker_id = worker_id
         self.incarnation = uuid.uuid4().hex[:12]
         self.engine = LLMEngine(engine_config)
         self.prefill_tokens, self.prefill_s = _measure_prefill(self.engine)
         self.driver = EngineDriver(self.engine, worker_id)
         self.sender = KVSender(self.engine.kv_layout, **kv_options)
-        self.prefix = PrefixFetcher(self.engine, store_options)
+        self.prefix = PrefixFetcher(self.engine, store)
         self.kv_bytes_sent = 0
         self.hash_feed = CachedHashFeed()
         self._sending: set[asyncio.Task] = set()

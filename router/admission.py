@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster.config import AdmissionConfig, SLOConfig
+from router.config import AdmissionConfig, SLOConfig
 from router.errors import Overloaded
 
 _TPOT_DECAY = 0.95             # weight kept by older TPOT observations per new one

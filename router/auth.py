@@ -29,7 +29,8 @@ from pathlib import Path
 
 import grpc
 
-from cluster.config import AuthConfig, ConfigError
+from router.config import AuthConfig
+from tandem_common.config import ConfigError
 from router.errors import RouterError
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 import grpc
 
-from cluster.config import LimitsConfig, RouterConfig, SLOConfig
+from router.config import LimitsConfig, RouterConfig, SLOConfig
 from router.admission import AdmissionController, AdmissionRejected, Ticket, capacity_of
 from router.auth import Authenticator, Principal, Unauthenticated
 from router.backend import Backend

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cluster.config import LimitsConfig
+from router.config import LimitsConfig
 from router.admission import AdmissionRejected
 from router.auth import TenantLimits
 

@@ -21,7 +21,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from cluster.config import RouterConfig, SLOConfig
+from router.config import RouterConfig, SLOConfig
 from protos.tandem.v1 import tandem_service_pb2
 from router import logging_context
 from router.auth import build_authenticator

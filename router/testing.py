@@ -11,7 +11,7 @@ import threading
 from collections.abc import Coroutine
 from typing import Any
 
-from cluster.config import RouterConfig
+from router.config import RouterConfig
 from router.backend import Backend
 from router.server import RouterServer
 

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import grpc
 
-from cluster.config import ConfigError, TLSConfig
+from router.config import TLSConfig
+from tandem_common.config import ConfigError
 
 logger = logging.getLogger(__name__)
 

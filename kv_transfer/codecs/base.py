@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from kv_transfer.errors import KVFormatError, UnknownCodecError
+from kv_transfer.errors import KVFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -83,49 +83,6 @@ class KVCodec(ABC):
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
         return f"{type(self).__name__}({args})"
-
-
-_REGISTRY: dict[str, type[KVCodec]] = {}
-_PRESETS: dict[str, tuple[type[KVCodec], dict[str, Any]]] = {}
-
-
-def register_codec(cls: type[KVCodec], name: str | None = None, **preset: Any) -> type[KVCodec]:
-    """Register ``cls`` under ``name`` (default ``cls.name``), optionally with preset parameters
-    (e.g. ``kivi2`` is the KIVI codec with ``bits=2``). Usable as a class decorator."""
-    key = name or cls.name
-    if not key or not key.isascii() or len(key) > 64:
-        raise ValueError(f"codec names are 1-64 ASCII characters, got {key!r}")
-    if key in _PRESETS and _PRESETS[key][0] is not cls:
-        raise ValueError(f"codec name {key!r} is already registered by {_PRESETS[key][0].__name__}")
-    _PRESETS[key] = (cls, dict(preset))
-    _REGISTRY[key] = cls
-    return cls
-
-
-def get_codec(name: str, **params: Any) -> KVCodec:
-    """A codec instance by registered name; explicit ``params`` override the preset's."""
-    try:
-        cls, preset = _PRESETS[name]
-    except (KeyError, TypeError):
-        raise UnknownCodecError(f"unknown KV codec {name!r}; available: {available_codecs()}") from None
-    merged = {**preset, **params}
-    try:
-        return cls(**merged)
-    except TypeError as exc:     # an unknown keyword: report it as the ValueError it is
-        raise ValueError(f"bad parameters for codec {name!r}: {exc}") from None
-
-
-def available_codecs() -> list[str]:
-    """Names accepted by ``get_codec``, sorted."""
-    return sorted(_PRESETS)
-
-
-def is_lossless(name: str) -> bool:
-    """Whether the codec registered under ``name`` reproduces its input bit for bit."""
-    try:
-        return _PRESETS[name][0].lossless
-    except KeyError:
-        raise UnknownCodecError(f"unknown KV codec {name!r}; available: {available_codecs()}") from None
 
 
 def check_int(params: dict[str, Any], key: str, lo: int, hi: int) -> int:

@@ -28,8 +28,8 @@ import struct
 import torch
 import zstandard
 
-from kv_transfer.codecs.base import (GroupShape, KVCodec, check_float, check_int,
-                                     register_codec)
+from kv_transfer.codecs.base import (GroupShape, KVCodec, check_float, check_int)
+from kv_transfer.codecs.registry import register_codec
 from kv_transfer.codecs.quant import (PayloadReader, as_bytes, deliver, float_scratch, side_info_fp16,
                                       to_codes)
 from kv_transfer.errors import KVFormatError

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from kv_transfer.codecs.base import GroupShape, KVCodec, expect_size, register_codec
+from kv_transfer.codecs.base import GroupShape, KVCodec, expect_size
+from kv_transfer.codecs.registry import register_codec
 from kv_transfer.codecs.quant import (PayloadReader, as_bytes, deliver, float_scratch, inverse_scale,
                                       side_info_fp16, to_codes)
 

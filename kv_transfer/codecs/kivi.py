@@ -12,8 +12,8 @@ import math
 
 import torch
 
-from kv_transfer.codecs.base import (GroupShape, KVCodec, check_int, expect_size,
-                                     register_codec)
+from kv_transfer.codecs.base import (GroupShape, KVCodec, check_int, expect_size)
+from kv_transfer.codecs.registry import register_codec
 from kv_transfer.codecs.quant import (PayloadReader, as_bytes, deliver, float_scratch, inverse_scale,
                                       pack_codes, packed_size, side_info_fp16, unpack_codes)
 

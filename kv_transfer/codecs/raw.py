@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from kv_transfer.codecs.base import GroupShape, KVCodec, expect_size, register_codec
+from kv_transfer.codecs.base import GroupShape, KVCodec, expect_size
+from kv_transfer.codecs.registry import register_codec
 from kv_transfer.codecs.quant import PayloadReader, as_bytes
 
 

@@ -3,19 +3,16 @@
 ``PrefixCacheClient`` is what a prefill worker uses (plan / fetch / write_back);
 ``KVStore`` is the pluggable store ("lmcache": LMCache engine with a DRAM tier and a
 Redis tier; "redis": the same keys and values on Redis directly). See docs/store.md.
-Importing this package does not import LMCache; building an "lmcache" store does.
+The names load on first use: ``kv_transfer.store.config`` is torch-free, and building an
+"lmcache" store is what imports LMCache.
 """
-from kv_transfer.store.base import (
-    FetchSample, KVStore, StoreClosed, StoreError, StoreUnavailable, TierHits,
-    available_stores, create_store, register_store,
-)
-from kv_transfer.store.client import PrefixCacheClient
-from kv_transfer.store.config import StoreConfig
-from kv_transfer.store.keys import KeyScheme
-from kv_transfer.store.stats import FetchPlan, StoreStats
+from tandem_common.lazy import lazy_exports
 
-__all__ = [
-    "FetchPlan", "FetchSample", "KVStore", "KeyScheme", "PrefixCacheClient", "StoreClosed",
-    "StoreConfig", "StoreError", "StoreStats", "StoreUnavailable", "TierHits",
-    "available_stores", "create_store", "register_store",
-]
+_EXPORTS = {name: "kv_transfer.store.base" for name in (
+    "FetchSample", "KVStore", "StoreClosed", "StoreError", "StoreUnavailable", "TierHits",
+    "available_stores", "create_store", "register_store")} | {
+    "PrefixCacheClient": "kv_transfer.store.client", "StoreConfig": "kv_transfer.store.config",
+    "KeyScheme": "kv_transfer.store.keys", "FetchPlan": "kv_transfer.store.stats",
+    "StoreStats": "kv_transfer.store.stats"}
+__all__ = sorted(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

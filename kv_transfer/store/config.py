@@ -1,52 +1,43 @@
-"""Settings of the global KV store: one dataclass, validated on construction."""
+"""Settings of the global KV store (the ``store:`` config section): one dataclass, validated
+on construction, read by the workers' store clients and composed by ``cluster.config``."""
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Literal
+
+from tandem_common.config import byte_size, ge, gt, matches, name, redis_url, setting, validate
 
 
 @dataclass(slots=True)
 class StoreConfig:
     """How a worker reaches and uses the global prefix store.
 
-    ``url=None`` starts a private redis-server on a free loopback port (the embedded
-    default) that lives as long as the store. Sizes are bytes, times seconds.
+    ``url=None`` starts a private redis-server on a free loopback port that lives as long as
+    the store (``tandem serve`` starts one for the whole cluster instead). Sizes are bytes,
+    times seconds.
     """
-    backend: str = "lmcache"                 # store registry name: "lmcache" | "redis"
-    url: str | None = None                   # redis://host:port[/db]; None = private server
-    chunk_size: int = 256                    # tokens per stored chunk (full chunks only)
-    local_cpu_bytes: int = 256 << 20         # DRAM tier (lmcache backend), committed at start
-    codec: str = "raw"                       # kv_transfer codec for values at rest in Redis
-    codec_params: dict[str, Any] | None = None
-    entropy: str | None = None               # optional entropy stage of the wire format
-    share_tenants: bool = False              # True: every tenant salt maps to one namespace
-    key_prefix: str = "tandem"               # readable start of every Redis key
-    op_timeout_s: float = 1.0                # a Redis call slower than this is a failure
-    breaker_failures: int = 3                # consecutive failures that open the breaker
-    breaker_reset_s: float = 2.0             # open time before a reconnect probe
-    writeback_queue: int = 16                # pending write-back requests before dropping
-    writeback_max_bytes: int = 512 << 20     # raw KV bytes pending write-back, at most
-    calibrate: bool = True                   # measure bandwidths when the client starts
-    private_maxmemory: str = "512mb"         # private server: maxmemory (LRU evicts beyond)
-    private_policy: str = "allkeys-lru"
-    instance_id: str = ""                    # free-form; shows up in logs
-    extra: dict[str, Any] = field(default_factory=dict)
+    enabled: bool = True                     # False: no global store (each worker's own cache only)
+    backend: str = setting("lmcache", name)  # store registry name: "lmcache" | "redis"
+    url: str | None = setting(None, redis_url)   # redis://host:port[/db]; None: a private server
+    chunk_size: int = setting(256, ge(1))    # tokens per stored chunk (full chunks only)
+    local_cpu_bytes: int = setting(256 << 20, ge(0))   # LMCache's DRAM tier, committed at start
+    codec: str | None = setting(None, name)  # codec of values at rest; None: kv_transfer's codec
+    entropy: Literal["zstd", "lz4"] | None = None   # with ``codec`` set: its entropy stage
+    tenant_sharing: bool = False             # True: every tenant salt maps to one namespace
+    key_prefix: str = setting("tandem", matches(r"[A-Za-z0-9_.:-]{1,64}", "1-64 of [A-Za-z0-9_.:-]"))
+    op_timeout_s: float = setting(1.0, gt(0))          # a Redis call slower than this fails
+    breaker_failures: int = setting(3, ge(1))          # consecutive failures that open the breaker
+    breaker_reset_s: float = setting(2.0, gt(0))       # open time before a reconnect probe
+    writeback_queue: int = setting(16, ge(1))          # pending write-backs before dropping
+    writeback_max_bytes: int = setting(512 << 20, ge(1))   # raw KV bytes pending write-back
+    calibrate: bool = True                   # measure the tiers' bandwidths when a client starts
+    private_maxmemory: str = setting("512mb", byte_size)   # the private server's LRU bound
+    private_policy: str = setting("allkeys-lru", name)
 
     def __post_init__(self) -> None:
-        if self.chunk_size < 1:
-            raise ValueError(f"chunk_size must be >= 1, got {self.chunk_size}")
-        if self.local_cpu_bytes < 0:
-            raise ValueError(f"local_cpu_bytes must be >= 0, got {self.local_cpu_bytes}")
-        if self.url is not None and not self.url.startswith(("redis://", "rediss://", "unix://")):
-            raise ValueError(f"url must be a redis:// URL or None, got {self.url!r}")
-        for name in ("op_timeout_s", "breaker_reset_s"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
-        for name in ("breaker_failures", "writeback_queue", "writeback_max_bytes"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not self.codec:
-            raise ValueError("codec must be a non-empty codec name")
-        if not re.fullmatch(r"[A-Za-z0-9_.:-]{1,64}", self.key_prefix):
-            raise ValueError(f"key_prefix must be 1-64 of [A-Za-z0-9_.:-], got {self.key_prefix!r}")
+        validate(self)
+
+    @property
+    def value_codec(self) -> str:
+        """The codec stored values are encoded with ("raw" unless one was chosen)."""
+        return self.codec or "raw"

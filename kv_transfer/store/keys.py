@@ -1,7 +1,7 @@
 """Our key scheme for stored KV chunks.
 
 A chunk's key is the chained content hash of every token up to the end of that chunk
-(``engine.hashing.chunk_hashes``), salted with a namespace built from the model
+(``tandem_common.hashing.chunk_hashes``), salted with a namespace built from the model
 fingerprint, the KV dtype, the codec and the tenant salt. Equal keys therefore mean the
 same tokens, the same model, the same value encoding and the same tenant; anything else
 can never hit. The string form is the one LMCache's ``CacheEngineKey.to_string`` prints
@@ -13,7 +13,7 @@ import hashlib
 import re
 from collections.abc import Sequence
 
-from engine.hashing import chunk_hashes
+from tandem_common.hashing import chunk_hashes
 from engine.kv_export import KVLayout
 
 SHARED_TENANT = b"*shared*"

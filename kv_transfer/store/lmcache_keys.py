@@ -1,7 +1,7 @@
 """LMCache token database that speaks our key scheme instead of LMCache's own hashing.
 
 LMCache's default chains CPython's builtin ``hash`` (or vLLM's when importable) and needs
-``PYTHONHASHSEED`` discipline across processes. Ours uses ``engine.hashing`` (blake2b,
+``PYTHONHASHSEED`` discipline across processes. Ours uses ``tandem_common.hashing`` (blake2b,
 deterministic everywhere) salted per namespace and tenant, so a native backend and the
 router's prefix index compute the very same keys. The tenant salt travels through
 LMCache's ``request_configs`` under ``SALT_CONFIG``.

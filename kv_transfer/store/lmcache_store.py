@@ -57,15 +57,15 @@ class LMCacheStore(TierBackedStore, KVStore):
 
     def __init__(self, config: StoreConfig, layout: KVLayout) -> None:
         super().__init__(config, layout)
-        self.scheme = KeyScheme(layout, config.codec, config.chunk_size, config.share_tenants,
+        self.scheme = KeyScheme(layout, config.value_codec, config.chunk_size, config.tenant_sharing,
                                 config.key_prefix)
         self.dtype = getattr(torch, layout.dtype)
-        values = ValueCodec(layout, config.codec, config.codec_params, config.entropy)
+        values = ValueCodec(layout, config.value_codec, entropy=config.entropy)
         self.url, self._server = open_redis(config)
         self.tier = RedisChunkTier(self.url, values, config.chunk_size, config.op_timeout_s)
         if config.url is not None:
             self.tier.check_eviction_policy()
-        self.store_id = f"tandem-{config.instance_id or 'store'}-{uuid.uuid4().hex[:8]}"
+        self.store_id = f"tandem-store-{uuid.uuid4().hex[:8]}"
         self._ctx = RemoteContext(self.tier, max_pending_put_bytes=config.writeback_max_bytes)
         register_context(self.store_id, self._ctx)
         self._lock = threading.RLock()
@@ -105,7 +105,7 @@ class LMCacheStore(TierBackedStore, KVStore):
             engine.close()
             raise RuntimeError(f"LMCache did not load the Tandem Redis connector: {backends}")
         logger.info("LMCache store %s: DRAM %.0f MiB, Redis %s, codec %s, chunk %d",
-                    self.store_id, dram / 2**20, self.url, cfg.codec, cfg.chunk_size)
+                    self.store_id, dram / 2**20, self.url, cfg.value_codec, cfg.chunk_size)
         return engine
 
     # -- KVStore -------------------------------------------------------------------

@@ -49,9 +49,9 @@ class RedisStore(TierBackedStore, KVStore):
 
     def __init__(self, config: StoreConfig, layout: KVLayout) -> None:
         super().__init__(config, layout)
-        self.scheme = KeyScheme(layout, config.codec, config.chunk_size, config.share_tenants,
+        self.scheme = KeyScheme(layout, config.value_codec, config.chunk_size, config.tenant_sharing,
                                 config.key_prefix)
-        values = ValueCodec(layout, config.codec, config.codec_params, config.entropy)
+        values = ValueCodec(layout, config.value_codec, entropy=config.entropy)
         self.url, self._server = open_redis(config)
         self.tier = RedisChunkTier(self.url, values, config.chunk_size, config.op_timeout_s)
         if config.url is not None:

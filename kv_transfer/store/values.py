@@ -7,7 +7,6 @@ shape raises ``CorruptEntry``; callers delete it and recompute.
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 import torch
 
@@ -23,13 +22,11 @@ class CorruptEntry(Exception):
 class ValueCodec:
     """Encodes ``[L, 2, n, H, D]`` chunks to wire blobs and back, for one layout."""
 
-    def __init__(self, layout: KVLayout, codec: str = "raw",
-                 codec_params: dict[str, Any] | None = None, entropy: str | None = None) -> None:
+    def __init__(self, layout: KVLayout, codec: str = "raw", entropy: str | None = None) -> None:
         from kv_transfer import wire  # the other half of kv_transfer; imported when used
         self._wire = wire
         self.layout = layout
         self.codec = codec
-        self.codec_params = codec_params
         self.entropy = entropy
         self.dtype = getattr(torch, layout.dtype)
 
@@ -37,7 +34,7 @@ class ValueCodec:
         """One chunk's KV as a self-describing, checksummed blob."""
         self._check_shape(kv, None)
         return self._wire.encode_kv(kv.contiguous(), self.layout, codec=self.codec,
-                                    codec_params=self.codec_params, entropy=self.entropy)
+                                    entropy=self.entropy)
 
     def decode(self, blob: bytes | bytearray | memoryview, num_tokens: int) -> torch.Tensor:
         """The KV of one stored chunk of ``num_tokens`` tokens; ``CorruptEntry`` otherwise."""

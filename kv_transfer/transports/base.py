@@ -9,6 +9,7 @@ moved. Transports never look inside frames: verification is the wire format's jo
 """
 from __future__ import annotations
 
+import importlib
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -145,6 +146,7 @@ class KVTransport(ABC):
 
 
 _TRANSPORTS: dict[str, type[KVTransport]] = {}
+_BUILT_IN = {"local": "kv_transfer.transports.local", "ray": "kv_transfer.transports.ray_transport"}
 
 
 def register_transport(cls: type[KVTransport]) -> type[KVTransport]:
@@ -157,6 +159,8 @@ def register_transport(cls: type[KVTransport]) -> type[KVTransport]:
 
 def get_transport(name: str, **opts: Any) -> KVTransport:
     """A transport instance by registered name."""
+    if name not in _TRANSPORTS and isinstance(name, str) and name in _BUILT_IN:
+        importlib.import_module(_BUILT_IN[name])     # built-ins register when first used
     try:
         cls = _TRANSPORTS[name]
     except (KeyError, TypeError):
@@ -165,7 +169,8 @@ def get_transport(name: str, **opts: Any) -> KVTransport:
 
 
 def available_transports() -> list[str]:
-    return sorted(_TRANSPORTS)
+    """Names accepted by ``get_transport``, sorted (without importing a transport)."""
+    return sorted(set(_BUILT_IN) | set(_TRANSPORTS))
 
 
 def frame_bytes(frame: Any) -> memoryview:

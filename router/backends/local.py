@@ -13,7 +13,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from cluster.config import ModelConfig
+from engine.config import EngineConfig
 from router.backend import Backend, Tokenizer, register_backend
 from router.backends.engine_thread import Delivery, EngineThread
 from router.errors import InvalidRequest, NoHealthyWorker, WorkerFailed
@@ -35,12 +35,9 @@ class _PromptTokenizer:
         return self._tokenizer.encode(text)
 
 
-def engine_kwargs(config: ModelConfig) -> dict[str, Any]:
-    """``engine.LLM`` keyword arguments for a ModelConfig (device "auto": CUDA if present)."""
-    device = config.device
-    if device == "auto":
-        import torch
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+def engine_kwargs(config: EngineConfig) -> dict[str, Any]:
+    """``engine.LLM`` keyword arguments for an EngineConfig (device "auto": CUDA if present)."""
+    device = config.resolved_device()
     kwargs = dict(model=config.model, dtype=config.dtype, device=device,
                   block_size=config.block_size, max_num_seqs=config.max_num_seqs,
                   max_num_batched_tokens=config.max_num_batched_tokens,
@@ -64,11 +61,11 @@ class LocalBackend(Backend):
         tenant_sharing: when False, each tenant's prefix-cache entries are salted apart.
     """
 
-    def __init__(self, llm: Any = None, *, model_config: ModelConfig | None = None,
+    def __init__(self, llm: Any = None, *, model_config: EngineConfig | None = None,
                  codecs: Sequence[str] = ("raw",), worker_id: str = "local-0",
                  tenant_sharing: bool = False) -> None:
         if llm is None and model_config is None:
-            model_config = ModelConfig()
+            model_config = EngineConfig()
         self._llm = llm
         self._model_config = model_config
         self._codecs = list(codecs)

@@ -196,7 +196,7 @@ def test_blocks_do_not_leak_across_1000_mixed_requests():
 
 def test_block_hashes_are_the_shared_chunk_hashes(stories):
     """The engine's prefix index uses the same chained hashes as the store and the router."""
-    from engine.hashing import chunk_hashes
+    from tandem_common.hashing import chunk_hashes
 
     eng = stories.engine
     prompt = _ids(stories)

@@ -18,8 +18,9 @@ SCHEMA = json.loads((hp.CHART_DIR / "values.schema.json").read_text())
 # Config fields (or whole sections) the chart fills in from other values
 # (templates/_helpers.tpl tandem.clusterConfig): ports from `router`, TLS files from `tls`,
 # auth switch and keys file from `auth`.
-# store.private_maxmemory: the chart always renders store.url, so no private server starts.
-DERIVED = {"pools", "model.device", "store.url", "store.private_maxmemory", "router.host",
+# store.private_maxmemory, store.private_policy: the chart always renders store.url, so no
+# private server starts.
+DERIVED = {"pools", "model.device", "store.url", "store.private_maxmemory", "store.private_policy", "router.host",
            "router.grpc_port",
            "router.metrics_port", "router.http_port", "router.auth.enabled",
            "router.auth.keys_file", "router.tls", "ray.address", "ray.include_dashboard"}

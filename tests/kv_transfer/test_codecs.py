@@ -155,3 +155,12 @@ def test_a_registered_third_party_codec_works_through_the_wire(small_layout):
     assert torch.equal(decode_kv(encode_kv(kv, small_layout, "test-negate", entropy="zstd"), small_layout), kv)
     with pytest.raises(ValueError, match="already registered"):
         register_codec(type("Other", (_NegateCodec,), {}), "test-negate")
+
+
+def test_every_listed_codec_name_builds_its_codec_and_declares_losslessness():
+    """The registry lists built-ins without importing them; each listed name must load."""
+    built_in = {"raw", "int8", "kivi4", "kivi2", "ecq", "ecq-hq", "ecq-lo"}
+    assert built_in <= set(available_codecs())     # plug-ins registered by other tests may follow
+    for name in built_in:
+        assert isinstance(get_codec(name), KVCodec), name
+        assert is_lossless(name) == (name == "raw"), name

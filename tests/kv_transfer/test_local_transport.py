@@ -186,3 +186,12 @@ def _drain(local, stream, transfer_id: str | None = None) -> None:
             pass
     except (KVTransferTimeout, KVTransferNotFound, KVTransferFailed):
         pass
+
+
+def test_every_listed_transport_name_builds_its_transport():
+    """The registry lists built-ins without importing them; each listed name must load."""
+    from kv_transfer.transports import KVTransport
+
+    for name in available_transports():
+        transport = get_transport(name)
+        assert isinstance(transport, KVTransport) and transport.name == name

@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from engine.hashing import chunk_hashes
+from tandem_common.hashing import chunk_hashes
 from loadtest.arrivals import arrival_stats
 from loadtest.errors import SpecError
 from loadtest.replay import TraceTransform, TraceWorkload

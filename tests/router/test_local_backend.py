@@ -5,7 +5,7 @@ import asyncio
 
 import pytest
 
-from cluster.config import ModelConfig
+from engine.config import EngineConfig as ModelConfig
 from router.backend import backend_names, create_backend
 from router.backends.local import LocalBackend
 from router.errors import InvalidRequest, NoHealthyWorker

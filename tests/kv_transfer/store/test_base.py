@@ -57,7 +57,7 @@ def test_tenant_salts_isolate_unless_shared(make_store, backend):
     assert store.lookup(TOKENS, "alice") == 5 * CHUNK
     assert store.lookup(TOKENS, "bob") == 0 and store.lookup(TOKENS, None) == 0
     assert from_redis(store).get(TOKENS, len(TOKENS), "bob") is None
-    shared = make_store(backend, share_tenants=True)
+    shared = make_store(backend, tenant_sharing=True)
     shared.put(TOKENS, synthetic_kv(len(TOKENS)), "alice")
     shared.flush()
     assert shared.lookup(TOKENS, "bob") == 5 * CHUNK

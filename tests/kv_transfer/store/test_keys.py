@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from engine.hashing import chunk_hashes
+from tandem_common.hashing import chunk_hashes
 from engine.kv_export import KVLayout
 from kv_transfer.store.keys import KeyScheme
 

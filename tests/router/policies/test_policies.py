@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from engine.hashing import chunk_hashes
+from tandem_common.hashing import chunk_hashes
 from router.policies import RoutingContext, WorkerView, create_policy, policy_names
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 
-from cluster.worker_views import WorkerRegistry
+from router.backends.worker_registry import WorkerRegistry
 from decode_worker.messages import FullRequest
 from decode_worker.worker import DecodeWorker
 from engine import EngineConfig, SamplingParams

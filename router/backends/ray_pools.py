@@ -14,15 +14,17 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from cluster.config import ClusterConfig
-from cluster.streams import StreamHub, WorkerGone
-from cluster.worker_views import WorkerRegistry
+from router.backends.stream_hub import StreamHub, WorkerGone
+from router.backends.worker_registry import WorkerRegistry
 from decode_worker.messages import DecodeStart, FullRequest, StreamEvent
-from engine.hashing import chunk_hashes
-from engine.loader import load_tokenizer
-from prefill_worker.messages import PrefillRequest, PrefillResult, WorkerLoad
+from tandem_common.hashing import chunk_hashes
+from engine.config import EngineConfig
+from engine.model_info import load_tokenizer
+from prefill_worker.messages import PrefillRequest, PrefillResult
+from tandem_common.worker_load import WorkerLoad
 from router.admission import Capacity
 from router.backend import Backend, Tokenizer
+from router.config import RouterConfig
 from router.errors import BackendFailure, NoHealthyWorker, RequestTimedOut, WorkerFailed
 from router.messages import (ClusterInfo, Finished, FinishReason, GenerateEvent, GenerateRequest,
                              ModelInfo, PoolInfo, TokenDelta, Usage, WorkerHealth, WorkerInfo)
@@ -38,17 +40,31 @@ class _Recover(Exception):
 
 
 class RayPoolsBackend(Backend):
-    def __init__(self, cfg: ClusterConfig, pools: dict[str, dict[str, object]], codecs: list[str]):
-        self.cfg = cfg
-        self.colocated = cfg.mode == "colocated"
+    """Args:
+        router: the router's settings (policies, health poll, stream interval).
+        model: the engine settings every worker runs (name, block size, context, dtype).
+        pools: role -> {worker name: Ray actor handle}.
+        codecs: codec names a request may ask for; ``default_codec`` when it names none.
+        colocated: one pool ("colocated") does prefill and decode.
+        tenant_sharing: False salts each tenant's prefix hashes apart.
+    """
+
+    def __init__(self, router: RouterConfig, model: EngineConfig, pools: dict[str, dict[str, object]],
+                 codecs: list[str], *, default_codec: str = "raw", colocated: bool = False,
+                 tenant_sharing: bool = False):
+        self.model = model
+        self.colocated = colocated
+        self.mode = "colocated" if colocated else "disaggregated"
         self.stream_role = "colocated" if self.colocated else "decode"
-        self.registry = WorkerRegistry(pools, poll_s=cfg.router.health_poll_s)
-        self.hub = StreamHub(self.registry, self.stream_role, cfg.router.stream_interval_s)
-        self._tokenizer, self.model_cfg = load_tokenizer(cfg.model.model)
-        self.prefill_policy = create_policy(cfg.router.prefill_policy)
-        self.decode_policy = create_policy(cfg.router.decode_policy)
+        self.registry = WorkerRegistry(pools, poll_s=router.health_poll_s)
+        self.hub = StreamHub(self.registry, self.stream_role, router.stream_interval_s)
+        self._tokenizer, self.model_cfg = load_tokenizer(model.model)
+        self.prefill_policy = create_policy(router.prefill_policy)
+        self.decode_policy = create_policy(router.decode_policy)
         self.codecs = codecs
-        self.block_size = cfg.model.block_size
+        self.default_codec = default_codec
+        self.tenant_sharing = tenant_sharing
+        self.block_size = model.block_size
         self.kv_bytes_sent: dict[str, int] = {}   # codec -> encoded KV bytes received by decode
 
     @property
@@ -67,7 +83,7 @@ class RayPoolsBackend(Backend):
     # -- generate ------------------------------------------------------------------------
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateEvent]:
         rid = request.request_id
-        salt = b"" if self.cfg.store.tenant_sharing else request.tenant.encode()
+        salt = b"" if self.tenant_sharing else request.tenant.encode()
         sampling = request.sampling.to_dict()
         progress = _Progress()
         generated = progress.token_ids
@@ -119,7 +135,7 @@ class RayPoolsBackend(Backend):
                     return
                 nbytes = await self._call(request, decoder, decoder.handle.start.remote(
                     DecodeStart(rid, res.kv_handle, deadline)), recover=True)
-                codec = request.codec or self.cfg.kv_transfer.codec
+                codec = request.codec or self.default_codec
                 self.kv_bytes_sent[codec] = self.kv_bytes_sent.get(codec, 0) + int(nbytes or 0)
             while True:
                 item = await self._next(request, queue)
@@ -211,11 +227,11 @@ class RayPoolsBackend(Backend):
     async def model_info(self) -> ModelInfo:
         m = self.model_cfg
         eos = m.eos_token_ids[0] if m.eos_token_ids else None
-        max_len = min(m.max_position_embeddings, self.cfg.model.max_model_len or m.max_position_embeddings)
-        dtype = self.cfg.model.dtype or m.torch_dtype      # what the workers' engines load
-        return ModelInfo(self.cfg.model.model, m.vocab_size, max_len, self.block_size, dtype,
+        max_len = min(m.max_position_embeddings, self.model.max_model_len or m.max_position_embeddings)
+        dtype = self.model.dtype or m.torch_dtype      # what the workers' engines load
+        return ModelInfo(self.model.model, m.vocab_size, max_len, self.block_size, dtype,
                          m.num_layers, m.num_kv_heads, m.head_dim, eos, list(self.codecs),
-                         self.cfg.kv_transfer.codec, self.cfg.mode)
+                         self.default_codec, self.mode)
 
     async def cluster_info(self) -> ClusterInfo:
         pools = []
@@ -227,7 +243,7 @@ class RayPoolsBackend(Backend):
                                           free_kv_blocks=v.free_kv_blocks, total_kv_blocks=v.total_kv_blocks,
                                           load=float(v.load), restarts=self.registry.restarts.get(v.name, 0)))
             pools.append(PoolInfo(role, workers))
-        return ClusterInfo(self.cfg.mode, pools, await self.health())
+        return ClusterInfo(self.mode, pools, await self.health())
 
     async def health(self) -> bool:
         roles = ["colocated"] if self.colocated else ["prefill", "decode"]

@@ -17,7 +17,7 @@ import asyncio
 import logging
 from dataclasses import dataclass
 
-from cluster.worker_views import WorkerRegistry
+from router.backends.worker_registry import WorkerRegistry
 
 logger = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.hashing import DIGEST_SIZE, chunk_hashes
+from tandem_common.hashing import DIGEST_SIZE, chunk_hashes
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKENS = list(range(1, 50))
@@ -39,7 +39,7 @@ def test_chunk_size_must_be_positive():
 
 
 def test_hashes_are_identical_across_processes_and_hash_seeds():
-    code = ("from engine.hashing import chunk_hashes; "
+    code = ("from tandem_common.hashing import chunk_hashes; "
             f"print(b''.join(chunk_hashes({TOKENS!r}, 8, salt=b's')).hex())")
     outs = set()
     for seed in ("1", "12345"):

@@ -16,7 +16,7 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from prefill_worker.messages import WorkerLoad
+from tandem_common.worker_load import WorkerLoad
 from router.policies import WorkerView
 
 logger = logging.getLogger(__name__)
