@@ -5,8 +5,9 @@
 For each model a prompt whose first part was computed before by another request:
 llama-100m (random weights, 12 layers): 4,096 tokens, 3,584 cached, chunk 256;
 stories260K (context 512): 448 tokens, 384 cached, chunk 32 (the same 7/8 share, scaled).
-Cases, each a median over repetitions of one request's time to first token (plan + fetch +
-prefill of the rest), against ``cold`` (no store) measured in the same run:
+Cases, each a median over repetitions of one request's time to first token in the real
+prefill worker (plan + fetch + prefill of the rest, as the worker times them; its KV hand-off
+excluded), against ``cold`` (the same worker code, no store) measured in the same run:
 - ``warm_dram``: the prefix sits in the worker's DRAM tier (LMCache local CPU);
 - ``warm_redis``: DRAM tier emptied before each request, the prefix comes from Redis;
 - ``forced_fetch_redis``: as warm_redis but the controller is told recompute is very slow,
@@ -31,12 +32,12 @@ from collections import OrderedDict
 
 import torch
 
-from engine import LLM, SamplingParams
+from engine import EngineConfig, SamplingParams
 from kv_transfer.codecs import available_codecs, is_lossless
 from kv_transfer.redis_server import RedisServer
 from kv_transfer.store import PrefixCacheClient, StoreConfig
-from kv_transfer.store.prefill_flow import prefill_with_store, step_until_first
 from kv_transfer.store.values import ValueCodec
+from prefill_worker.testing import InProcessPrefill
 
 BENCH = "store_prefix"
 TRACE = "/work/shared/traces/mooncake_conversation_trace.jsonl"
@@ -51,14 +52,16 @@ def emit(**fields) -> None:
     print(json.dumps({"bench": BENCH, **fields}), flush=True)
 
 
-def cold_ttft(engine, prompt: list[int], rid: str) -> float:
-    started = time.perf_counter()
-    engine.add_request(rid, prompt, PARAMS, prefill_only=True)
-    first = step_until_first(engine, rid)
-    elapsed = time.perf_counter() - started
-    if not first.finished:
-        engine.release(rid)
-    return elapsed
+def ttft_s(result) -> float:
+    """The worker's own plan + fetch + prefill time of one request (its KV hand-off excluded)."""
+    return (result.timings_ms["store_ms"] + result.timings_ms["prefill_ms"]) / 1000
+
+
+def step_until_first(engine, request_id: str):
+    while True:
+        for out in engine.step():
+            if out.request_id == request_id:
+                return out
 
 
 def pick_lossy(engine, prefix: list[int], chunk: int, redis_bps: float) -> tuple[str, list[dict]]:
@@ -100,51 +103,53 @@ def suffix_agreement(engine, prompt: list[int], prefix_kv: torch.Tensor) -> dict
 
 
 def bench_model(model: str, codecs: list[str] | None, reps: int, server: RedisServer) -> None:
-    """Cold and warm cases interleaved repetition by repetition, so noise hits all alike."""
+    """Cold and warm cases interleaved repetition by repetition, so noise hits all alike. Every
+    case is the real prefill worker (``PrefillWorker``, in this process): ``cold`` without a
+    store, the others with one store client per codec."""
     prompt_len, cached, chunk, factor = SETUPS[model]
     reps *= factor
-    llm = LLM(model=model, enable_prefix_caching=False, seed=0, max_num_seqs=2,
-              max_model_len=prompt_len + 64)
-    engine = llm.engine
+    engine_cfg = EngineConfig(model=model, enable_prefix_caching=False, seed=0, max_num_seqs=2,
+                              max_model_len=prompt_len + 64, device="cpu")
+    cold_worker = InProcessPrefill(None, engine_cfg)
+    engine = cold_worker.worker.engine
     rng = random.Random(0)
     vocab = engine.model_config.vocab_size
     prompt = [rng.randrange(3, vocab) for _ in range(prompt_len)]
     earlier = prompt[:cached] + [rng.randrange(3, vocab) for _ in range(64)]  # computed before
-    warm_up = [cold_ttft(engine, prompt, f"warmup{i}") for i in range(2)]
+    warm_up = [ttft_s(cold_worker.prefill(f"warmup{i}", prompt, PARAMS)[0]) for i in range(2)]
     speed = prompt_len / min(warm_up)   # what the prefill worker would have measured
     if codecs is None:
         with PrefixCacheClient.open(StoreConfig(url=server.url, chunk_size=chunk, backend="redis"),
                                     engine.kv_layout) as probe:
             redis_bps = probe.cost.snapshot()["remote"]["bytes_per_s"]
-        best, rows = pick_lossy(engine, prompt, chunk, redis_bps)
+        best, rows = _on_engine(cold_worker, lambda e: pick_lossy(e, prompt, chunk, redis_bps))
         for row in rows:
             emit(model=model, case="codec_probe", figure="lossy_codec", **row)
         codecs = ["raw", best]
-    clients = {}
+    workers: dict[str, InProcessPrefill] = {}
     cases = {"warm_dram": (False, speed), "warm_redis": (True, speed),
              "forced_fetch_redis": (True, 1e-3)}
     times: dict[tuple, list[float]] = {("cold", None): []}
     last: dict[tuple, object] = {}
     try:
         for codec in codecs:
-            clients[codec] = client = PrefixCacheClient.open(StoreConfig(
+            workers[codec] = worker = InProcessPrefill(StoreConfig(
                 url=server.url, chunk_size=chunk, codec=codec, local_cpu_bytes=512 << 20,
-                writeback_max_bytes=1 << 30), engine.kv_layout)
-            prefill_with_store(engine, client, f"store-{codec}", earlier, PARAMS, _salt(model, codec),
-                               speed)
-            client.flush(300)
+                writeback_max_bytes=1 << 30), engine_cfg)
+            worker.prefill(f"store-{codec}", earlier, PARAMS, _salt(model, codec), speed)
+            worker.client.flush(300)
         for rep in range(reps + 1):               # repetition 0 warms every path up
-            cold = cold_ttft(engine, prompt, f"cold{rep}")
+            cold = ttft_s(cold_worker.prefill(f"cold{rep}", prompt, PARAMS)[0])
             if rep:
                 times[("cold", None)].append(cold)
-            for codec, client in clients.items():
+            for codec, worker in workers.items():
                 for case, (from_redis, tps) in cases.items():
                     if from_redis:
-                        client.store.clear_local()
-                    out = prefill_with_store(engine, client, f"{case}-{codec}-{rep}", prompt, PARAMS,
-                                             _salt(model, codec), tps, write_back=False)
+                        worker.client.store.clear_local()
+                    out, _ = worker.prefill(f"{case}-{codec}-{rep}", prompt, PARAMS,
+                                            _salt(model, codec), tps)
                     if rep:
-                        times.setdefault((case, codec), []).append(out.ttft_s)
+                        times.setdefault((case, codec), []).append(ttft_s(out))
                     last[(case, codec)] = out
         cold = statistics.median(times[("cold", None)])
         emit(model=model, case="cold", figure="ttft_s", median=cold, reps=reps,
@@ -152,18 +157,24 @@ def bench_model(model: str, codecs: list[str] | None, reps: int, server: RedisSe
         for (case, codec), values in times.items():
             if case == "cold":
                 continue
-            out = last[(case, codec)]
+            store = last[(case, codec)].store
             ttft = statistics.median(values)
             emit(model=model, codec=codec, case=case, figure="ttft_s", median=ttft, reps=reps,
-                 ratio_vs_cold=ttft / cold, decision=out.plan.decision,
-                 fetched_tokens=out.fetched_tokens, hit_dram=out.plan.hit_local,
-                 hit_redis=out.plan.hit_remote, est_fetch_s=out.plan.est_fetch_s,
-                 est_recompute_s=out.plan.est_recompute_s)
-        for codec, client in clients.items():
-            report_codec(engine, model, codec, chunk, prompt, client)
+                 ratio_vs_cold=ttft / cold, decision=store.decision,
+                 fetched_tokens=store.fetched_tokens, hit_dram=store.hit_local,
+                 hit_redis=store.hit_remote, est_fetch_s=store.est_fetch_s,
+                 est_recompute_s=store.est_recompute_s)
+        for codec, worker in workers.items():
+            _on_engine(cold_worker, lambda e, c=codec, w=worker: report_codec(
+                e, model, c, chunk, prompt, w.client))
     finally:
-        for client in clients.values():
-            client.close()
+        for worker in [cold_worker, *workers.values()]:
+            worker.close()
+
+
+def _on_engine(worker: InProcessPrefill, fn):
+    """``fn(engine)`` on the worker's engine thread (the engine is single-threaded)."""
+    return worker.worker.driver.submit(fn).result()
 
 
 def _salt(model: str, codec: str) -> str:

@@ -12,11 +12,13 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
 
 from decode_worker.messages import DecodeStart, FullRequest, StreamEvent
 from decode_worker.outbox import Outbox
 from engine import EngineConfig, LLMEngine, SamplingParams
-from engine.driver import EngineDriver
+from engine.driver import EngineDriver, exit_on_fatal
 from engine.load import CachedHashFeed, cached_hashes, load_figures
 from engine.outputs import RequestOutput
 from tandem_common.worker_load import WorkerLoad
@@ -27,11 +29,21 @@ REAP_INTERVAL_S = 0.25
 
 
 class DecodeWorker:
-    def __init__(self, worker_id: str, engine_config: EngineConfig, kv_options: dict, role: str = "decode"):
+    """Args:
+        worker_id, engine_config: the actor's name and the engine it builds.
+        kv_options: ``KVReceiver`` options (decode role).
+        role: "decode" (KV arrives from prefill workers) or "colocated" (computes prompts).
+        engine: an engine already built (the in-process server); ``engine_config`` is unused.
+        on_fatal: runs when an engine step fails; a pool worker exits so Ray restarts it.
+    """
+
+    def __init__(self, worker_id: str, engine_config: EngineConfig | None, kv_options: dict,
+                 role: str = "decode", *, engine: LLMEngine | None = None,
+                 on_fatal: Callable[[BaseException], None] | None = exit_on_fatal):
         self.worker_id, self.role = worker_id, role
         self.incarnation = uuid.uuid4().hex[:12]
-        self.engine = LLMEngine(engine_config)
-        self.driver = EngineDriver(self.engine, worker_id)
+        self.engine = engine if engine is not None else LLMEngine(engine_config)
+        self.driver = EngineDriver(self.engine, worker_id, on_fatal=on_fatal)
         self.receiver = None
         if role == "decode":   # the colocated role never receives KV
             from kv_transfer.handoff import KVReceiver
@@ -91,11 +103,19 @@ class DecodeWorker:
         return self.incarnation, cursor, events
 
     async def abort(self, request_id: str) -> bool:
+        return await asyncio.wrap_future(self.abort_nowait(request_id))
+
+    def abort_nowait(self, request_id: str) -> Future:
+        """Queue the abort on the engine thread (ahead of any later call); the future says
+        whether the request was still held."""
         self.deadlines.pop(request_id, None)
-        out = await self.driver.call(lambda e: e.abort(request_id))
-        if out is not None:
-            self.outbox.put([StreamEvent(request_id, [], "", "abort")], urgent=True)
-        return out is not None
+        return self.driver.submit(lambda e: self._abort_on_engine(e, request_id))
+
+    def _abort_on_engine(self, engine: LLMEngine, request_id: str) -> bool:
+        if engine.abort(request_id) is None:
+            return False
+        self.outbox.put([StreamEvent(request_id, [], "", "abort")], urgent=True)
+        return True
 
     async def _reap_expired(self) -> None:
         """Deadline expiry frees KV here even if the router is gone."""
@@ -126,4 +146,7 @@ class DecodeWorker:
         return self.incarnation
 
     def shutdown(self) -> None:
+        """Stop the engine thread and the deadline reaper (callable from any thread)."""
+        if self._reaper is not None:
+            self._reaper.get_loop().call_soon_threadsafe(self._reaper.cancel)
         self.driver.stop()

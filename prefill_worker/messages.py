@@ -19,6 +19,20 @@ class PrefillRequest:
 
 
 @dataclass(slots=True)
+class StoreOutcome:
+    """What the global store contributed to one prefill (``kv_transfer.store.FetchPlan``,
+    without the prompt): ``decision`` is "off" with no store, else the plan's decision."""
+    decision: str = "off"
+    hit_local: int = 0                    # stored prefix tokens found in the DRAM tier
+    hit_remote: int = 0                   # ... in Redis
+    usable_tokens: int = 0                # longest prefix a hit may cover
+    fetched_tokens: int = 0               # tokens of KV actually fetched and used
+    est_fetch_s: float = 0.0
+    est_recompute_s: float = 0.0
+    store_ms: float = 0.0                 # plan + fetch
+
+
+@dataclass(slots=True)
 class PrefillResult:
     request_id: str
     worker_id: str
@@ -29,3 +43,4 @@ class PrefillResult:
     kv_handle: Any = None                 # a transport descriptor; None when finished
     kv_bytes: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
+    store: StoreOutcome = field(default_factory=StoreOutcome)

@@ -10,6 +10,7 @@ import torch
 
 from engine.llm_engine import LLMEngine
 from kv_transfer.store.config import StoreConfig
+from prefill_worker.messages import StoreOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -25,17 +26,20 @@ class PrefixFetcher:
             self.client = PrefixCacheClient.open(store, engine.kv_layout)
 
     async def fetch(self, token_ids: list[int], salt: bytes,
-                    prefill_tokens_per_s: float) -> tuple[torch.Tensor | None, float]:
-        """The KV of the longest stored prefix worth fetching (None: recompute), and ms spent."""
+                    prefill_tokens_per_s: float) -> tuple[torch.Tensor | None, StoreOutcome]:
+        """The KV of the longest stored prefix worth fetching (None: recompute), and what the
+        store decided."""
         if self.client is None:
-            return None, 0.0
+            return None, StoreOutcome()
         t0 = time.perf_counter()
-        kv = await asyncio.to_thread(self._plan_and_fetch, token_ids, salt, prefill_tokens_per_s)
-        return kv, 1000 * (time.perf_counter() - t0)
+        kv, plan = await asyncio.to_thread(self._plan_and_fetch, token_ids, salt, prefill_tokens_per_s)
+        return kv, StoreOutcome(plan.decision, plan.hit_local, plan.hit_remote, plan.usable_tokens,
+                                0 if kv is None else int(kv.shape[2]), plan.est_fetch_s,
+                                plan.est_recompute_s, 1000 * (time.perf_counter() - t0))
 
-    def _plan_and_fetch(self, token_ids: list[int], salt: bytes, tps: float) -> torch.Tensor | None:
-        plan = self.client.plan(token_ids, salt, max(tps, 1.0))
-        return self.client.fetch(plan)
+    def _plan_and_fetch(self, token_ids: list[int], salt: bytes, tps: float):
+        plan = self.client.plan(token_ids, salt, tps if tps > 0 else 1.0)
+        return self.client.fetch(plan), plan
 
     def write_back(self, token_ids: list[int], kv: torch.Tensor, salt: bytes) -> None:
         if self.client is not None:

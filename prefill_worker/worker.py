@@ -13,7 +13,7 @@ import time
 import uuid
 
 from engine import EngineConfig, LLMEngine, SamplingParams
-from engine.driver import EngineDriver
+from engine.driver import EngineDriver, EngineFailed, exit_on_fatal
 from engine.load import CachedHashFeed, cached_hashes, load_figures
 from kv_transfer.handoff import KVSender
 from kv_transfer.store.config import StoreConfig
@@ -32,10 +32,9 @@ class PrefillWorker(AsyncRayKVSource):
         self.incarnation = uuid.uuid4().hex[:12]
         self.engine = LLMEngine(engine_config)
         self.prefill_tokens, self.prefill_s = _measure_prefill(self.engine)
-        self.driver = EngineDriver(self.engine, worker_id)
+        self.driver = EngineDriver(self.engine, worker_id, on_fatal=exit_on_fatal)
         self.sender = KVSender(self.engine.kv_layout, **kv_options)
         self.prefix = PrefixFetcher(self.engine, store)
-        self.kv_bytes_sent = 0
         self.hash_feed = CachedHashFeed()
         self._sending: set[asyncio.Task] = set()
         self.started = time.monotonic()
@@ -49,8 +48,8 @@ class PrefillWorker(AsyncRayKVSource):
         rid = req.request_id
         params = SamplingParams.from_dict(req.sampling)
         t0 = time.perf_counter()
-        prefix_kv, store_ms = await self.prefix.fetch(req.prompt_token_ids, req.cache_salt,
-                                                       self.prefill_tokens_per_s)
+        prefix_kv, store = await self.prefix.fetch(req.prompt_token_ids, req.cache_salt,
+                                                    self.prefill_tokens_per_s)
         queue = self.driver.subscribe(rid)
         added = False
         try:
@@ -62,6 +61,9 @@ class PrefillWorker(AsyncRayKVSource):
             added = True
             timeout = None if req.deadline is None else max(0.0, req.deadline - time.time())
             out = await asyncio.wait_for(queue.get(), timeout)
+            if isinstance(out, BaseException):
+                added = False    # the engine is gone, and the request with it
+                raise EngineFailed(f"the engine failed: {type(out).__name__}: {out}")
         except BaseException:
             if added:
                 await asyncio.shield(self.driver.call(lambda e: e.abort(rid)))
@@ -72,9 +74,9 @@ class PrefillWorker(AsyncRayKVSource):
         computed = len(req.prompt_token_ids) - out.num_cached_tokens
         self.prefill_tokens += computed
         self.prefill_s += compute_s
-        timings = {"store_ms": store_ms, "prefill_ms": 1000 * compute_s}
+        timings = {"store_ms": store.store_ms, "prefill_ms": 1000 * compute_s}
         result = PrefillResult(rid, self.worker_id, out.token_ids[-1], out.new_text, out.finish_reason,
-                               out.num_cached_tokens, timings_ms=timings)
+                               out.num_cached_tokens, timings_ms=timings, store=store)
         if out.finished:
             return result
         seq_kv = await self.driver.call(lambda e: _export_and_release(e, rid))
@@ -87,14 +89,13 @@ class PrefillWorker(AsyncRayKVSource):
             task.add_done_callback(self._sending.discard)
         else:
             result.kv_bytes = handoff.run()
-            self.kv_bytes_sent += result.kv_bytes
         result.kv_handle = handoff.descriptor
         timings["ship_ms"] = 1000 * (time.perf_counter() - t1)
         return result
 
     async def _send_in_background(self, request_id: str, handoff) -> None:
         try:
-            self.kv_bytes_sent += await asyncio.to_thread(handoff.run)
+            await asyncio.to_thread(handoff.run)
         except Exception as exc:   # the stream was aborted: the receiver sees the error
             logger.warning("request %s: KV send failed: %s", request_id, exc)
 

@@ -30,6 +30,13 @@ def redis_server():
 
 
 @pytest.fixture
+def own_redis():
+    """A redis-server for this test alone: tests kill, pause and restart it."""
+    with RedisServer(maxmemory="128mb") as server:
+        yield server
+
+
+@pytest.fixture
 def redis_url(redis_server) -> str:
     """The session server's URL, emptied before each test."""
     import redis

@@ -1,12 +1,16 @@
-"""``LocalBackend``: one in-process engine behind the router (the colocated mode).
+"""``LocalBackend``: the colocated worker in this process, behind the router.
 
-The engine runs on its own thread (``EngineThread``); the event loop only moves
-results. This is the single-process deployment and the real backend of the SDK and
-router tests. It holds the model weights itself, so it is for colocated serving only.
+The worker is ``decode_worker.DecodeWorker`` in its "colocated" role: the same class the
+Ray pool runs in ``mode: colocated``, here called directly instead of through an actor
+handle. Its engine runs on the engine driver's thread; one pump task long-polls the worker's
+outbox and hands each request its events. This is the single-process deployment and the
+real backend of the SDK and router tests; it loads the model (and torch) in this process,
+so the router of a cluster never uses it.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import time
@@ -15,7 +19,6 @@ from typing import Any
 
 from engine.config import EngineConfig
 from router.backend import Backend, Tokenizer, register_backend
-from router.backends.engine_thread import Delivery, EngineThread
 from router.errors import InvalidRequest, NoHealthyWorker, WorkerFailed
 from router.messages import (
     ClusterInfo, Finished, FinishReason, GenerateEvent, GenerateRequest, ModelInfo, PoolInfo,
@@ -24,36 +27,16 @@ from router.messages import (
 
 logger = logging.getLogger(__name__)
 
-
-class _PromptTokenizer:
-    """Adapts the engine's tokenizer to the router's ``encode(text)`` (BOS added)."""
-
-    def __init__(self, tokenizer: Any) -> None:
-        self._tokenizer = tokenizer
-
-    def encode(self, text: str) -> list[int]:
-        return self._tokenizer.encode(text)
-
-
-def engine_kwargs(config: EngineConfig) -> dict[str, Any]:
-    """``engine.LLM`` keyword arguments for an EngineConfig (device "auto": CUDA if present)."""
-    device = config.resolved_device()
-    kwargs = dict(model=config.model, dtype=config.dtype, device=device,
-                  block_size=config.block_size, max_num_seqs=config.max_num_seqs,
-                  max_num_batched_tokens=config.max_num_batched_tokens,
-                  max_model_len=config.max_model_len, num_kv_blocks=config.num_kv_blocks,
-                  enable_prefix_caching=config.enable_prefix_caching, seed=config.seed,
-                  num_threads=config.num_threads, matmul_dtype=config.matmul_dtype)
-    return kwargs
+POLL_TIMEOUT_S = 1.0
 
 
 @register_backend("local")
 class LocalBackend(Backend):
-    """Serves requests from one in-process ``engine.LLM``.
+    """Serves requests from one in-process colocated worker.
 
     Args:
-        llm: an ``engine.LLM`` to serve; when None, one is built from ``model_config`` in
-            ``start()`` (off the event loop).
+        llm: an ``engine.LLM`` whose engine the worker drives; when None, the worker builds
+            one from ``model_config`` in ``start()`` (off the event loop).
         model_config: used when ``llm`` is None.
         codecs: codec names a request may name (no KV moves in colocated mode; accepted
             so that clients written for the disaggregated cluster work unchanged).
@@ -64,42 +47,47 @@ class LocalBackend(Backend):
     def __init__(self, llm: Any = None, *, model_config: EngineConfig | None = None,
                  codecs: Sequence[str] = ("raw",), worker_id: str = "local-0",
                  tenant_sharing: bool = False) -> None:
-        if llm is None and model_config is None:
-            model_config = EngineConfig()
         self._llm = llm
-        self._model_config = model_config
+        self._model_config = model_config or EngineConfig()
         self._codecs = list(codecs)
         self.worker_id = worker_id
         self._tenant_sharing = tenant_sharing
-        self._thread: EngineThread | None = None
+        self._worker: Any = None
+        self._pump: asyncio.Task | None = None
         self._queues: dict[str, asyncio.Queue] = {}
+        self._failure: BaseException | None = None
         self._closed = False
 
     @property
-    def llm(self) -> Any:
-        if self._llm is None:
-            raise NoHealthyWorker("the local engine is not started")
-        return self._llm
-
-    @property
     def tokenizer(self) -> Tokenizer:
-        return _PromptTokenizer(self.llm.tokenizer)
+        if self._worker is None:
+            raise NoHealthyWorker("the local engine is not started")
+        return self._worker.engine.tokenizer
 
     async def start(self) -> None:
-        if self._thread is not None:
+        if self._worker is not None:
             return
-        if self._llm is None:
-            from engine import LLM   # torch is imported only by a backend that needs it
-            kwargs = engine_kwargs(self._model_config)
-            self._llm = await asyncio.to_thread(lambda: LLM(**kwargs))
-        self._thread = EngineThread(self._llm.engine, asyncio.get_running_loop(), self._deliver,
-                                    name=f"engine-{self.worker_id}")
-        self._thread.start()
+        from decode_worker.worker import DecodeWorker   # loads the engine (and torch)
+
+        loop = asyncio.get_running_loop()
+
+        def on_fatal(exc: BaseException) -> None:        # on the engine thread
+            loop.call_soon_threadsafe(self._fail_all, exc)
+
+        engine = None if self._llm is None else self._llm.engine
+        self._worker = await asyncio.to_thread(
+            DecodeWorker, self.worker_id, self._model_config, {}, "colocated", engine=engine,
+            on_fatal=on_fatal)
+        self._pump = loop.create_task(self._pump_events())
 
     async def close(self) -> None:
         self._closed = True
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.stop)
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pump
+        if self._worker is not None:
+            await asyncio.to_thread(self._worker.shutdown)
         for q in self._queues.values():
             q.put_nowait(NoHealthyWorker("the local engine stopped"))
 
@@ -107,56 +95,71 @@ class LocalBackend(Backend):
         """Run ``fn(engine)`` on the engine thread (engine calls are not thread-safe)."""
         if not await self.health():
             raise NoHealthyWorker("the local engine is not running")
-        return await asyncio.wrap_future(self._thread.submit(fn))
+        return await self._worker.driver.call(fn)
 
     async def generate(self, request: GenerateRequest) -> AsyncIterator[GenerateEvent]:
         if not await self.health():
             raise NoHealthyWorker("the local engine is not running")
-        from engine.sampling_params import SamplingParams
+        from decode_worker.messages import FullRequest
+
         rid = request.request_id
-        params = SamplingParams.from_dict(request.sampling.to_dict())
         salt = b"" if self._tenant_sharing else request.tenant.encode()
-        results: asyncio.Queue = asyncio.Queue()
-        self._queues[rid] = results
-        self._thread.add(rid, request.prompt_token_ids, params, salt)
-        finished = False
-        index = 0
-        ttft_ms = 0.0
+        events: asyncio.Queue = asyncio.Queue()
+        self._queues[rid] = events
+        usage = Usage(prompt_tokens=len(request.prompt_token_ids),
+                      prefill_worker=self.worker_id, decode_worker=self.worker_id)
+        held = False
         try:
+            try:
+                await self._worker.submit(FullRequest(rid, request.prompt_token_ids,
+                                                      request.sampling.to_dict(), salt))
+            except ValueError as exc:   # the engine's refusal is the request's fault, not ours
+                raise InvalidRequest("request", f"rejected by the engine: {exc}") from None
+            except Exception as exc:
+                raise _as_router_error(exc) from None
+            held = True
             while True:
-                item = await results.get()
+                item = await events.get()
                 if isinstance(item, BaseException):
-                    finished = True   # the engine no longer holds it
+                    held = False      # the engine no longer holds it
                     raise _as_router_error(item)
-                if index == 0 and item.new_token_ids:
-                    ttft_ms = (time.monotonic() - request.arrival_time) * 1000
                 delta = None
-                if item.new_token_ids or item.new_text:
-                    delta = TokenDelta(list(item.new_token_ids), item.new_text, index)
-                    index += len(item.new_token_ids)
-                if item.finished:
-                    finished = True
-                    yield Finished(FinishReason(item.finish_reason), Usage(
-                        prompt_tokens=len(item.prompt_token_ids),
-                        cached_prompt_tokens=item.num_cached_tokens,
-                        completion_tokens=len(item.token_ids), ttft_ms=ttft_ms,
-                        prefill_worker=self.worker_id, decode_worker=self.worker_id), delta)
+                if item.token_ids or item.text:
+                    if item.token_ids and usage.completion_tokens == 0:
+                        usage.ttft_ms = (time.monotonic() - request.arrival_time) * 1000
+                        usage.cached_prompt_tokens = item.num_cached_tokens
+                    delta = TokenDelta(list(item.token_ids), item.text, usage.completion_tokens)
+                    usage.completion_tokens += len(item.token_ids)
+                if item.finish_reason is not None:
+                    held = False
+                    yield Finished(FinishReason(item.finish_reason), usage, delta)
                     return
                 if delta is not None:
                     yield delta
         finally:
             self._queues.pop(rid, None)
-            if not finished and self._thread is not None:
-                self._thread.abort(rid)
+            if held and self._worker is not None and self._worker.driver.alive:
+                self._worker.abort_nowait(rid)
 
-    def _deliver(self, batch: Delivery) -> None:
-        for rid, item in batch:
-            q = self._queues.get(rid)
-            if q is not None:
-                q.put_nowait(item)
+    async def _pump_events(self) -> None:
+        """One long-poll of the worker's outbox, fanning each step's events out to requests."""
+        cursor = 0
+        while True:
+            _, cursor, batch = await self._worker.poll(cursor, POLL_TIMEOUT_S)
+            for event in batch:
+                q = self._queues.get(event.request_id)
+                if q is not None:
+                    q.put_nowait(event)
+
+    def _fail_all(self, exc: BaseException) -> None:
+        self._failure = exc
+        for q in self._queues.values():
+            q.put_nowait(exc)
 
     async def model_info(self) -> ModelInfo:
-        engine = self.llm.engine
+        if self._worker is None:
+            raise NoHealthyWorker("the local engine is not started")
+        engine = self._worker.engine
         cfg = engine.model_config
         eos = sorted(engine.eos_token_ids)
         return ModelInfo(
@@ -171,24 +174,18 @@ class LocalBackend(Backend):
         healthy = await self.health()
         worker = WorkerInfo(worker_id=self.worker_id, node=socket.gethostname(),
                             health=WorkerHealth.HEALTHY if healthy else WorkerHealth.UNHEALTHY,
-                            device=str(getattr(self._llm.engine.config, "device", "cpu"))
-                            if self._llm else "cpu")
+                            device=str(self._worker.engine.loaded.device) if self._worker else "cpu")
         if healthy:
-            stats = await self.run_on_engine(_engine_load)
-            worker.running_requests, worker.waiting_requests = stats[0], stats[1]
-            worker.free_kv_blocks, worker.total_kv_blocks = stats[2], stats[3]
-            worker.load = 1 - stats[2] / stats[3] if stats[3] else 0.0
+            load = await self._worker.load()
+            worker.running_requests, worker.waiting_requests = load.running, load.queue_depth
+            worker.free_kv_blocks, worker.total_kv_blocks = load.free_kv_blocks, load.total_kv_blocks
+            worker.load = 1 - load.free_kv_blocks / load.total_kv_blocks if load.total_kv_blocks else 0.0
         return ClusterInfo(mode="colocated", pools=[PoolInfo("colocated", [worker])],
                            healthy=healthy)
 
     async def health(self) -> bool:
-        return not self._closed and self._thread is not None and self._thread.alive
-
-
-def _engine_load(engine: Any) -> tuple[int, int, int, int]:
-    sched = engine.scheduler
-    return (len(sched.running), len(sched.waiting), engine.free_block_count(),
-            engine.pool.num_blocks)
+        return (not self._closed and self._worker is not None and self._failure is None
+                and self._worker.driver.alive)
 
 
 def _as_router_error(exc: BaseException) -> Exception:
@@ -196,4 +193,8 @@ def _as_router_error(exc: BaseException) -> Exception:
         return exc
     if isinstance(exc, ValueError):
         return InvalidRequest("request", f"rejected by the engine: {exc}")
-    return WorkerFailed(f"the local engine failed: {type(exc).__name__}: {exc}")
+    cause = exc
+    from engine.driver import EngineFailed
+    if isinstance(exc, EngineFailed) and exc.__cause__ is not None:
+        cause = exc.__cause__
+    return WorkerFailed(f"the local engine failed: {type(cause).__name__}: {cause}")

@@ -164,10 +164,15 @@ def test_docs_config_lists_every_field_with_its_default():
     assert not wrong, wrong
 
 
-def test_matmul_dtype_reaches_the_engines_of_both_backends():
+def test_the_model_section_is_the_engine_config_both_backends_run():
+    """One engine config: the pools run the ``model:`` section with only the torch threads
+    filled in, and the in-process backend takes the same object."""
+    import dataclasses
+
     from cluster.pools import engine_config
-    from router.backends.local import engine_kwargs
+    from engine.config import EngineConfig
     cfg = load_config(None, ["model.matmul_dtype=bfloat16"])
+    assert isinstance(cfg.model, EngineConfig)
     assert engine_config(cfg).matmul_dtype == "bfloat16"
-    assert engine_kwargs(cfg.model)["matmul_dtype"] == "bfloat16"
+    assert engine_config(cfg, num_threads=2) == dataclasses.replace(cfg.model, num_threads=2)
     assert engine_config(load_config(None, [])).matmul_dtype is None

@@ -5,7 +5,6 @@ import pytest
 import redis
 
 from engine.kv_export import KVLayout
-from kv_transfer.redis_server import RedisServer
 from kv_transfer.store import create_store
 from store_helpers import LAYOUT, store_config
 
@@ -31,13 +30,6 @@ def redis_client(redis_url):
     client = redis.Redis.from_url(redis_url)
     yield client
     client.close()
-
-
-@pytest.fixture
-def own_redis():
-    """A redis-server for this test alone: tests kill, pause and restart it."""
-    with RedisServer(maxmemory="128mb") as server:
-        yield server
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,6 @@
-"""End to end with the real engine: reuse across processes, corruption, Redis dying."""
+"""The prefill worker's store flow, end to end with the real engine and store: reuse across
+processes, corruption, Redis dying. The worker runs in this process (no Ray); its KV goes
+through the in-process transport to a decode engine that finishes the request."""
 from __future__ import annotations
 
 import json
@@ -12,41 +14,47 @@ import pytest
 import redis
 
 from engine import LLM, SamplingParams
-from kv_transfer.store import PrefixCacheClient, StoreConfig
+from kv_transfer.store import StoreConfig
 from kv_transfer.store.breaker import BreakerState
 from kv_transfer.store.keys import KeyScheme
-from kv_transfer.store.prefill_flow import decode_to_end, prefill_with_store
-from store_helpers import STORY
+from prefill_worker.testing import InProcessPrefill, decode_to_end
+
+STORY = ("Once upon a time, there was a little girl named Lily. She loved to play outside "
+         "in the park with her friends. One day, she saw a big red ball under a tree. "
+         "Lily ran to the ball and picked it up. It was shiny and new. She wanted to share "
+         "it with her friend Tom, so she went to his house and knocked on the door. Tom "
+         "was happy to see her and they played with the ball all day long. ")
 
 CHUNK = 32
 PARAMS = SamplingParams(max_tokens=16, temperature=0.0)
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(HERE)))
+ROOT = os.path.dirname(os.path.dirname(HERE))
 
 
 @pytest.fixture(scope="module")
-def prompts(stories_llm):
+def prompts():
     """Two prompts sharing their first 256 tokens, and their store-free greedy outputs."""
-    ids = stories_llm.tokenizer.encode(STORY * 6)
+    llm = LLM(model="stories260K", enable_prefix_caching=False, seed=0)
+    ids = llm.tokenizer.encode(STORY * 6)
     first, second = ids[:300], ids[:256] + ids[300:360]
-    baseline = [o.token_ids for o in stories_llm.generate([first, second], PARAMS)]
+    baseline = [o.token_ids for o in llm.generate([first, second], PARAMS)]
     return first, second, baseline
 
 
-def open_client(url: str, layout, **kw) -> PrefixCacheClient:
+def store_config(url: str, **kw) -> StoreConfig:
     opts = dict(url=url, chunk_size=CHUNK, local_cpu_bytes=16 << 20, calibrate=False,
                 op_timeout_s=0.5, breaker_failures=2, breaker_reset_s=0.2)
     opts.update(kw)
-    return PrefixCacheClient.open(StoreConfig(**opts), layout)
+    return StoreConfig(**opts)
 
 
-def run(llm, client, rid, prompt, salt="tenant-a", speed=1.0):
-    out = prefill_with_store(llm.engine, client, rid, prompt, PARAMS, salt, speed)
-    return out, decode_to_end(llm.engine, out.seq_kv).token_ids
+def run(prefill: InProcessPrefill, rid, prompt, salt="tenant-a"):
+    # A slow assumed prefill speed: whenever a usable hit exists, fetching it pays.
+    result, seq_kv = prefill.prefill(rid, prompt, PARAMS, salt, assume_tokens_per_s=1.0)
+    return result, decode_to_end(prefill.decoder, seq_kv).token_ids
 
 
-def test_a_prefix_stored_by_another_process_is_reused_with_identical_output(
-        stories_llm, prompts, redis_url):
+def test_a_prefix_stored_by_another_process_is_reused_with_identical_output(prompts, redis_url):
     first, second, (base_first, base_second) = prompts
     proc = subprocess.run(
         [sys.executable, os.path.join(HERE, "store_writer_proc.py"), redis_url, str(CHUNK),
@@ -55,14 +63,13 @@ def test_a_prefix_stored_by_another_process_is_reused_with_identical_output(
         env={**os.environ, "PYTHONPATH": ROOT})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout.splitlines()[-1])["token_ids"] == base_first
-    fresh = LLM(model="stories260K", enable_prefix_caching=False, seed=0)
-    with open_client(redis_url, fresh.engine.kv_layout) as client:
-        out, tokens = run(fresh, client, "reuse", second)
-        assert out.plan.decision == "fetch" and out.plan.hit_remote == 256
-        assert out.fetched_tokens == 256 and out.first.num_cached_tokens == 256
+    with InProcessPrefill(store_config(redis_url)) as prefill:
+        out, tokens = run(prefill, "reuse", second)
+        assert out.store.decision == "fetch" and out.store.hit_remote == 256
+        assert out.store.fetched_tokens == 256 and out.num_cached_tokens == 256
         assert tokens == base_second
-        other_tenant, tokens = run(fresh, client, "other-tenant", second, salt="tenant-b")
-        assert other_tenant.plan.decision == "miss" and tokens == base_second
+        other_tenant, tokens = run(prefill, "other-tenant", second, salt="tenant-b")
+        assert other_tenant.store.decision == "miss" and tokens == base_second
 
 
 def _flip(client, key):
@@ -80,36 +87,35 @@ def _pickle(client, key):
 
 
 @pytest.mark.parametrize("damage", [_flip, _truncate, _pickle], ids=["flip", "truncate", "pickle"])
-def test_corrupt_values_are_recomputed_with_exact_output(stories_llm, prompts, redis_url, damage):
+def test_corrupt_values_are_recomputed_with_exact_output(prompts, redis_url, damage):
     first, second, (_, base_second) = prompts
-    layout = stories_llm.engine.kv_layout
-    with open_client(redis_url, layout) as client:
-        run(stories_llm, client, "write", first)
+    with InProcessPrefill(store_config(redis_url)) as prefill:
+        client, layout = prefill.client, prefill.worker.engine.kv_layout
+        run(prefill, "write", first)
         assert client.flush()
         keys = KeyScheme(layout, "raw", CHUNK).chunk_keys(second[:256], "tenant-a")
         admin = redis.Redis.from_url(redis_url)
         damage(admin, keys[3])
         client.store.clear_local()
-        out, tokens = run(stories_llm, client, "read", second)
-        assert out.plan.decision == "fetch" and out.fetched_tokens == 3 * CHUNK
-        assert out.first.num_cached_tokens == 3 * CHUNK
+        out, tokens = run(prefill, "read", second)
+        assert out.store.decision == "fetch" and out.store.fetched_tokens == 3 * CHUNK
+        assert out.num_cached_tokens == 3 * CHUNK
         assert tokens == base_second
         stats = client.stats()
         assert stats.corrupt_entries == 1 and stats.fetch_shortfalls == 1
         assert client.flush()              # the recomputed chunk was written back, valid
         client.store.clear_local()
-        again, tokens = run(stories_llm, client, "again", second)
-        assert again.fetched_tokens == again.plan.usable_tokens == 288 and tokens == base_second
+        again, tokens = run(prefill, "again", second)
+        assert again.store.fetched_tokens == again.store.usable_tokens == 288 and tokens == base_second
         assert client.stats().corrupt_entries == 1
         admin.close()
 
 
-def test_killing_redis_mid_run_loses_no_request_and_restart_resumes_hits(
-        stories_llm, prompts, own_redis):
+def test_killing_redis_mid_run_loses_no_request_and_restart_resumes_hits(prompts, own_redis):
     first, second, (base_first, base_second) = prompts
-    layout = stories_llm.engine.kv_layout
-    with open_client(own_redis.url, layout) as client:
-        assert run(stories_llm, client, "r0", first)[1] == base_first
+    with InProcessPrefill(store_config(own_redis.url)) as prefill:
+        client = prefill.client
+        assert run(prefill, "r0", first)[1] == base_first
         client.flush()
         outputs = []
         for i in range(6):
@@ -117,7 +123,7 @@ def test_killing_redis_mid_run_loses_no_request_and_restart_resumes_hits(
                 own_redis.kill()
                 client.store.clear_local()
             prompt = first if i % 2 else second
-            outputs.append(run(stories_llm, client, f"r{i + 1}", prompt)[1])
+            outputs.append(run(prefill, f"r{i + 1}", prompt)[1])
         assert outputs == [base_second, base_first] * 3
         assert client.breaker.state is not BreakerState.CLOSED
         assert client.stats().breaker_opens >= 1
@@ -126,9 +132,9 @@ def test_killing_redis_mid_run_loses_no_request_and_restart_resumes_hits(
         while client.breaker.state is not BreakerState.CLOSED and time.monotonic() < deadline:
             time.sleep(0.02)
         assert client.breaker.state is BreakerState.CLOSED
-        assert run(stories_llm, client, "after-1", first)[1] == base_first
+        assert run(prefill, "after-1", first)[1] == base_first
         assert client.flush()
         client.store.clear_local()
-        out, tokens = run(stories_llm, client, "after-2", second)
-        assert out.plan.hit_remote == 256 and out.fetched_tokens == 256
+        out, tokens = run(prefill, "after-2", second)
+        assert out.store.hit_remote == 256 and out.store.fetched_tokens == 256
         assert tokens == base_second
