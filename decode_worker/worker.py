@@ -17,11 +17,17 @@ from concurrent.futures import Future
 
 from decode_worker.messages import DecodeStart, FullRequest, StreamEvent
 from decode_worker.outbox import Outbox
-from engine import EngineConfig, LLMEngine, SamplingParams
+from typing import TYPE_CHECKING
+
+from engine.config import EngineConfig
 from engine.driver import EngineDriver, exit_on_fatal
 from engine.load import CachedHashFeed, cached_hashes, load_figures
-from engine.outputs import RequestOutput
+from engine.sampling_params import SamplingParams
 from tandem_common.worker_load import WorkerLoad
+
+if TYPE_CHECKING:
+    from engine.llm_engine import LLMEngine
+    from engine.outputs import RequestOutput
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +48,12 @@ class DecodeWorker:
                  on_fatal: Callable[[BaseException], None] | None = exit_on_fatal):
         self.worker_id, self.role = worker_id, role
         self.incarnation = uuid.uuid4().hex[:12]
-        self.engine = engine if engine is not None else LLMEngine(engine_config)
+        if engine is None:
+            # The model runtime (torch) loads here, in the actor: importing this module is
+            # torch-free, so the router process can create the pool from this class.
+            from engine.llm_engine import LLMEngine
+            engine = LLMEngine(engine_config)
+        self.engine = engine
         self.driver = EngineDriver(self.engine, worker_id, on_fatal=on_fatal)
         self.receiver = None
         if role == "decode":   # the colocated role never receives KV

@@ -20,11 +20,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.errors import EngineError
-from engine.llm_engine import LLMEngine
-from engine.outputs import RequestOutput
+
+if TYPE_CHECKING:      # the driver itself is torch-free: pool actor classes import it
+    from engine.llm_engine import LLMEngine
+    from engine.outputs import RequestOutput
 
 logger = logging.getLogger(__name__)
 

@@ -5,12 +5,15 @@ import asyncio
 import dataclasses
 import logging
 import time
+from typing import TYPE_CHECKING
 
-import torch
-
-from engine.llm_engine import LLMEngine
 from kv_transfer.store.config import StoreConfig
 from prefill_worker.messages import StoreOutcome
+
+if TYPE_CHECKING:
+    import torch
+
+    from engine.llm_engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 

@@ -12,15 +12,20 @@ import logging
 import time
 import uuid
 
-from engine import EngineConfig, LLMEngine, SamplingParams
+from typing import TYPE_CHECKING
+
+from engine.config import EngineConfig
 from engine.driver import EngineDriver, EngineFailed, exit_on_fatal
 from engine.load import CachedHashFeed, cached_hashes, load_figures
-from kv_transfer.handoff import KVSender
+from engine.sampling_params import SamplingParams
 from kv_transfer.store.config import StoreConfig
 from kv_transfer.transports.ray_source import AsyncRayKVSource
 from prefill_worker.messages import PrefillRequest, PrefillResult
-from tandem_common.worker_load import WorkerLoad
 from prefill_worker.prefix import PrefixFetcher
+from tandem_common.worker_load import WorkerLoad
+
+if TYPE_CHECKING:
+    from engine.llm_engine import LLMEngine
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +35,11 @@ class PrefillWorker(AsyncRayKVSource):
                  store: StoreConfig | None = None):
         self.worker_id = worker_id
         self.incarnation = uuid.uuid4().hex[:12]
+        # The model runtime (torch) loads here, in the actor: importing this module is
+        # torch-free, so the router process can create the pool from this class.
+        from engine.llm_engine import LLMEngine
+        from kv_transfer.handoff import KVSender
+
         self.engine = LLMEngine(engine_config)
         self.prefill_tokens, self.prefill_s = _measure_prefill(self.engine)
         self.driver = EngineDriver(self.engine, worker_id, on_fatal=exit_on_fatal)

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import ast
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from torch_block import python_without_torch
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,6 +34,7 @@ ALLOWED: dict[str, set[str]] = {
 
 # Modules the router process imports: none may load torch (or pull in a module that does).
 ROUTER_PROCESS = ["cluster.cli", "cluster.serve", "cluster.pools", "cluster.config",
+                  "prefill_worker.worker", "decode_worker.worker",      # the pools' actor classes
                   "router.server", "router.backends.ray_pools", "router.http.server",
                   "kv_transfer.codecs", "kv_transfer.transports", "engine.model_info"]
 
@@ -83,13 +85,8 @@ def test_every_package_of_the_tree_has_a_rule():
     assert packages == set(ALLOWED)
 
 
-BLOCK_TORCH = """
-import importlib, sys
-class BlockTorch:
-    def find_spec(self, name, path=None, target=None):
-        if name == "torch" or name.startswith("torch."):
-            raise ImportError("torch is not importable in this process")
-sys.meta_path.insert(0, BlockTorch())
+IMPORT_ALL = """
+import importlib
 for module in sys.argv[1:]:
     importlib.import_module(module)
 print("torch" in sys.modules)
@@ -98,7 +95,7 @@ print("torch" in sys.modules)
 
 @pytest.mark.parametrize("module", ROUTER_PROCESS)
 def test_the_router_process_imports_without_torch(module):
-    run = subprocess.run([sys.executable, "-c", BLOCK_TORCH, module], cwd=ROOT,
+    run = subprocess.run([*python_without_torch(IMPORT_ALL), module], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "False"

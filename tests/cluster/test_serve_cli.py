@@ -10,7 +10,12 @@ import time
 
 import psutil
 
+from torch_block import python_without_torch
+
 TANDEM = [sys.executable, "-m", "cluster.cli"]
+# `tandem serve` in a process where torch cannot be imported: the router, its Ray backend and
+# the pools' creation never load the model runtime (only the actors do, in their processes).
+TANDEM_WITHOUT_TORCH = python_without_torch("from cluster.cli import main\nsys.exit(main())")
 ENV = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
 
 
@@ -21,9 +26,9 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
-def _serve() -> tuple[subprocess.Popen, list[str], str | None, str | None]:
+def _serve(tandem: list[str] = TANDEM) -> tuple[subprocess.Popen, list[str], str | None, str | None]:
     """Start `tandem serve` on free ports; (process, output lines, gRPC target, HTTP address)."""
-    proc = subprocess.Popen([*TANDEM, "serve", "--port", "0", "--http-port", "0", "--set", "pools.prefill.cpus_per_worker=0.25",
+    proc = subprocess.Popen([*tandem, "serve", "--port", "0", "--http-port", "0", "--set", "pools.prefill.cpus_per_worker=0.25",
                              "--set", "pools.decode.cpus_per_worker=0.25", "--set", "model.num_threads=1"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=ENV,
                             start_new_session=True)     # its own group, as a terminal's job
@@ -41,7 +46,8 @@ def _serve() -> tuple[subprocess.Popen, list[str], str | None, str | None]:
 
 
 def test_serve_generate_status_then_ctrl_c_stops_everything_it_started():
-    proc, lines, target, http_base = _serve()
+    """Served by a process that cannot import torch: the router side never loads it."""
+    proc, lines, target, http_base = _serve(TANDEM_WITHOUT_TORCH)
     try:
         assert target, "".join(lines)
         assert not any("SIGTERM handler is not set" in line for line in lines), "".join(lines)
