@@ -136,12 +136,13 @@ class ActorSide:
         from router.backends.stream_hub import StreamHub
         from router.backends.worker_registry import WorkerRegistry
         from decode_worker.worker import DecodeWorker
+        from kv_transfer.config import KVTransferConfig
         opts = pool_actor_options()
         if not nice_fix:      # what pool actors got before: Ray's default worker niceness
             opts.pop("runtime_env")
         self.name = name
         actor = ray.remote(DecodeWorker).options(name=name, num_cpus=1, max_restarts=0, **opts)
-        self.handle = actor.remote(name, engine_config(), {}, ROLE)
+        self.handle = actor.remote(name, engine_config(), KVTransferConfig(), ROLE)
         self.settings = ray.get(self.handle.__ray_call__.remote(_install_probe), timeout=300)
         self.registry = WorkerRegistry({ROLE: {name: self.handle}}, poll_s=1.0)
         self.hub = StreamHub(self.registry, ROLE, interval_s)

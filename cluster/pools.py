@@ -19,14 +19,6 @@ def engine_config(cfg: ClusterConfig, num_threads: int | None = None) -> EngineC
     return dataclasses.replace(cfg.model, num_threads=cfg.model.num_threads or num_threads)
 
 
-def kv_options(cfg: ClusterConfig) -> dict[str, Any]:
-    k = cfg.kv_transfer
-    return {"codec": k.codec, "entropy": k.entropy, "transport": k.transport,
-            "deadline_s": k.deadline_s, "max_bytes": k.max_bytes,
-            # Layer-wise streaming needs the sender to be a Ray actor, which pool workers are.
-            "streaming": k.transport == "ray"}
-
-
 # Ray starts worker processes at nice 15 (RayConfig worker_niceness) so its own daemons stay
 # responsive. A pool worker's engine thread is the serving hot path: at nice 15 it loses the
 # CPU to every nice-0 thread on the host (the router, the other workers' I/O threads, other
@@ -142,5 +134,5 @@ def _actor_class(role: str):
 def _actor_args(role: str, name: str, cfg: ClusterConfig, threads: int) -> tuple:
     ecfg = engine_config(cfg, threads)
     if role == "prefill":
-        return (name, ecfg, kv_options(cfg), cfg.store_for_workers())
-    return (name, ecfg, kv_options(cfg), role)
+        return (name, ecfg, cfg.kv_transfer, cfg.store_for_workers())
+    return (name, ecfg, cfg.kv_transfer, role)

@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING
 
 from engine.config import EngineConfig
 from engine.driver import EngineDriver, exit_on_fatal
-from engine.load import CachedHashFeed, cached_hashes, load_figures
+from engine.load import LoadReporter
 from engine.sampling_params import SamplingParams
+from kv_transfer.config import KVTransferConfig
 from tandem_common.worker_load import WorkerLoad
 
 if TYPE_CHECKING:
@@ -37,13 +38,13 @@ REAP_INTERVAL_S = 0.25
 class DecodeWorker:
     """Args:
         worker_id, engine_config: the actor's name and the engine it builds.
-        kv_options: ``KVReceiver`` options (decode role).
+        kv: the ``kv_transfer:`` settings its ``KVReceiver`` uses (decode role).
         role: "decode" (KV arrives from prefill workers) or "colocated" (computes prompts).
         engine: an engine already built (the in-process server); ``engine_config`` is unused.
         on_fatal: runs when an engine step fails; a pool worker exits so Ray restarts it.
     """
 
-    def __init__(self, worker_id: str, engine_config: EngineConfig | None, kv_options: dict,
+    def __init__(self, worker_id: str, engine_config: EngineConfig | None, kv: KVTransferConfig,
                  role: str = "decode", *, engine: LLMEngine | None = None,
                  on_fatal: Callable[[BaseException], None] | None = exit_on_fatal):
         self.worker_id, self.role = worker_id, role
@@ -58,11 +59,11 @@ class DecodeWorker:
         self.receiver = None
         if role == "decode":   # the colocated role never receives KV
             from kv_transfer.handoff import KVReceiver
-            self.receiver = KVReceiver(self.engine.kv_layout, **kv_options)
+            self.receiver = KVReceiver(self.engine.kv_layout, kv)
         self.outbox = Outbox()
-        self.hash_feed = CachedHashFeed()   # reported in the colocated role only
+        # The prefix-cache index is reported in the colocated role only (routing by prefix).
+        self.reporter = LoadReporter(worker_id, self.incarnation, role, with_hashes=role == "colocated")
         self.deadlines: dict[str, float] = {}
-        self.started = time.monotonic()
         self.driver.add_observer(self._on_step)
         self._reaper: asyncio.Task | None = None
         logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)
@@ -141,17 +142,7 @@ class DecodeWorker:
     async def load(self, since_incarnation: str = "", since_version: int = 0) -> WorkerLoad:
         """Load figures; in the colocated role also the prefix-cache index as a delta from
         ``since_version`` (see ``PrefillWorker.load``)."""
-        wall = time.monotonic() - self.started
-        colocated = self.role == "colocated"
-        fig, hashes = await self.driver.call(lambda e: (load_figures(e, self.driver.busy_s, wall),
-                                                        cached_hashes(e) if colocated else None))
-        load = WorkerLoad(self.worker_id, self.incarnation, self.role, fig["queue_depth"], fig["running"],
-                          fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"], 0.0)
-        if hashes is not None:
-            self.hash_feed.update(hashes)
-            load.hashes_base, load.hashes_version, load.hashes_added, load.hashes_removed = \
-                self.hash_feed.since(since_version if since_incarnation == self.incarnation else 0)
-        return load
+        return await self.reporter.report(self.driver, since_incarnation, since_version)
 
     async def ping(self) -> str:
         return self.incarnation

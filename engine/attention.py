@@ -39,7 +39,6 @@ class AttentionMetadata:
     slot_mapping: torch.Tensor    # [N] cache slot of each new token
     spans: list[AttentionSpan]
     block_size: int
-    num_rows: int
     bf16_prefill: bool = False    # prefill spans' SDPA in bfloat16 (matmul_dtype=bfloat16 on AMX)
 
 
@@ -65,7 +64,7 @@ def _attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, span:
         return cpu_kernels.paged_decode_attention(q[span.row_start:span.row_end], k_cache, v_cache,
                                                   span.block_tables, span.seq_lens, span.kv_len,
                                                   block_size, scale)
-    b, n_q, n_kv = span.batch, span.q_len, span.kv_len
+    b, n_q = span.batch, span.q_len
     heads, head_dim = q.shape[1], q.shape[2]
     qs = q[span.row_start:span.row_end].view(b, n_q, heads, head_dim).transpose(1, 2)
     ks, vs = _keys(k_cache, span, block_size), _keys(v_cache, span, block_size)

@@ -118,16 +118,16 @@ class EngineDriver:
             subscribers = list(self._subscribers.items())
         logger.error("engine step failed; the engine stops (%d requests held): %s: %s",
                      len(self.engine.requests), type(exc).__name__, exc, exc_info=exc)
-        for _, (loop, q) in subscribers:
-            try:
-                loop.call_soon_threadsafe(q.put_nowait, exc)
-            except RuntimeError:   # that event loop is closed: nobody is listening
-                pass
         if self.on_fatal is not None:
             try:
                 self.on_fatal(exc)
             except Exception:
                 logger.exception("on_fatal handler failed")
+        for _, (loop, q) in subscribers:
+            try:
+                loop.call_soon_threadsafe(q.put_nowait, exc)
+            except RuntimeError:   # that event loop is closed: nobody is listening
+                pass
 
     def _run_command(self, fn: Callable[[LLMEngine], Any], fut: Future) -> None:
         if not fut.set_running_or_notify_cancel():

@@ -24,7 +24,7 @@ class LLM:
 
     def generate(self, prompts: list[str] | list[list[int]] | str,
                  sampling_params: SamplingParams | list[SamplingParams] | None = None,
-                 use_tqdm: bool = False) -> list[RequestOutput]:
+                 ) -> list[RequestOutput]:
         """Generate for every prompt; outputs come back in prompt order."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]  # type: ignore[list-item]

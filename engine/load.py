@@ -1,5 +1,5 @@
-"""Load figures a worker reports about its engine (read on the engine thread), and the
-feed that turns its cached block hashes into deltas.
+"""The load report a worker sends the router (``LoadReporter``: figures read on the engine
+thread), and the feed that turns its cached block hashes into deltas.
 
 A load report used to carry every cached block hash, each second. ``CachedHashFeed`` keeps
 the last set it saw and a short log of versioned changes, so a report carries only what
@@ -8,17 +8,47 @@ or one older than the log, gets the whole set once (``base`` 0).
 """
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import Collection
 from typing import TYPE_CHECKING
 
+from tandem_common.worker_load import WorkerLoad
+
 if TYPE_CHECKING:
+    from engine.driver import EngineDriver
     from engine.llm_engine import LLMEngine
 
 HISTORY = 16   # versions a caller may lag behind and still get a delta
 
 
-def load_figures(engine: LLMEngine, busy_s: float, wall_s: float) -> dict:
+class LoadReporter:
+    """Builds a worker's ``WorkerLoad`` (every role alike): figures read on the engine thread,
+    and, where the router routes by prefix (prefill and colocated workers), the engine's
+    prefix-cache index as a delta from the version the caller holds."""
+
+    def __init__(self, worker_id: str, incarnation: str, role: str, with_hashes: bool):
+        self.worker_id, self.incarnation, self.role = worker_id, incarnation, role
+        self.feed = CachedHashFeed() if with_hashes else None
+        self.started = time.monotonic()
+
+    async def report(self, driver: EngineDriver, since_incarnation: str = "", since_version: int = 0,
+                     prefill_tokens_per_s: float = 0.0, store: dict | None = None) -> WorkerLoad:
+        wall = time.monotonic() - self.started
+        with_hashes = self.feed is not None
+        fig, hashes = await driver.call(lambda e: (_figures(e, wall),
+                                                   frozenset(e.pool.by_hash) if with_hashes else None))
+        load = WorkerLoad(self.worker_id, self.incarnation, self.role, fig["queue_depth"], fig["running"],
+                          fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"],
+                          prefill_tokens_per_s, store=store or {})
+        if hashes is not None:
+            self.feed.update(hashes)
+            load.hashes_base, load.hashes_version, load.hashes_added, load.hashes_removed = \
+                self.feed.since(since_version if since_incarnation == self.incarnation else 0)
+        return load
+
+
+def _figures(engine: LLMEngine, wall_s: float) -> dict:
     sched = engine.scheduler
     tokens = engine.stats["generated_tokens"]
     return {
@@ -27,13 +57,7 @@ def load_figures(engine: LLMEngine, busy_s: float, wall_s: float) -> dict:
         "free_kv_blocks": engine.pool.num_free,
         "total_kv_blocks": engine.pool.num_blocks,
         "tokens_per_s": tokens / wall_s if wall_s > 0 else 0.0,
-        "busy_fraction": busy_s / wall_s if wall_s > 0 else 0.0,
     }
-
-
-def cached_hashes(engine: LLMEngine) -> frozenset[bytes]:
-    """A copy of the engine's prefix-cache index keys (one C-level pass; engine thread)."""
-    return frozenset(engine.pool.by_hash)
 
 
 class CachedHashFeed:

@@ -79,7 +79,7 @@ class ModelRunner:
             slot_tensors.append(self._slots(seq, start, start + n))
             spans.append(self._prefill_span(seq, row, start, n))
             last_row[i] = row + n - 1
-        meta = AttentionMetadata(torch.cat(slot_tensors).to(dev), spans, bs, len(ids),
+        meta = AttentionMetadata(torch.cat(slot_tensors).to(dev), spans, bs,
                                  bf16_prefill=self.model.matmul.mode == "bf16-amx")
         return (torch.tensor(ids, dtype=torch.long, device=dev), torch.cat(pos_tensors).to(dev),
                 meta, last_row)

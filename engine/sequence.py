@@ -66,7 +66,3 @@ class Sequence:
     def output_text(self) -> str:
         text = self.detok.text
         return text if self.stop_text_cut is None else text[:self.stop_text_cut]
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status is SequenceStatus.FINISHED

@@ -11,9 +11,6 @@ from __future__ import annotations
 class KVTransferError(Exception):
     """Base of every error raised by kv_transfer."""
 
-    #: whether retrying the same operation (on another worker or later) can succeed
-    recoverable: bool = False
-
 
 class KVFormatError(KVTransferError):
     """The bytes are not a valid KV blob: truncated, bad magic, wrong version, bad fields."""
@@ -30,8 +27,6 @@ class KVModelMismatch(KVTransferError):
 class KVTransferTimeout(KVTransferError, TimeoutError):
     """A transfer did not complete before its deadline."""
 
-    recoverable = True
-
 
 class KVTransferTooLarge(KVTransferError):
     """A transfer exceeds the size limit of the sender or the receiver."""
@@ -40,13 +35,9 @@ class KVTransferTooLarge(KVTransferError):
 class KVTransferFailed(KVTransferError):
     """The transport itself failed: the peer died, an object was lost, the sender aborted."""
 
-    recoverable = True
-
 
 class KVTransferNotFound(KVTransferError, KeyError):
     """No transfer with this id exists (never sent, already consumed, or expired)."""
-
-    recoverable = True
 
 
 class UnknownCodecError(KVTransferError, ValueError):

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from engine.kv_export import KVLayout, SequenceKV
+from kv_transfer.config import KVTransferConfig
 from kv_transfer.transports import get_transport
 from kv_transfer.transports.kv_stream import receive_sequence, send_kv
 
@@ -30,13 +31,16 @@ class Handoff:
 
 
 class KVSender:
-    def __init__(self, layout: KVLayout, codec: str = "raw", entropy: str | None = None,
-                 transport: str = "ray", deadline_s: float = 10.0, max_bytes: int = 1 << 30,
+    """Sends exported KV with the ``kv_transfer:`` settings; ``streaming`` (the sender is a Ray
+    actor the receiver can pull from): layer groups flow while later ones are encoded."""
+
+    def __init__(self, layout: KVLayout, config: KVTransferConfig | None = None, *,
                  streaming: bool = False, layers_per_section: int = 1):
-        self.layout, self.codec, self.entropy = layout, codec, entropy
+        config = config or KVTransferConfig()
+        self.layout, self.codec, self.entropy = layout, config.codec, config.entropy
         self.streaming = streaming
-        self.transport = get_transport(transport, streaming=True) if streaming else get_transport(transport)
-        self.deadline_s, self.max_bytes = deadline_s, max_bytes
+        self.transport = get_transport(config.transport, **({"streaming": True} if streaming else {}))
+        self.deadline_s, self.max_bytes = config.deadline_s, config.max_bytes
         self.layers_per_section = layers_per_section
 
     def open(self, seq: SequenceKV, codec: str | None = None, deadline: float | None = None) -> Handoff:
@@ -56,12 +60,13 @@ class KVSender:
 
 
 class KVReceiver:
-    def __init__(self, layout: KVLayout, codec: str = "raw", entropy: str | None = None,
-                 transport: str = "ray", deadline_s: float = 10.0, max_bytes: int = 1 << 30,
-                 streaming: bool = False, layers_per_section: int = 1):
+    """Receives KV over the configured transport; the codec comes with each transfer."""
+
+    def __init__(self, layout: KVLayout, config: KVTransferConfig | None = None):
+        config = config or KVTransferConfig()
         self.layout = layout
-        self.transport = get_transport(transport)
-        self.deadline_s, self.max_bytes = deadline_s, max_bytes
+        self.transport = get_transport(config.transport)
+        self.deadline_s, self.max_bytes = config.deadline_s, config.max_bytes
 
     def receive(self, descriptor: Any, deadline: float | None = None) -> tuple[SequenceKV, int]:
         """Fetch, verify and decode; raises the kv_transfer typed errors."""

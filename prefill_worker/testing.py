@@ -8,6 +8,7 @@ import asyncio
 from engine import EngineConfig, LLMEngine, SamplingParams
 from engine.kv_export import SequenceKV
 from engine.outputs import RequestOutput
+from kv_transfer.config import KVTransferConfig
 from kv_transfer.handoff import KVReceiver
 from kv_transfer.store.config import StoreConfig
 from prefill_worker.messages import PrefillRequest, PrefillResult
@@ -21,8 +22,9 @@ class InProcessPrefill:
     """``PrefillWorker`` driven directly; ``run`` prefills, receives the KV and decodes it."""
 
     def __init__(self, store: StoreConfig | None, engine: EngineConfig = ENGINE):
-        self.worker = PrefillWorker("prefill-test", engine, {"transport": "local"}, store)
-        self.receiver = KVReceiver(self.worker.engine.kv_layout, transport="local")
+        local = KVTransferConfig(transport="local")
+        self.worker = PrefillWorker("prefill-test", engine, local, store)
+        self.receiver = KVReceiver(self.worker.engine.kv_layout, local)
         self.decoder = LLMEngine(engine, loaded=self.worker.engine.loaded)
 
     @property

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING
 
 from engine.config import EngineConfig
 from engine.driver import EngineDriver, EngineFailed, exit_on_fatal
-from engine.load import CachedHashFeed, cached_hashes, load_figures
+from engine.load import LoadReporter
 from engine.sampling_params import SamplingParams
+from kv_transfer.config import KVTransferConfig
 from kv_transfer.store.config import StoreConfig
 from kv_transfer.transports.ray_source import AsyncRayKVSource
 from prefill_worker.messages import PrefillRequest, PrefillResult
@@ -31,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 
 class PrefillWorker(AsyncRayKVSource):
-    def __init__(self, worker_id: str, engine_config: EngineConfig, kv_options: dict,
+    def __init__(self, worker_id: str, engine_config: EngineConfig, kv: KVTransferConfig,
                  store: StoreConfig | None = None):
         self.worker_id = worker_id
         self.incarnation = uuid.uuid4().hex[:12]
@@ -43,11 +44,11 @@ class PrefillWorker(AsyncRayKVSource):
         self.engine = LLMEngine(engine_config)
         self.prefill_tokens, self.prefill_s = _measure_prefill(self.engine)
         self.driver = EngineDriver(self.engine, worker_id, on_fatal=exit_on_fatal)
-        self.sender = KVSender(self.engine.kv_layout, **kv_options)
+        # Layer-wise streaming: the decode worker pulls from this actor (the Ray transport).
+        self.sender = KVSender(self.engine.kv_layout, kv, streaming=kv.transport == "ray")
         self.prefix = PrefixFetcher(self.engine, store)
-        self.hash_feed = CachedHashFeed()
+        self.reporter = LoadReporter(worker_id, self.incarnation, "prefill", with_hashes=True)
         self._sending: set[asyncio.Task] = set()
-        self.started = time.monotonic()
         logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)
 
     @property
@@ -112,16 +113,8 @@ class PrefillWorker(AsyncRayKVSource):
     async def load(self, since_incarnation: str = "", since_version: int = 0) -> WorkerLoad:
         """Load figures, and the prefix-cache index as a delta from ``since_version`` (the
         version the caller holds of this incarnation's index; anything else: the whole set)."""
-        wall = time.monotonic() - self.started
-        fig, hashes = await self.driver.call(lambda e: (load_figures(e, self.driver.busy_s, wall),
-                                                        cached_hashes(e)))
-        self.hash_feed.update(hashes)
-        base, version, added, removed = self.hash_feed.since(
-            since_version if since_incarnation == self.incarnation else 0)
-        return WorkerLoad(self.worker_id, self.incarnation, "prefill", fig["queue_depth"], fig["running"],
-                          fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"],
-                          self.prefill_tokens_per_s, hashes_base=base, hashes_version=version,
-                          hashes_added=added, hashes_removed=removed, store=self.prefix.stats())
+        return await self.reporter.report(self.driver, since_incarnation, since_version,
+                                          self.prefill_tokens_per_s, self.prefix.stats())
 
     async def ping(self) -> str:
         return self.incarnation

@@ -6,11 +6,12 @@ import random
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
 from protos.tandem.v1 import generate_pb2, info_pb2
-from tandem_client.errors import TandemError, error_for
+from tandem_client.errors import Cancelled, TandemError, error_for, from_rpc_error
 from tandem_client.results import (
     ClusterInfo, GenerationResult, ModelInfo, PoolInfo, TokenDelta, Usage, WorkerInfo,
 )
@@ -150,3 +151,84 @@ def cluster_info_from_proto(pb: info_pb2.ClusterInfo) -> ClusterInfo:
         free_kv_blocks=w.free_kv_blocks, total_kv_blocks=w.total_kv_blocks, load=w.load,
         restarts=w.restarts, device=w.device) for w in p.workers]) for p in pb.pools]
     return ClusterInfo(mode=pb.mode, pools=pools, healthy=pb.healthy)
+
+
+class StreamState:
+    """What the sync and asyncio token streams share: the call, the accumulated result, the
+    retry decision and cancellation. The subclasses only read (``next`` / ``await read``)."""
+
+    def __init__(self, stub: Any, request: generate_pb2.GenerateRequest, deadline: float | None,
+                 retry: RetryPolicy, metadata: Sequence[tuple[str, str]]) -> None:
+        self._stub = stub
+        self._request = request
+        self._deadline = deadline
+        self._retry = retry
+        self._metadata = tuple(metadata)
+        self._acc = Accumulator()
+        self._call: Any = None
+        self._attempt = 0
+        self._cancelled = False
+        self._done = False
+
+    @property
+    def result(self) -> GenerationResult | None:
+        """The finished generation, once the stream is exhausted; else None."""
+        return self._acc.result
+
+    @property
+    def request_id(self) -> str:
+        """The id the router assigned or echoed; "" until the first message."""
+        return self._acc.request_id
+
+    def cancel(self) -> None:
+        """Stop the request; the server aborts it and frees its resources."""
+        if self._done:
+            return
+        self._cancelled = True
+        call = self._call
+        if call is not None:
+            call.cancel()
+
+    def _open_call(self) -> Any:
+        """The current call, started if needed (raises ``Cancelled`` once cancelled)."""
+        if self._cancelled:
+            self._done = True
+            raise cancelled_by_client()
+        if self._call is None:
+            self._call = self._stub.Generate(self._request, timeout=remaining(self._deadline),
+                                             metadata=self._metadata)
+        return self._call
+
+    def _retry_delay(self, exc: grpc.RpcError) -> float:
+        """Seconds to wait before retrying the failed call; raises when it must not retry."""
+        error = from_rpc_error(exc)
+        wait = None if self._cancelled else self._retry.next_delay(
+            error, self._attempt, self._acc.received_any, self._deadline)
+        if wait is None:
+            self._done = True
+            raise (cancelled_by_client() if self._cancelled else error) from None
+        self._attempt += 1
+        self._call = None
+        return wait
+
+    def _feed(self, msg: generate_pb2.GenerateResponse) -> TokenDelta | None:
+        delta = self._acc.feed(msg)
+        if self._acc.result is not None:
+            self._done = True
+        return delta
+
+    def _ended(self) -> None:
+        self._done = True
+        self._acc.stream_ended()
+
+    def __del__(self) -> None:
+        # An abandoned stream must not keep a request running on the server.
+        if getattr(self, "_call", None) is not None and not self._done:
+            try:
+                self._call.cancel()
+            except Exception:  # the channel or loop is already gone
+                pass
+
+
+def cancelled_by_client() -> Cancelled:
+    return Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client")

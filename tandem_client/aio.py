@@ -8,50 +8,24 @@ from typing import Any
 
 import grpc
 
-from protos.tandem.v1 import generate_pb2, info_pb2, tandem_service_pb2_grpc
+from protos.tandem.v1 import info_pb2, tandem_service_pb2_grpc
 from tandem_client._common import (
-    Accumulator, RetryPolicy, build_request, cluster_info_from_proto, model_info_from_proto,
+    RetryPolicy, StreamState, build_request, cancelled_by_client, cluster_info_from_proto,
+    model_info_from_proto,
     remaining,
 )
 from tandem_client.client import _DEFAULT
-from tandem_client.errors import Cancelled, Unavailable, from_rpc_error
+from tandem_client.errors import Unavailable, from_rpc_error
 from tandem_client.results import ClusterInfo, GenerationResult, ModelInfo, TokenDelta
 
 
-def _cancelled_by_client() -> Cancelled:
-    return Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client")
-
-
-class AsyncTokenStream(AsyncIterator[TokenDelta]):
+class AsyncTokenStream(StreamState, AsyncIterator[TokenDelta]):
     """Deltas of one generation, as they arrive; ``result`` is set after the last one.
 
     ``cancel()`` or leaving an ``async with`` block stops the request on the server; a
     task awaiting the next delta then gets ``Cancelled``. Cancelling the consuming task
     cancels the RPC too (and raises ``asyncio.CancelledError`` as usual).
     """
-
-    def __init__(self, stub: tandem_service_pb2_grpc.TandemStub,
-                 request: generate_pb2.GenerateRequest, deadline: float | None,
-                 retry: RetryPolicy, metadata: Sequence[tuple[str, str]]) -> None:
-        self._stub = stub
-        self._request = request
-        self._deadline = deadline
-        self._retry = retry
-        self._metadata = tuple(metadata)
-        self._acc = Accumulator()
-        self._call: Any = None
-        self._attempt = 0
-        self._cancelled = False
-        self._done = False
-
-    @property
-    def result(self) -> GenerationResult | None:
-        """The finished generation, once the stream is exhausted; else None."""
-        return self._acc.result
-
-    @property
-    def request_id(self) -> str:
-        return self._acc.request_id
 
     def __aiter__(self) -> AsyncTokenStream:
         return self
@@ -60,50 +34,25 @@ class AsyncTokenStream(AsyncIterator[TokenDelta]):
         while True:
             if self._done:
                 raise StopAsyncIteration
-            if self._cancelled:
-                self._done = True
-                raise _cancelled_by_client()
-            if self._call is None:
-                self._call = self._stub.Generate(self._request, timeout=remaining(self._deadline),
-                                                 metadata=self._metadata)
+            call = self._open_call()
             try:
-                msg = await self._call.read()
+                msg = await call.read()
             except asyncio.CancelledError:
                 task = asyncio.current_task()
-                if self._cancelled and not (task and task.cancelling()):
-                    self._done = True
-                    raise _cancelled_by_client() from None
                 self._done = True
-                self._call.cancel()
+                if self._cancelled and not (task and task.cancelling()):
+                    raise cancelled_by_client() from None
+                call.cancel()
                 raise
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                wait = None if self._cancelled else self._retry.next_delay(
-                    error, self._attempt, self._acc.received_any, self._deadline)
-                if wait is None:
-                    self._done = True
-                    raise (_cancelled_by_client() if self._cancelled else error) from None
-                self._attempt += 1
-                self._call = None
-                await asyncio.sleep(wait)
+                await asyncio.sleep(self._retry_delay(exc))
                 continue
             if msg is grpc.aio.EOF:
-                self._done = True
-                self._acc.stream_ended()
+                self._ended()
                 raise StopAsyncIteration
-            delta = self._acc.feed(msg)
-            if self._acc.result is not None:
-                self._done = True
+            delta = self._feed(msg)
             if delta is not None:
                 return delta
-
-    def cancel(self) -> None:
-        """Stop the request; the server aborts it and frees its resources."""
-        if self._done:
-            return
-        self._cancelled = True
-        if self._call is not None:
-            self._call.cancel()
 
     async def aclose(self) -> None:
         """Cancel unless already finished."""
@@ -114,14 +63,6 @@ class AsyncTokenStream(AsyncIterator[TokenDelta]):
 
     async def __aexit__(self, *exc_info: object) -> None:
         self.cancel()
-
-    def __del__(self) -> None:
-        # An abandoned stream must not keep a request running on the server.
-        if getattr(self, "_call", None) is not None and not self._done:
-            try:
-                self._call.cancel()
-            except Exception:  # the channel or loop is already gone
-                pass
 
 
 class AsyncTandemClient:

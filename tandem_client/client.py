@@ -7,47 +7,24 @@ from typing import Any, TypeVar
 
 import grpc
 
-from protos.tandem.v1 import generate_pb2, info_pb2, tandem_service_pb2_grpc
+from protos.tandem.v1 import info_pb2, tandem_service_pb2_grpc
 from tandem_client._common import (
-    Accumulator, RetryPolicy, build_request, cluster_info_from_proto, model_info_from_proto,
+    RetryPolicy, StreamState, build_request, cluster_info_from_proto,
+    model_info_from_proto,
     remaining,
 )
-from tandem_client.errors import Cancelled, Unavailable, from_rpc_error
+from tandem_client.errors import Unavailable, from_rpc_error
 from tandem_client.results import ClusterInfo, GenerationResult, ModelInfo, TokenDelta
 
 _DEFAULT: Any = object()   # "use the client's timeout"
 T = TypeVar("T")
 
 
-class TokenStream(Iterator[TokenDelta]):
+class TokenStream(StreamState, Iterator[TokenDelta]):
     """Deltas of one generation, as they arrive. After the last one, ``result`` holds the
     GenerationResult. ``cancel()`` (from any thread) or leaving a ``with`` block stops the
     request on the server; a consumer blocked in ``next()`` then gets ``Cancelled``.
     """
-
-    def __init__(self, stub: tandem_service_pb2_grpc.TandemStub,
-                 request: generate_pb2.GenerateRequest, deadline: float | None,
-                 retry: RetryPolicy, metadata: Sequence[tuple[str, str]]) -> None:
-        self._stub = stub
-        self._request = request
-        self._deadline = deadline
-        self._retry = retry
-        self._metadata = tuple(metadata)
-        self._acc = Accumulator()
-        self._call: Any = None
-        self._attempt = 0
-        self._cancelled = False
-        self._done = False
-
-    @property
-    def result(self) -> GenerationResult | None:
-        """The finished generation, once the stream is exhausted; else None."""
-        return self._acc.result
-
-    @property
-    def request_id(self) -> str:
-        """The id the router assigned or echoed; "" until the first message."""
-        return self._acc.request_id
 
     def __iter__(self) -> TokenStream:
         return self
@@ -56,45 +33,18 @@ class TokenStream(Iterator[TokenDelta]):
         while True:
             if self._done:
                 raise StopIteration
-            if self._cancelled:
-                self._done = True
-                raise Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client")
-            if self._call is None:
-                self._call = self._stub.Generate(self._request, timeout=remaining(self._deadline),
-                                                 metadata=self._metadata)
+            call = self._open_call()
             try:
-                msg = next(self._call)
+                msg = next(call)
             except StopIteration:
-                self._done = True
-                self._acc.stream_ended()
+                self._ended()
                 raise
             except grpc.RpcError as exc:
-                error = from_rpc_error(exc)
-                wait = None if self._cancelled else self._retry.next_delay(
-                    error, self._attempt, self._acc.received_any, self._deadline)
-                if wait is None:
-                    self._done = True
-                    if self._cancelled:
-                        raise Cancelled(grpc.StatusCode.CANCELLED, "cancelled by the client") from None
-                    raise error from None
-                self._attempt += 1
-                self._call = None
-                time.sleep(wait)
+                time.sleep(self._retry_delay(exc))
                 continue
-            delta = self._acc.feed(msg)
-            if self._acc.result is not None:
-                self._done = True
+            delta = self._feed(msg)
             if delta is not None:
                 return delta
-
-    def cancel(self) -> None:
-        """Stop the request; the server aborts it and frees its resources."""
-        if self._done:
-            return
-        self._cancelled = True
-        call = self._call
-        if call is not None:
-            call.cancel()
 
     def close(self) -> None:
         """Cancel unless already finished."""
@@ -105,14 +55,6 @@ class TokenStream(Iterator[TokenDelta]):
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    def __del__(self) -> None:
-        # An abandoned stream must not keep a request running on the server.
-        if getattr(self, "_call", None) is not None and not self._done:
-            try:
-                self._call.cancel()
-            except Exception:  # the channel or loop is already gone
-                pass
 
 
 class TandemClient:

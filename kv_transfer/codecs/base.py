@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -106,6 +105,3 @@ def expect_size(payload: memoryview | bytes, expected: int, codec: str) -> None:
     if len(payload) != expected:
         raise KVFormatError(f"{codec} payload is {len(payload)} bytes, expected {expected}")
 
-
-def total_size(buffers: Sequence[Buffer]) -> int:
-    return sum(memoryview(b).nbytes for b in buffers)

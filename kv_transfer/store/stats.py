@@ -66,6 +66,3 @@ class StoreStats:
     breaker_opens: int = 0
     cost: dict[str, dict[str, float]] = field(default_factory=dict)
     last_plan: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)

@@ -33,11 +33,6 @@ class TransferStats:
     frames: int = 0
     seconds: float = 0.0
 
-    @property
-    def gbps(self) -> float:
-        """Effective bandwidth in GB/s (10**9 bytes)."""
-        return self.bytes_moved / self.seconds / 1e9 if self.seconds > 0 else 0.0
-
 
 @dataclass(slots=True)
 class TransferLimits:

@@ -67,7 +67,8 @@ class LocalBackend(Backend):
     async def start(self) -> None:
         if self._worker is not None:
             return
-        from decode_worker.worker import DecodeWorker   # loads the engine (and torch)
+        from decode_worker.worker import DecodeWorker
+        from kv_transfer.config import KVTransferConfig
 
         loop = asyncio.get_running_loop()
 
@@ -76,7 +77,7 @@ class LocalBackend(Backend):
 
         engine = None if self._llm is None else self._llm.engine
         self._worker = await asyncio.to_thread(
-            DecodeWorker, self.worker_id, self._model_config, {}, "colocated", engine=engine,
+            DecodeWorker, self.worker_id, self._model_config, KVTransferConfig(), "colocated", engine=engine,
             on_fatal=on_fatal)
         self._pump = loop.create_task(self._pump_events())
 

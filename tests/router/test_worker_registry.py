@@ -9,6 +9,7 @@ from router.backends.worker_registry import WorkerRegistry
 from decode_worker.messages import FullRequest
 from decode_worker.worker import DecodeWorker
 from engine import EngineConfig, SamplingParams
+from kv_transfer.config import KVTransferConfig
 
 NAME = "tandem-colocated-0"
 
@@ -16,7 +17,7 @@ NAME = "tandem-colocated-0"
 def _worker() -> DecodeWorker:
     # 24 blocks of 16 tokens: a few 64-token prompts fill the cache, later ones evict.
     cfg = EngineConfig(model="stories260K", dtype="float32", num_kv_blocks=24, max_model_len=128, num_threads=1)
-    return DecodeWorker(NAME, cfg, {}, role="colocated")
+    return DecodeWorker(NAME, cfg, KVTransferConfig(), role="colocated")
 
 
 async def _serve(worker: DecodeWorker, rng: random.Random, n: int) -> None:
