@@ -31,12 +31,6 @@ class BackgroundCluster:
     def call(self, coro: Coroutine[Any, Any, Any], timeout: float = 60.0) -> Any:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
-    def worker_call(self, role: str, name: str, method: str, *args: Any, timeout: float = 30.0) -> Any:
-        """Call a pool actor's method and wait for its result."""
-        import ray
-        handle = self.cluster.pools[role].handles[name]
-        return ray.get(getattr(handle, method).remote(*args), timeout=timeout)
-
     def start(self, timeout: float = 300.0) -> "BackgroundCluster":
         self._thread.start()
         self.call(self.cluster.start(), timeout)

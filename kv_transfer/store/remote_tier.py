@@ -60,17 +60,21 @@ class RedisChunkTier:
         logger.warning("redis %s failed at %s: %s", op, self.safe_url, exc)
         return StoreUnavailable(f"redis {op} failed: {exc}")
 
-    def count_prefix(self, keys: Sequence[str]) -> int:
-        """How many of ``keys``, from the first, exist."""
-        if not keys:
-            return 0
+    def _exists(self, keys: Sequence[str], write: bool = False) -> list[bool]:
+        """Whether each key exists, in one pipelined round trip."""
         try:
             pipe = self.client.pipeline(transaction=False)
             for key in keys:
                 pipe.exists(key)
-            found = pipe.execute()
+            return pipe.execute()
         except REDIS_FAILURES as exc:
-            raise self._failed("EXISTS", exc) from exc
+            raise self._failed("EXISTS", exc, write=write) from exc
+
+    def count_prefix(self, keys: Sequence[str]) -> int:
+        """How many of ``keys``, from the first, exist."""
+        if not keys:
+            return 0
+        found = self._exists(keys)
         hits = 0
         for present in found:
             if not present:
@@ -123,13 +127,7 @@ class RedisChunkTier:
             raise ValueError(f"{len(keys)} keys for {len(chunks)} chunks")
         if not keys:
             return 0
-        try:
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.exists(key)
-            present = pipe.execute()
-        except REDIS_FAILURES as exc:
-            raise self._failed("EXISTS", exc, write=True) from exc
+        present = self._exists(keys, write=True)
         todo = [(k, c) for k, c, p in zip(keys, chunks, present, strict=True) if not p]
         if not todo:
             return 0

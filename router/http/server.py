@@ -36,7 +36,23 @@ _STATUS_NAMES = {400: "invalid_argument", 401: "unauthenticated", 403: "permissi
                  404: "not_found", 413: "resource_exhausted"}
 
 
-class HttpServer:
+class _Site:
+    """An aiohttp app on one port (TLS when ``ssl_context`` is set); ``start`` returns the port."""
+    _runner: web.AppRunner
+    ssl_context: ssl.SSLContext | None
+    port: int | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context).start()
+        self.port = self._runner.addresses[0][1]
+        return self.port
+
+    async def stop(self) -> None:
+        await self._runner.cleanup()
+
+
+class HttpServer(_Site):
     """Serves the OpenAI API over ``gateway``; ``start()`` returns the bound port."""
 
     def __init__(self, gateway: Gateway, max_body_bytes: int, chat_template: str | None = None,
@@ -55,14 +71,6 @@ class HttpServer:
                                      shutdown_timeout=1.0)
         self.port: int | None = None
 
-    async def start(self, host: str, port: int) -> int:
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context).start()
-        self.port = self._runner.addresses[0][1]
-        return self.port
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
 
     # -- middleware and helpers ----------------------------------------------------------
     @web.middleware
@@ -254,7 +262,7 @@ async def _quietly(coro) -> None:
         logger.debug("client left before the end of its stream")
 
 
-class MetricsServer:
+class MetricsServer(_Site):
     """``GET /metrics`` (Prometheus text format) on its own port; TLS like the rest."""
 
     def __init__(self, metrics: RouterMetrics, ssl_context: ssl.SSLContext | None = None) -> None:
@@ -268,11 +276,3 @@ class MetricsServer:
         body = await self.metrics.exposition()
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
 
-    async def start(self, host: str, port: int) -> int:
-        await self._runner.setup()
-        await web.TCPSite(self._runner, host, port, ssl_context=self.ssl_context).start()
-        self.port = self._runner.addresses[0][1]
-        return self.port
-
-    async def stop(self) -> None:
-        await self._runner.cleanup()
