@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 
 from tandem_common.worker_load import WorkerLoad
@@ -43,6 +44,7 @@ class WorkerRegistry:
         self.restarts: dict[str, int] = {}
         self._index: dict[str, _IndexState] = {
             name: _IndexState() for pool in self.views.values() for name in pool}
+        self._failed_at: dict[str, float] = {}     # when a call last found the worker dead
         self._task: asyncio.Task | None = None
 
     def healthy(self, role: str, exclude: set[str] = frozenset()) -> list[WorkerView]:
@@ -61,6 +63,7 @@ class WorkerRegistry:
         view.healthy = False
         view.cached_hashes.clear()
         self._index[name].reset()
+        self._failed_at[name] = time.monotonic()
 
     def expect_cached(self, view: WorkerView, hashes: list[bytes]) -> None:
         """The router sent ``view`` a prompt with these chunks: count them as cached there
@@ -73,8 +76,11 @@ class WorkerRegistry:
 
     async def refresh_once(self) -> None:
         views = [v for pool in self.views.values() for v in pool.values()]
+        asked = time.monotonic()
         results = await asyncio.gather(*(self._load(v) for v in views), return_exceptions=True)
         for view, res in zip(views, results):
+            if self._failed_at.get(view.name, float("-inf")) >= asked:
+                continue   # a report answered before the worker was found dead must not revive it
             if isinstance(res, BaseException):
                 if view.healthy:
                     logger.warning("worker %s did not report load: %s", view.name, res)

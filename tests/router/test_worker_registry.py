@@ -88,3 +88,39 @@ def test_a_view_built_from_deltas_equals_the_workers_index_through_adds_eviction
             restarted.shutdown()
 
     asyncio.run(main())
+
+
+class _HeldLoad:
+    """A handle whose ``load`` answers only once ``gate`` opens (fault injection: a report
+    still in flight when a call finds the worker dead)."""
+
+    def __init__(self, worker: DecodeWorker, gate: asyncio.Event):
+        self.load = self
+        self._worker, self._gate = worker, gate
+
+    def remote(self, *args):
+        async def answer():
+            await self._gate.wait()
+            return await self._worker.load(*args)
+        return answer()
+
+
+def test_a_report_answered_before_the_worker_was_found_dead_does_not_revive_it():
+    async def main():
+        worker = _worker()
+        gate = asyncio.Event()
+        registry = WorkerRegistry({"colocated": {NAME: _HeldLoad(worker, gate)}})
+        view = registry.views["colocated"][NAME]
+        try:
+            refresh = asyncio.create_task(registry.refresh_once())   # a report is asked for...
+            for _ in range(3):
+                await asyncio.sleep(0)
+            registry.mark_failed(NAME)                               # ...a call finds it dead...
+            gate.set()                                               # ...then the report lands
+            await refresh
+            assert not view.healthy
+            await registry.refresh_once()        # a report asked after the failure counts
+            assert view.healthy
+        finally:
+            worker.shutdown()
+    asyncio.run(main())
