@@ -41,9 +41,19 @@ def start_ray(cfg: ClusterConfig) -> bool:
         resources[POOL_RESOURCES[role]] = resources.get(POOL_RESOURCES[role], 0) + n
     cpus = max(os.cpu_count() or 1, _cpus_needed(cfg))
     logger.info("starting an embedded local Ray (%d CPUs, resources %s)", cpus, resources)
-    ray.init(num_cpus=cpus, resources=resources, namespace=cfg.ray.namespace,
-             include_dashboard=cfg.ray.include_dashboard, runtime_env=env, log_to_driver=False,
-             configure_logging=False)
+    for attempt in (1, 2):
+        try:
+            ray.init(num_cpus=cpus, resources=resources, namespace=cfg.ray.namespace,
+                     include_dashboard=cfg.ray.include_dashboard, runtime_env=env,
+                     log_to_driver=False, configure_logging=False)
+            return True
+        except Exception as exc:
+            # Ray gives its raylet a fixed 30 s to register; a host loaded enough to miss
+            # that once is worth one more try, not a failed start.
+            if attempt == 2 or "timed out during startup" not in str(exc):
+                raise
+            logger.warning("the embedded Ray did not start in time (%s); retrying once", exc)
+            ray.shutdown()
     return True
 
 
