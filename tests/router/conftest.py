@@ -1,10 +1,9 @@
 """A real router (grpc.aio on a free loopback port) over a real stories260K engine."""
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
+from waiting import wait_until as _wait
 
 from cluster.config import RouterConfig
 from protos.tandem.v1 import tandem_service_pb2_grpc
@@ -41,14 +40,6 @@ def on_engine(router):
     def call(fn):
         return router.call(router.backend.run_on_engine(fn))
     return call
-
-
-def _wait(predicate, timeout=15.0, what="condition"):
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
 
 
 @pytest.fixture

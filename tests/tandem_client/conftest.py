@@ -1,9 +1,8 @@
 """A real router over a real stories260K engine for the SDK tests."""
 from __future__ import annotations
 
-import time
-
 import pytest
+from waiting import wait_until as _wait
 
 from cluster.config import RouterConfig
 from router.backends.local import LocalBackend
@@ -28,14 +27,6 @@ def free_blocks(router):
     def read():
         return router.call(router.backend.run_on_engine(lambda e: e.free_block_count()))
     return read
-
-
-def _wait(predicate, timeout=15.0, what="condition"):
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
 
 
 @pytest.fixture
