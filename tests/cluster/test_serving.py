@@ -31,7 +31,11 @@ MAX_TOKENS = 40
 
 
 def _cfg(mode: str, **extra: str):
-    overrides = [f"mode={mode}", "router.grpc_port=0", "router.http_port=0", "pools.prefill.cpus_per_worker=0.25",
+    # SLO admission off: these tests send bursts (32, 100 streams) and count every request;
+    # on a loaded host admission may rightly refuse some, which is not what they test
+    # (tests/router/test_admission.py and test_burst_admission.py do). max_inflight stays.
+    overrides = [f"mode={mode}", "router.grpc_port=0", "router.http_port=0", "router.admission.enabled=false",
+                 "pools.prefill.cpus_per_worker=0.25",
                  "pools.decode.cpus_per_worker=0.25", "pools.decode.workers=2", "pools.prefill.workers=2", "model.num_threads=1",
                  "router.health_poll_s=0.2", "model.max_num_seqs=64"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
