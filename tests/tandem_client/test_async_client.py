@@ -58,17 +58,18 @@ def test_invalid_argument_and_deadline_are_typed(router, engine_idle):
     engine_idle()
 
 
-def test_cancel_raises_cancelled_in_the_reader_and_frees_blocks(router, engine_idle):
+def test_cancel_raises_cancelled_in_the_reader_and_frees_blocks(router, engine_held, engine_idle):
     engine_idle()
 
     async def main():
         async with AsyncTandemClient(router.target) as client:
             stream = client.stream("Once upon a time", **LONG)
             await stream.__anext__()
-            asyncio.get_running_loop().call_later(0.2, stream.cancel)
-            with pytest.raises(Cancelled):
-                async for _ in stream:
-                    pass
+            with engine_held():     # the stream cannot finish first, however fast the host
+                asyncio.get_running_loop().call_later(0.2, stream.cancel)
+                with pytest.raises(Cancelled):
+                    async for _ in stream:
+                        pass
     run(main())
     engine_idle()
 
