@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from engine_hold import engine_held as hold_engine
 from waiting import wait_until as _wait
 
 from cluster.config import RouterConfig
@@ -40,6 +41,12 @@ def on_engine(router):
     def call(fn):
         return router.call(router.backend.run_on_engine(fn))
     return call
+
+
+@pytest.fixture
+def engine_held(router):
+    """``with engine_held():`` holds the engine thread (tests/engine_hold.py)."""
+    return lambda: hold_engine(router)
 
 
 @pytest.fixture

@@ -1,11 +1,8 @@
 """A real router over a real stories260K engine for the SDK tests."""
 from __future__ import annotations
 
-import asyncio
-import threading
-from contextlib import contextmanager
-
 import pytest
+from engine_hold import engine_held as hold_engine
 from waiting import wait_until as _wait
 
 from cluster.config import AdmissionConfig, RouterConfig
@@ -38,23 +35,8 @@ def free_blocks(router):
 
 @pytest.fixture
 def engine_held(router):
-    """Fault injection: ``with engine_held():`` keeps the engine thread busy, so a stream
-    already started gets no more tokens until the block ends, however fast the host."""
-    @contextmanager
-    def hold():
-        held, release = threading.Event(), threading.Event()
-
-        def wait(engine) -> None:
-            held.set()
-            release.wait(120)
-        done = asyncio.run_coroutine_threadsafe(router.backend.run_on_engine(wait), router.loop)
-        try:
-            assert held.wait(30), "the engine thread did not take the hold"
-            yield
-        finally:
-            release.set()
-            done.result(30)
-    return hold
+    """``with engine_held():`` holds the engine thread (tests/engine_hold.py)."""
+    return lambda: hold_engine(router)
 
 
 @pytest.fixture

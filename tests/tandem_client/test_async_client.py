@@ -44,7 +44,7 @@ def test_concurrent_requests_are_batched_and_each_is_exact(router):
     assert [r.token_ids for r in together] == [r.token_ids for r in alone] * 2
 
 
-def test_invalid_argument_and_deadline_are_typed(router, engine_idle):
+def test_invalid_argument_and_deadline_are_typed(router, engine_held, engine_idle):
     engine_idle()
 
     async def main():
@@ -52,7 +52,7 @@ def test_invalid_argument_and_deadline_are_typed(router, engine_idle):
             with pytest.raises(InvalidArgument) as info:
                 await client.generate("hi", max_tokens=0)
             assert info.value.field == "sampling.max_tokens"
-            with pytest.raises(DeadlineExceeded):
+            with engine_held(), pytest.raises(DeadlineExceeded):    # 0.3 s, no token
                 await client.generate("Once upon a time", timeout=0.3, **LONG)
     run(main())
     engine_idle()

@@ -80,8 +80,8 @@ def test_exactly_one_prompt_kind_is_required(client):
         client.generate("x", token_ids=[1])
 
 
-def test_timeout_raises_deadline_exceeded_and_frees_blocks(client, engine_idle):
-    with pytest.raises(DeadlineExceeded):
+def test_timeout_raises_deadline_exceeded_and_frees_blocks(client, engine_held, engine_idle):
+    with engine_held(), pytest.raises(DeadlineExceeded):    # 0.3 s pass with no token
         client.generate("Once upon a time", timeout=0.3, **LONG)
     engine_idle()
 
