@@ -45,15 +45,16 @@ def config(url, **limits) -> BenchConfig:
 
 @contextmanager
 def engine_stalled(router):
-    """Fault injection: each engine step waits until the block ends, so every request sent
-    meanwhile gets no token, however fast the host (the target opens first: model and
-    cluster info are answered between steps, and there are none until a request comes)."""
+    """Fault injection: until the block ends, engine steps make no progress, so every request
+    sent meanwhile gets no token, however fast the host. The engine thread still runs its
+    commands between steps (adds, aborts, model and cluster info), as a slow engine would."""
     engine, release = router.backend.llm.engine, threading.Event()
     step = engine.step
 
     def stalled_step():
-        release.wait(120)
-        return step()
+        if release.wait(0.005):
+            return step()
+        return []
     engine.step = stalled_step
     try:
         yield
