@@ -51,7 +51,7 @@ run: setup
 	$(VENV)/bin/tandem serve
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=25
 
 bench: setup
 	$(PY) -m benchmarks

@@ -22,6 +22,7 @@ from tandem_client.errors import InvalidArgument  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from stop_strings import assert_served_text_equals_offline, offline_cases  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "The little dog was sad because",
            "Tom had a red ball", "One day, a cat", "The sun was shining and", "Sara wanted to",
@@ -30,7 +31,11 @@ MAX_TOKENS = 40
 
 
 def _cfg(mode: str, **extra: str):
-    overrides = [f"mode={mode}", "router.grpc_port=0", "router.http_port=0", "pools.prefill.cpus_per_worker=0.25",
+    # SLO admission off: these tests send bursts (32, 100 streams) and count every request;
+    # on a loaded host admission may rightly refuse some, which is not what they test
+    # (tests/router/test_admission.py and test_burst_admission.py do). max_inflight stays.
+    overrides = [f"mode={mode}", "router.grpc_port=0", "router.http_port=0", "router.admission.enabled=false",
+                 "pools.prefill.cpus_per_worker=0.25",
                  "pools.decode.cpus_per_worker=0.25", "pools.decode.workers=2", "pools.prefill.workers=2", "model.num_threads=1",
                  "router.health_poll_s=0.2", "model.max_num_seqs=64"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
@@ -132,55 +137,129 @@ def test_cancelling_100_streams_mid_flight_returns_every_kv_block(cluster, clien
     assert _wait_blocks_back(cluster, start) == start
 
 
-def test_killing_a_decode_actor_mid_stream_still_completes_every_request_exactly(cluster, client, offline,
+def test_killing_a_decode_actor_mid_stream_recovers_exactly_the_requests_it_held(cluster, client, offline,
                                                                                  caplog):
-    """Half the requests carry stop strings: ",," holds back every comma, so a recovery must
-    carry the held-back text and the stop state across the re-prefill."""
+    """The victim's engine is wedged mid-stream (so which requests it holds cannot change),
+    the router's stream hub says which requests are assigned to it, then the actor is killed:
+    exactly those requests are re-prefilled, each once, with exactly the tokens streamed so
+    far, and every output equals the offline engine's. Half the requests carry stop strings:
+    ",," holds back every comma, so a recovery must carry the held-back text and the stop
+    state across the re-prefill."""
     import re
 
     import ray
 
+    victim = "tandem-decode-0"
+    handle = cluster.cluster.pools["decode"].handles[victim]
     stops = [",,", "Lily"]
     with_stops = {p: o for p, o in zip(PROMPTS, LLM("stories260K").generate(
         PROMPTS, SamplingParams(temperature=0, max_tokens=MAX_TOKENS, stop=stops)))}
+    assert min(len(o.token_ids) for o in [*offline.values(), *with_stops.values()]) > 6
+    rids = [f"decode-kill-{i}" for i in range(len(PROMPTS))]
     results: dict[int, object] = {}
+    received: dict[str, int] = dict.fromkeys(rids, 0)      # tokens each client has streamed
     errors: list[BaseException] = []
-    started = threading.Barrier(9)
 
     def run(i: int) -> None:
         prompt = PROMPTS[i]
         try:
-            with client.stream(prompt, max_tokens=MAX_TOKENS, temperature=0,
+            with client.stream(prompt, max_tokens=MAX_TOKENS, temperature=0, request_id=rids[i],
                                stop=stops if i % 2 else None) as s:
-                it = iter(s)
-                texts = [next(it).text]
-                started.wait(60)
-                for delta in it:
+                texts = []
+                for delta in s:
                     texts.append(delta.text)
-                    time.sleep(0.01)   # keep the stream open across the kill
+                    received[rids[i]] += len(delta.token_ids)
                 results[i] = (prompt, s.result, "".join(texts))
         except BaseException as exc:  # noqa: BLE001
             errors.append(exc)
 
-    threads = [threading.Thread(target=run, args=(i,)) for i in range(8)]
-    for t in threads:
-        t.start()
-    started.wait(60)
-    ray.kill(cluster.cluster.pools["decode"].handles["tandem-decode-0"], no_restart=False)
-    for t in threads:
-        t.join(120)
+    # Fault injection, run inside the decode actor (``__ray_call__``; defined here so Ray
+    # pickles them by value): the first engine step after which a request on the victim has
+    # 6 output tokens and is unfinished wedges its engine thread. The worker's own observer
+    # runs first, so that step's events are in the outbox: the router can stream everything
+    # up to the wedge and nothing after it.
+    def install_stall(worker, hold_at: int) -> None:
+        import threading as th
+
+        stall = {"held": th.Event(), "release": th.Event(), "finished": set(), "tokens": {}}
+
+        def observe(outputs) -> None:
+            stall["finished"].update(o.request_id for o in outputs if o.finished)
+            if stall["held"].is_set() or not any(
+                    not o.finished and len(o.token_ids) >= hold_at for o in outputs):
+                return
+            # Every request the engine holds and how many tokens each has produced (the
+            # first came from prefill), read on the engine thread, which is about to stop.
+            stall["tokens"] = {rid: len(seq.output_ids) for rid, seq in worker.engine.requests.items()}
+            stall["held"].set()
+            stall["release"].wait()
+
+        worker.tandem_test_stall = stall
+        worker.driver.add_observer(observe)
+
+    def stall_state(worker) -> tuple[bool, set[str], dict[str, int]]:
+        stall = worker.tandem_test_stall
+        return stall["held"].is_set(), set(stall["finished"]), dict(stall["tokens"])
+
+    def release_stall(worker) -> None:
+        worker.tandem_test_stall["release"].set()
+
+    async def assigned_to_victim() -> set[str]:
+        # The router's per-request state: which decode worker streams each request.
+        return {rid for rid, (worker, _) in cluster.backend.hub.subscribers.items() if worker == victim}
+
+    ray.get(handle.__ray_call__.remote(install_stall, 6), timeout=30)
+    killed = False
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+    try:
+        for t in threads:
+            t.start()
+        wait_until(lambda: ray.get(handle.__ray_call__.remote(stall_state), timeout=30)[0],
+                   timeout=120, what=f"{victim} wedged with a request 6 tokens in", interval=0.1)
+        _, finished_there, engine_tokens = ray.get(handle.__ray_call__.remote(stall_state), timeout=30)
+        done = set()
+
+        def settled() -> bool:
+            # Nothing the victim produced is still on its way: every request is finished at its
+            # client or assigned to the victim, none of those finished there, and each client
+            # has every token the victim's engine made for it (a request whose KV import is
+            # queued behind the wedge has the first token, from prefill).
+            nonlocal done
+            held = cluster.call(assigned_to_victim()) & set(rids)
+            done = {rids[i] for i in results}
+            return (done | held == set(rids) and not held & finished_there
+                    and all(received[r] == engine_tokens.get(r, 1) for r in held))
+
+        wait_until(settled, timeout=120, what="the router holding every event the victim produced")
+        held = cluster.call(assigned_to_victim()) & set(rids)
+        streamed_at_kill = {r: received[r] for r in held}
+        assert held, f"{victim} held no request when it was killed"
+        assert not held & done
+        ray.kill(handle, no_restart=False)
+        killed = True
+    finally:
+        if not killed:
+            ray.get(handle.__ray_call__.remote(release_stall), timeout=30)
+        for t in threads:
+            t.join(120)
     assert not errors, errors
+    assert len(results) == len(PROMPTS)
     for i, (prompt, res, streamed) in results.items():
         want = (with_stops if i % 2 else offline)[prompt]
         assert res.token_ids == want.token_ids, prompt
         assert res.text == streamed == want.text, prompt
-    assert len(results) == 8
+        assert res.finish_reason == want.finish_reason, prompt
     # Each recovery re-prefills the prompt and what it had generated (at least the first token).
-    recoveries = [tuple(map(int, m.groups())) for m in (
-        re.search(r"re-prefilling (\d+) tokens \((\d+) prompt \+ (\d+) generated", r.getMessage())
-        for r in caplog.records) if m]
+    recoveries = [(m.group(1), *map(int, m.groups()[1:])) for m in (
+        re.search(r"request (\S+): .*; re-prefilling (\d+) tokens \((\d+) prompt \+ (\d+) generated",
+                  r.getMessage()) for r in caplog.records) if m]
     assert recoveries, "no recovery was logged"
-    assert all(total == prompt + gen and gen >= 1 for total, prompt, gen in recoveries), recoveries
+    assert all(total == prompt + gen and gen >= 1 for _, total, prompt, gen in recoveries), recoveries
+    # Exactly the requests on the killed worker were recovered, each once, from where its
+    # stream stood.
+    assert sorted(rid for rid, *_ in recoveries) == sorted(held)
+    assert {rid: gen for rid, _, _, gen in recoveries} == streamed_at_kill
+    assert max(streamed_at_kill.values()) >= 6        # at least one was well into its stream
 
 
 def test_a_dead_prefill_worker_is_retried_on_another_without_the_client_noticing(cluster, client):

@@ -10,7 +10,7 @@ import torch
 
 from engine import LLM
 
-from engine_helpers import FAMILIES, greedy, hf_greedy
+from engine_helpers import FAMILIES, assert_fp32_close, greedy, hf_greedy
 
 PROMPTS = [
     [1, 17, 301, 44, 9, 250, 3, 88],
@@ -28,7 +28,9 @@ def test_prompt_logits_match_hf_at_float32(family, family_checkpoint):
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0].float()
     assert ours.shape == ref.shape == (len(ids), 512)
-    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+    # Fused qkv/gate-up matmuls and our attention against HF's separate ones: the same sums in
+    # other orders through every layer (see assert_fp32_close for the bound and its margin).
+    assert_fp32_close(ours, ref)
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -62,4 +64,6 @@ def test_benchmark_baseline_has_the_engines_weights():
     ids = PROMPTS[1]
     with torch.no_grad():
         ref = hf(torch.tensor([ids])).logits[0].float()
+    # The same weights through HF's eager path: only summation order differs (measured under
+    # 2e-7 at logit scale ~1.5, 1% of this, on AMX, AVX2-capped and one-thread runs).
     torch.testing.assert_close(llm.engine.prompt_logits(ids), ref, atol=1e-5, rtol=1e-4)

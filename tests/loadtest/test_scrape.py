@@ -8,6 +8,7 @@ import socket
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from waiting import async_wait_until
 
 from loadtest.scrape import MetricNames, MetricsScraper, parse_prometheus, summarize_snapshots
 
@@ -89,7 +90,8 @@ def test_live_scrape_over_http_measures_what_changed_during_the_run():
             depth.set(5)
             hits.inc(30)
             queries.inc(120)
-            await asyncio.sleep(0.3)
+            # periodic scrapes after the start one: they see the queue at 5
+            await async_wait_until(lambda: len(scraper.snapshots) >= 3, what="two periodic scrapes")
             depth.set(0)
             return await scraper.stop()
         finally:
@@ -106,7 +108,7 @@ def test_an_unreachable_endpoint_is_recorded_not_raised():
         scraper = MetricsScraper(f"http://127.0.0.1:{free_port()}/metrics", interval_s=0.05,
                                  timeout_s=1.0)
         await scraper.start()
-        await asyncio.sleep(0.1)
+        await async_wait_until(lambda: scraper.errors, what="a failed scrape recorded")
         return await scraper.stop()
 
     summary = asyncio.run(scenario())

@@ -1,10 +1,10 @@
 """A real router (grpc.aio on a free loopback port) over a real stories260K engine."""
 from __future__ import annotations
 
-import time
-
 import grpc
 import pytest
+from engine_hold import engine_held as hold_engine
+from waiting import wait_until as _wait
 
 from cluster.config import RouterConfig
 from protos.tandem.v1 import tandem_service_pb2_grpc
@@ -43,12 +43,10 @@ def on_engine(router):
     return call
 
 
-def _wait(predicate, timeout=15.0, what="condition"):
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
+@pytest.fixture
+def engine_held(router):
+    """``with engine_held():`` holds the engine thread (tests/engine_hold.py)."""
+    return lambda: hold_engine(router)
 
 
 @pytest.fixture

@@ -6,7 +6,6 @@ from __future__ import annotations
 import datetime
 import ipaddress
 import os
-import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +18,7 @@ from cluster.config import (AdmissionConfig, AuthConfig, LimitsConfig, RouterCon
 from router.backends.local import LocalBackend  # noqa: E402
 from router.server import RouterServer  # noqa: E402
 from router.testing import BackgroundRouter  # noqa: E402
+from waiting import wait_until  # noqa: E402 - re-exported for the front-door tests
 
 KEY_A = "key-alpha-0123456789abcdef"
 KEY_B = "key-bravo-0123456789abcdef"
@@ -92,14 +92,6 @@ def sample(text: str, name: str, **labels: str) -> float:
             if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()):
                 total += s.value
     return total
-
-
-def wait_until(predicate, timeout: float = 15.0, what: str = "condition") -> None:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
 
 
 @dataclass(slots=True)

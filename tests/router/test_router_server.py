@@ -72,17 +72,17 @@ def test_client_cancel_aborts_the_request_and_frees_its_kv_blocks(stub, on_engin
     engine_idle()   # the abort reached the engine: no request held, every block free
 
 
-def test_grpc_deadline_gives_deadline_exceeded_and_frees_blocks(stub, engine_idle):
-    with pytest.raises(grpc.RpcError) as info:
+def test_grpc_deadline_gives_deadline_exceeded_and_frees_blocks(stub, engine_held, engine_idle):
+    with engine_held(), pytest.raises(grpc.RpcError) as info:    # 0.3 s pass with no token
         list(stub.Generate(request(**LONG), timeout=0.3))
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     engine_idle()
 
 
-def test_request_deadline_ms_is_enforced_by_the_router(stub, engine_idle):
+def test_request_deadline_ms_is_enforced_by_the_router(stub, engine_held, engine_idle):
     req = request(**LONG)
     req.deadline_ms = 300
-    with pytest.raises(grpc.RpcError) as info:
+    with engine_held(), pytest.raises(grpc.RpcError) as info:    # 300 ms pass with no token
         list(stub.Generate(req, timeout=60))
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert "deadline" in info.value.details()

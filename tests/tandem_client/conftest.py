@@ -1,11 +1,11 @@
 """A real router over a real stories260K engine for the SDK tests."""
 from __future__ import annotations
 
-import time
-
 import pytest
+from engine_hold import engine_held as hold_engine
+from waiting import wait_until as _wait
 
-from cluster.config import RouterConfig
+from cluster.config import AdmissionConfig, RouterConfig
 from router.backends.local import LocalBackend
 from router.testing import BackgroundRouter
 
@@ -18,7 +18,10 @@ def llm():
 
 @pytest.fixture(scope="module")
 def router(llm):
-    with BackgroundRouter(LocalBackend(llm), RouterConfig(grpc_port=0)) as r:
+    # SLO admission off: the SDK tests send concurrent requests and expect each to be
+    # served; a loaded host could make admission refuse some (tests/router tests that).
+    with BackgroundRouter(LocalBackend(llm), RouterConfig(
+            grpc_port=0, admission=AdmissionConfig(enabled=False))) as r:
         yield r
 
 
@@ -30,12 +33,10 @@ def free_blocks(router):
     return read
 
 
-def _wait(predicate, timeout=15.0, what="condition"):
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} not reached within {timeout} s")
-        time.sleep(0.02)
+@pytest.fixture
+def engine_held(router):
+    """``with engine_held():`` holds the engine thread (tests/engine_hold.py)."""
+    return lambda: hold_engine(router)
 
 
 @pytest.fixture

@@ -44,7 +44,7 @@ def test_concurrent_requests_are_batched_and_each_is_exact(router):
     assert [r.token_ids for r in together] == [r.token_ids for r in alone] * 2
 
 
-def test_invalid_argument_and_deadline_are_typed(router, engine_idle):
+def test_invalid_argument_and_deadline_are_typed(router, engine_held, engine_idle):
     engine_idle()
 
     async def main():
@@ -52,23 +52,24 @@ def test_invalid_argument_and_deadline_are_typed(router, engine_idle):
             with pytest.raises(InvalidArgument) as info:
                 await client.generate("hi", max_tokens=0)
             assert info.value.field == "sampling.max_tokens"
-            with pytest.raises(DeadlineExceeded):
+            with engine_held(), pytest.raises(DeadlineExceeded):    # 0.3 s, no token
                 await client.generate("Once upon a time", timeout=0.3, **LONG)
     run(main())
     engine_idle()
 
 
-def test_cancel_raises_cancelled_in_the_reader_and_frees_blocks(router, engine_idle):
+def test_cancel_raises_cancelled_in_the_reader_and_frees_blocks(router, engine_held, engine_idle):
     engine_idle()
 
     async def main():
         async with AsyncTandemClient(router.target) as client:
             stream = client.stream("Once upon a time", **LONG)
             await stream.__anext__()
-            asyncio.get_running_loop().call_later(0.2, stream.cancel)
-            with pytest.raises(Cancelled):
-                async for _ in stream:
-                    pass
+            with engine_held():     # the stream cannot finish first, however fast the host
+                asyncio.get_running_loop().call_later(0.2, stream.cancel)
+                with pytest.raises(Cancelled):
+                    async for _ in stream:
+                        pass
     run(main())
     engine_idle()
 

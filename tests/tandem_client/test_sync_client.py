@@ -7,6 +7,7 @@ import time
 
 import grpc
 import pytest
+from waiting import wait_until
 
 from cluster.config import RouterConfig
 from router.backends.local import LocalBackend
@@ -79,8 +80,8 @@ def test_exactly_one_prompt_kind_is_required(client):
         client.generate("x", token_ids=[1])
 
 
-def test_timeout_raises_deadline_exceeded_and_frees_blocks(client, engine_idle):
-    with pytest.raises(DeadlineExceeded):
+def test_timeout_raises_deadline_exceeded_and_frees_blocks(client, engine_held, engine_idle):
+    with engine_held(), pytest.raises(DeadlineExceeded):    # 0.3 s pass with no token
         client.generate("Once upon a time", timeout=0.3, **LONG)
     engine_idle()
 
@@ -101,15 +102,16 @@ def test_breaking_out_of_the_loop_cancels_on_the_server(client, free_blocks, eng
     engine_idle()
 
 
-def test_cancel_from_another_thread_unblocks_the_reader(client, engine_idle):
+def test_cancel_from_another_thread_unblocks_the_reader(client, engine_held, engine_idle):
     stream = client.stream("Once upon a time", **LONG)
     next(stream)
-    timer = threading.Timer(0.2, stream.cancel)
-    timer.start()
-    with pytest.raises(Cancelled):
-        for _ in stream:
-            pass
-    timer.join()
+    with engine_held():             # the stream cannot finish first, however fast the host
+        timer = threading.Timer(0.2, stream.cancel)     # the reader is waiting by then, likely
+        timer.start()
+        with pytest.raises(Cancelled):
+            for _ in stream:
+                pass
+        timer.join()
     engine_idle()
 
 
@@ -140,17 +142,33 @@ def test_unavailable_is_retried_until_the_router_comes_up():
     from engine import LLM
     backend = LocalBackend(LLM(model="stories260K", max_num_seqs=2))
     router = BackgroundRouter(backend, RouterConfig(grpc_port=port))
-    starter = threading.Timer(0.5, router.start)
+    failures: list[grpc.StatusCode] = []
+
+    class SeenRetryPolicy(RetryPolicy):
+        """The client's own policy, noting each failed attempt it is asked about."""
+
+        def next_delay(self, error, *args):
+            failures.append(error.code)
+            return super().next_delay(error, *args)
+
     options = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.min_reconnect_backoff_ms", 50),
                ("grpc.max_reconnect_backoff_ms", 200)]
+    out: dict[str, object] = {}
     try:
-        with TandemClient(f"127.0.0.1:{port}", timeout=30, retries=30, backoff_base_s=0.05,
-                          backoff_max_s=0.2, options=options) as c:
-            starter.start()
-            result = c.generate("Once", max_tokens=3, temperature=0)
-            assert result.usage.completion_tokens == 3
+        with TandemClient(f"127.0.0.1:{port}", timeout=60, options=options) as c:
+            # Retries bounded by the call's 60 s deadline, not by a count a slow start outlasts.
+            c.retry = SeenRetryPolicy(retries=100_000, backoff_base_s=0.05, backoff_max_s=0.2)
+            caller = threading.Thread(target=lambda: out.setdefault(
+                "result", c.generate("Once", max_tokens=3, temperature=0)))
+            caller.start()
+            # The router comes up once the client has failed against the closed port.
+            wait_until(lambda: failures or not caller.is_alive(), what="a failed attempt")
+            router.start()
+            caller.join(60)
+        assert not caller.is_alive()
+        assert failures and set(failures) == {grpc.StatusCode.UNAVAILABLE}
+        assert out["result"].usage.completion_tokens == 3
     finally:
-        starter.join()
         router.stop()
 
 

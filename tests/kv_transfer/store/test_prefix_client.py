@@ -1,8 +1,6 @@
 """PrefixCacheClient: cost decisions, breaker and reconnect, bounded write-back (real Redis)."""
 from __future__ import annotations
 
-import time
-
 import pytest
 import redis
 import torch
@@ -10,6 +8,7 @@ import torch
 from kv_transfer.store import FetchSample, PrefixCacheClient, create_store
 from kv_transfer.store.breaker import BreakerState
 from store_helpers import CHUNK, LAYOUT, store_config, synthetic_kv
+from waiting import wait_until
 
 TOKENS = list(range(8 * CHUNK + 1))
 USABLE = 8 * CHUNK
@@ -17,15 +16,6 @@ USABLE = 8 * CHUNK
 
 def open_client(url: str, backend: str = "lmcache", **overrides) -> PrefixCacheClient:
     return PrefixCacheClient(create_store(store_config(url, backend=backend, **overrides), LAYOUT))
-
-
-def wait_for(predicate, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return False
 
 
 @pytest.fixture
@@ -109,7 +99,7 @@ def test_redis_down_means_recompute_then_automatic_recovery(own_redis):
         assert c.plan(other, "t", 1.0).hit_local == USABLE
         own_redis.start()                               # same port, empty (no persistence)
         assert own_redis.port == port
-        assert wait_for(lambda: c.breaker.state is BreakerState.CLOSED)
+        wait_until(lambda: c.breaker.state is BreakerState.CLOSED, what="the breaker closed again")
         c.write_back(TOKENS, kv, "t")
         assert c.flush()
         c.store.clear_local()
@@ -126,7 +116,7 @@ def test_native_backend_skips_the_store_while_the_breaker_is_open(own_redis):
         assert plan.decision == "skip" and plan.reason.startswith("breaker")
         assert not c.write_back(TOKENS, synthetic_kv(len(TOKENS)), "t")
         own_redis.start()
-        assert wait_for(lambda: c.breaker.state is BreakerState.CLOSED)
+        wait_until(lambda: c.breaker.state is BreakerState.CLOSED, what="the breaker closed again")
         assert c.plan(TOKENS, "t", 1.0).decision == "miss"
 
 

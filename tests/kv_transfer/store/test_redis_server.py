@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pytest
@@ -66,8 +67,11 @@ def test_private_server_requires_its_generated_password_kept_off_the_command_lin
 
 
 def test_a_supervised_server_killed_is_restarted_within_5_s_on_the_same_port_and_password():
+    others = set(threading.enumerate())
     with RedisServer() as server:
         server.supervise()
+        (supervisor,) = [t for t in threading.enumerate()
+                         if t.name == "redis-supervisor" and t not in others]
         url, pid = server.url, server.pid
         os.kill(pid, signal.SIGKILL)
         start = time.monotonic()
@@ -80,9 +84,9 @@ def test_a_supervised_server_killed_is_restarted_within_5_s_on_the_same_port_and
         assert client.set("k", b"v") and client.get("k") == b"v"
         client.close()
         new_pid = server.pid
-    assert _wait_gone(new_pid) and not server.running   # stop() also ends supervision
-    time.sleep(0.3)
-    assert server.pid is None
+    assert _wait_gone(new_pid) and not server.running
+    assert not supervisor.is_alive()                    # stop() also ends supervision:
+    assert server.pid is None                           # nothing can restart it now
 
 
 def test_full_server_evicts_instead_of_failing_writes():
