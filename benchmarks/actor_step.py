@@ -194,7 +194,7 @@ async def _ray(ref):
 
 def runtimes(args: argparse.Namespace) -> list[tuple[str, float, bool]]:
     """(name, stream interval, pool actor options?) of every runtime to measure."""
-    from cluster.config import RouterConfig
+    from router.config import RouterConfig
     out = [("tandem", RouterConfig().stream_interval_s, True)]
     if args.baseline:
         out.append(("ray_defaults", 0.0, False))

@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import statistics
 import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
 
-from cluster.config import RouterConfig
+from router.config import RouterConfig
 from router.backend import Backend
 from router.messages import (
     ClusterInfo, Finished, FinishReason, GenerateRequest, ModelInfo, SamplingOptions, TokenDelta,

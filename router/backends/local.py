@@ -59,6 +59,13 @@ class LocalBackend(Backend):
         self._closed = False
 
     @property
+    def engine(self) -> Any:
+        """The engine the worker drives; call into it only through ``run_on_engine``."""
+        if self._worker is None:
+            raise NoHealthyWorker("the local engine is not started")
+        return self._worker.engine
+
+    @property
     def tokenizer(self) -> Tokenizer:
         if self._worker is None:
             raise NoHealthyWorker("the local engine is not started")

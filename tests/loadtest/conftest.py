@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from loadtest_routers import make_router
 
-from cluster.config import AdmissionConfig
+from router.config import AdmissionConfig
 
 
 @pytest.fixture(scope="session")

@@ -1,7 +1,7 @@
 """A real router over a stories260K engine, for the load-test tests (importable by name)."""
 from __future__ import annotations
 
-from cluster.config import RouterConfig
+from router.config import RouterConfig
 from router.backends.local import LocalBackend
 from router.testing import BackgroundRouter
 

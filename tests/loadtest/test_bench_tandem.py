@@ -48,7 +48,7 @@ def engine_stalled(router):
     """Fault injection: until the block ends, engine steps make no progress, so every request
     sent meanwhile gets no token, however fast the host. The engine thread still runs its
     commands between steps (adds, aborts, model and cluster info), as a slow engine would."""
-    engine, release = router.backend.llm.engine, threading.Event()
+    engine, release = router.backend.engine, threading.Event()
     step = engine.step
 
     def stalled_step():

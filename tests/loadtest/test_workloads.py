@@ -112,7 +112,7 @@ def test_a_history_longer_than_the_context_keeps_the_system_prompt_and_drops_old
 def test_a_failed_turn_ends_the_conversation_and_is_counted():
     workload = conversation_workload()
     user = next(workload.plan(INFO).sessions)
-    spec = user.next_request(None)
+    assert user.next_request(None) is not None          # the first turn is sent...
     failed = RequestRecord(index=0, status=Status.REFUSED)
     assert user.next_request(failed) is None
     assert workload.describe()["conversations_ended_by_failure"] == 1

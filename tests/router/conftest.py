@@ -6,7 +6,7 @@ import pytest
 from engine_hold import engine_held as hold_engine
 from waiting import wait_until as _wait
 
-from cluster.config import RouterConfig
+from router.config import RouterConfig
 from protos.tandem.v1 import tandem_service_pb2_grpc
 from router.backends.local import LocalBackend
 from router.testing import BackgroundRouter

@@ -13,8 +13,8 @@ from pathlib import Path
 os.environ.setdefault("LMCACHE_TRACK_USAGE", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-from cluster.config import (AdmissionConfig, AuthConfig, LimitsConfig, RouterConfig,  # noqa: E402
-                            SLOConfig, TLSConfig)
+from router.config import (AdmissionConfig, AuthConfig, LimitsConfig, RouterConfig,  # noqa: E402
+                           SLOConfig, TLSConfig)
 from router.backends.local import LocalBackend  # noqa: E402
 from router.server import RouterServer  # noqa: E402
 from router.testing import BackgroundRouter  # noqa: E402

@@ -14,7 +14,7 @@ import pytest
 from frontdoor_helpers import (KEY_A, KEY_B, router_config, sample, scrape, start_router,
                                wait_until, write_keys)
 
-from cluster.config import AdmissionConfig, LimitsConfig, SLOConfig
+from router.config import AdmissionConfig, LimitsConfig, SLOConfig
 from protos.tandem.v1 import generate_pb2, tandem_service_pb2_grpc
 from router.admission import AdmissionController, AdmissionRejected, Capacity, TpotModel
 from router.auth import TenantLimits

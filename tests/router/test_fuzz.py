@@ -21,7 +21,7 @@ from schemathesis.checks import (content_type_conformance, not_a_server_error,
 
 from frontdoor_helpers import KEY_A, router_config, sample, scrape, start_router, write_keys
 
-from cluster.config import LimitsConfig
+from router.config import LimitsConfig
 from protos.tandem.v1 import generate_pb2
 from router.http.server import OPENAPI_PATH
 

@@ -8,7 +8,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 
-from cluster.config import RouterConfig
+from router.config import RouterConfig
 from protos.tandem.v1 import generate_pb2, info_pb2, tandem_service_pb2_grpc
 from router.backends.local import LocalBackend
 from router.testing import BackgroundRouter

@@ -16,7 +16,8 @@ import pytest
 
 from frontdoor_helpers import KEY_A, make_tls, router_config, scrape, start_router, write_keys
 
-from cluster.config import ConfigError, TLSConfig
+from router.config import TLSConfig
+from tandem_common.config import ConfigError
 from kv_transfer.redis_server import free_loopback_port
 from kv_transfer.store.redis_client import close_client, make_client
 from router.tls import load_tls

@@ -5,7 +5,7 @@ import pytest
 from engine_hold import engine_held as hold_engine
 from waiting import wait_until as _wait
 
-from cluster.config import AdmissionConfig, RouterConfig
+from router.config import AdmissionConfig, RouterConfig
 from router.backends.local import LocalBackend
 from router.testing import BackgroundRouter
 

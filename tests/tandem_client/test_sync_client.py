@@ -9,7 +9,7 @@ import grpc
 import pytest
 from waiting import wait_until
 
-from cluster.config import RouterConfig
+from router.config import RouterConfig
 from router.backends.local import LocalBackend
 from router.testing import BackgroundRouter
 from tandem_client import (

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # tests/router: t
 from frontdoor_helpers import (make_llm, router_config, sample, scrape,  # noqa: E402
                                start_router, wait_until)
 
-from cluster.config import LimitsConfig  # noqa: E402
+from router.config import LimitsConfig  # noqa: E402
 from router.http.chat import ChatMessage, render_chat  # noqa: E402
 from tandem_client import TandemClient  # noqa: E402
 
