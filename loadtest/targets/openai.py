@@ -27,7 +27,9 @@ _HTTP_STATUS = {429: Status.REFUSED, 400: Status.INVALID, 413: Status.INVALID,
 
 @register_target("http", "https")
 class OpenAITarget(Target):
-    """Streams ``/v1/completions``; ``options.vocab_size`` is required (servers do not say)."""
+    """Streams ``/v1/completions``; the vocabulary size and context length are
+    ``options.vocab_size`` and ``options.max_model_len`` when given, else what ``/v1/models``
+    states (Tandem's router does; a server that does not needs the options)."""
 
     kind = "openai"
 

@@ -89,15 +89,19 @@ def _burst(cluster, n: int) -> list[dict]:
 @pytest.mark.parametrize("mode", ["colocated", "disaggregated"])
 def test_a_burst_on_a_fresh_cluster_admits_no_more_than_it_can_serve_in_time(mode):
     """Colocated workers report no prefill speed: until a first token has been measured one
-    request per worker waits and the rest are refused. Disaggregated prefill workers measure
-    theirs at start. Either way, what is admitted is served within the objective."""
+    request per worker waits and the rest are refused (that one is admitted blind, so how
+    fast it is served is the host's speed, not admission's decision). Disaggregated prefill
+    workers measure theirs at start, and what they admit is served within the objective."""
     with BackgroundCluster(_cfg(f"mode={mode}")) as fresh:
         results = _burst(fresh, 24)
     admitted = [r for r in results if r["status"] == "ok"]
     refused = [r for r in results if r["status"] == "refused"]
     assert len(admitted) + len(refused) == 24, results
     assert len(admitted) >= 1 and len(refused) >= 12, admitted
-    assert all(r["ttft_ms"] <= TTFT_MS for r in admitted), admitted
+    if mode == "colocated":
+        assert len(admitted) == 1, admitted      # one decode (colocated) worker: one blind admit
+    else:
+        assert all(r["ttft_ms"] <= TTFT_MS for r in admitted), admitted
 
 
 def test_a_burst_of_ten_times_capacity_is_admitted_within_the_ttft_objective_or_refused_at_once(
