@@ -130,8 +130,11 @@ class Outbox:
                 ready = self.cursor > cursor and (any_event or self._urgent > cursor)
             try:
                 if not ready:
-                    await asyncio.wait_for(self._changed.wait(), until - now)
-            except asyncio.TimeoutError:
+                    # asyncio.timeout, not wait_for: Python 3.11's wait_for can swallow a
+                    # cancellation that lands as the event fires, and the poll never ends.
+                    async with asyncio.timeout(until - now):
+                        await self._changed.wait()
+            except TimeoutError:
                 pass
             finally:
                 with self._lock:

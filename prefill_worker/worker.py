@@ -71,7 +71,8 @@ class PrefillWorker(AsyncRayKVSource):
                                                            output_text_offset=req.output_text_offset))
             added = True
             timeout = None if req.deadline is None else max(0.0, req.deadline - time.time())
-            out = await asyncio.wait_for(queue.get(), timeout)
+            async with asyncio.timeout(timeout):   # not wait_for: see router/backends/ray_pools._call
+                out = await queue.get()
             if isinstance(out, BaseException):
                 added = False    # the engine is gone, and the request with it
                 raise EngineFailed(f"the engine failed: {type(out).__name__}: {out}")

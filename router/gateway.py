@@ -175,9 +175,12 @@ class Gateway:
                         finished = event
                         m.finished(event.reason.value if hasattr(event.reason, "value")
                                    else str(event.reason), event.usage)
+                        # The whole result is generated and handed to the transport: a client
+                        # hanging up during this last write has it (a unary-style client
+                        # closes its call as soon as it reads the final message).
+                        m.delivered = True
                     await sink(event)
                     if finished is not None:
-                        m.delivered = True
                         break
         except TimeoutError:
             raise RequestTimedOut(f"request {req.request_id} passed its deadline") from None

@@ -10,7 +10,6 @@ so the router of a cluster never uses it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
 import time
@@ -91,9 +90,10 @@ class LocalBackend(Backend):
     async def close(self) -> None:
         self._closed = True
         if self._pump is not None:
+            # asyncio.wait, not ``await task``: awaiting a cancelled task re-raises its
+            # CancelledError, which a suppress() here would also take from our own caller.
             self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pump
+            await asyncio.wait({self._pump})
         if self._worker is not None:
             await asyncio.to_thread(self._worker.shutdown)
         for q in self._queues.values():
@@ -152,7 +152,7 @@ class LocalBackend(Backend):
     async def _pump_events(self) -> None:
         """One long-poll of the worker's outbox, fanning each step's events out to requests."""
         cursor = 0
-        while True:
+        while not self._closed:   # also ends the loop should a cancellation be lost
             _, cursor, batch = await self._worker.poll(cursor, POLL_TIMEOUT_S)
             for event in batch:
                 q = self._queues.get(event.request_id)

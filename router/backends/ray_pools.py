@@ -176,8 +176,11 @@ class RayPoolsBackend(Backend):
         """Await a worker call within the request's deadline, mapping failures to types."""
         import ray
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(ref.future()), _remaining(request))
-        except asyncio.TimeoutError:
+            # asyncio.timeout rather than wait_for here and below: Python 3.11's wait_for can
+            # swallow a client's cancellation that lands as the result arrives.
+            async with asyncio.timeout(_remaining(request)):
+                return await asyncio.wrap_future(ref.future())
+        except TimeoutError:
             ray.cancel(ref)
             raise RequestTimedOut(f"request {request.request_id} passed its deadline") from None
         except asyncio.CancelledError:
@@ -197,8 +200,9 @@ class RayPoolsBackend(Backend):
 
     async def _next(self, request: GenerateRequest, queue: asyncio.Queue) -> StreamEvent | WorkerGone:
         try:
-            return await asyncio.wait_for(queue.get(), _remaining(request))
-        except asyncio.TimeoutError:
+            async with asyncio.timeout(_remaining(request)):
+                return await queue.get()
+        except TimeoutError:
             raise RequestTimedOut(f"request {request.request_id} passed its deadline") from None
 
     def _emit(self, request, usage: Usage, progress: _Progress, token_ids: list[int], text: str,

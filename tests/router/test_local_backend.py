@@ -108,3 +108,30 @@ def test_backend_registry_builds_the_local_backend_from_config():
     assert info.model == "stories260K" and info.max_model_len == 512
     with pytest.raises(ValueError, match="unknown backend 'ray-pools'"):
         create_backend("ray-pools")
+
+
+def test_close_returns_even_when_the_pump_loses_its_cancellation(new_llm):
+    """Python 3.11's ``asyncio.wait_for`` can swallow a cancellation that lands as its result
+    arrives; the pump then polls on, and a close that only cancels it would hang."""
+    async def main():
+        backend = LocalBackend(new_llm())
+        await backend.start()
+        real_poll, lost = backend._worker.poll, []
+
+        async def poll_losing_one_cancellation(cursor, *args):
+            try:
+                return await real_poll(cursor, *args)
+            except asyncio.CancelledError:       # fault injection: the lost cancellation
+                if lost:
+                    raise
+                lost.append(cursor)
+                return backend._worker.incarnation, cursor, []
+
+        backend._worker.poll = poll_losing_one_cancellation
+        await asyncio.sleep(0)                   # the pump picks the wrapped poll up next round
+        await asyncio.sleep(1.5)
+        async with asyncio.timeout(10) as limit:
+            await backend.close()
+        return lost, limit.expired(), backend._pump.done(), await backend.health()
+    lost, hung, pump_ended, healthy = run(main())
+    assert lost and not hung and pump_ended and not healthy
