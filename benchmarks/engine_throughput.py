@@ -38,6 +38,8 @@ import torch
 from benchmarks.hf_reference import hf_model_from_engine
 from engine import LLM, SamplingParams
 
+ROOFLINE_TARGET = 0.7   # issue 13: batch-1 decode >= 0.7 of the bandwidth roofline (paired)
+
 BENCH = "engine_throughput"
 MODEL = "llama-100m"
 PROMPT_LEN = 64
@@ -224,7 +226,8 @@ def run_at(threads: int, llm: LLM, hf, args, machine_bw: float) -> None:
          engine_tok_s=round(b1, 1), fraction=round(b1 / roofline, 3),
          paired_fraction=round(statistics.median(paired), 3),
          cpu_time_fraction=round(statistics.median(per_cpu), 3),
-         paired_all=[round(f, 3) for f in paired], target=0.5, met=b1 / roofline >= 0.5)
+         paired_all=[round(f, 3) for f in paired], target=ROOFLINE_TARGET,
+         met=statistics.median(paired) >= ROOFLINE_TARGET)
     ratio = decode[32][0] / decode[1][1]
     emit(figure="batch32_vs_hf_batch1", threads=threads, engine_batch32_tok_s=round(decode[32][0], 1),
          hf_batch1_tok_s=round(decode[1][1], 1), ratio=round(ratio, 2), target=5.0, met=ratio >= 5.0)
