@@ -48,7 +48,11 @@ def _cmd_generate(args: argparse.Namespace) -> int:
     client = TandemClient(args.target, timeout=args.timeout)
     try:
         stream = client.stream(args.prompt, max_tokens=args.max_tokens, temperature=args.temperature,
-                               seed=args.seed, tenant=args.tenant, codec=args.codec)
+                               top_p=args.top_p, top_k=args.top_k, seed=args.seed, stop=args.stop,
+                               ignore_eos=args.ignore_eos, presence_penalty=args.presence_penalty,
+                               frequency_penalty=args.frequency_penalty,
+                               repetition_penalty=args.repetition_penalty, min_tokens=args.min_tokens,
+                               tenant=args.tenant, codec=args.codec)
         with stream:
             sys.stdout.write(args.prompt)
             for delta in stream:
@@ -101,7 +105,15 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             q.add_argument("prompt")
             q.add_argument("--max-tokens", type=int, default=64)
             q.add_argument("--temperature", type=float, default=0.0)
+            q.add_argument("--top-p", type=float)
+            q.add_argument("--top-k", type=int)
             q.add_argument("--seed", type=int)
+            q.add_argument("--stop", action="append", help="stop string (repeatable)")
+            q.add_argument("--ignore-eos", action="store_true")
+            q.add_argument("--presence-penalty", type=float)
+            q.add_argument("--frequency-penalty", type=float)
+            q.add_argument("--repetition-penalty", type=float)
+            q.add_argument("--min-tokens", type=int)
             q.add_argument("--tenant")
             q.add_argument("--codec")
         q.add_argument("--target", default="127.0.0.1:50051")

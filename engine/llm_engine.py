@@ -16,6 +16,7 @@ from engine.config import KV_CACHE_BYTES, EngineConfig
 from engine.errors import UnknownRequestError
 from engine.kv_export import KVLayout, SequenceKV
 from engine.loader import LoadedModel, load_model
+from engine.logits_processing import process_logits
 from engine.model_runner import ModelRunner
 from engine.outputs import RequestOutput
 from engine.sampler import generator_state, make_generator, restore_generator, sample
@@ -97,6 +98,7 @@ class LLMEngine:
             raise ValueError(f"request_id {seq_kv.request_id!r} is already in use")
         seq_kv.validate(self.kv_layout)
         seq_kv.sampling.validate()
+        self._check_logit_bias(seq_kv.sampling)
         if len(seq_kv.token_ids) > self.max_model_len:
             raise ValueError(f"sequence of {len(seq_kv.token_ids)} tokens exceeds max_model_len {self.max_model_len}")
         try:
@@ -159,6 +161,7 @@ class LLMEngine:
                          if s.num_computed + n == s.num_tokens]
         logits = self.runner.run(batch.seqs, batch.num_new, sampling_rows)
         picked = [batch.seqs[i] for i in sampling_rows]
+        logits = process_logits(logits, picked, self.eos_token_ids)
         tokens = sample(logits, [s.sampling for s in picked], [s.generator for s in picked])
         for seq, n in zip(batch.seqs, batch.num_new):
             seq.num_computed += n
@@ -231,9 +234,15 @@ class LLMEngine:
         vocab = self.model_config.vocab_size
         if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
             raise ValueError(f"prompt token ids must be ints in [0, {vocab})")
+        self._check_logit_bias(params)
         if len(ids) >= self.max_model_len:
             raise ValueError(f"prompt of {len(ids)} tokens does not fit the model's context "
                              f"of {self.max_model_len} (at least one token must be generated)")
+
+    def _check_logit_bias(self, params: SamplingParams) -> None:
+        vocab = self.model_config.vocab_size
+        if any(t >= vocab for t in params.logit_bias):
+            raise ValueError(f"logit_bias token ids must be in [0, {vocab})")
 
     def _check_kv(self, kv: torch.Tensor, max_tokens: int, what: str) -> None:
         lay = self.kv_layout

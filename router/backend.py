@@ -23,7 +23,8 @@ from router.messages import ClusterInfo, GenerateEvent, GenerateRequest, ModelIn
 class Tokenizer(Protocol):
     """The part of a tokenizer the router needs; it must run locally (no worker call)."""
 
-    def encode(self, text: str) -> list[int]: ...
+    def encode(self, text: str, add_bos: bool = True) -> list[int]: ...
+    def decode(self, ids: list[int]) -> str: ...
 
 
 class Backend(abc.ABC):

@@ -39,6 +39,11 @@ class RawRequest:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    presence_penalty: float | None = None
+    frequency_penalty: float | None = None
+    repetition_penalty: float | None = None
+    min_tokens: int | None = None
+    logit_bias: dict[int, float] = field(default_factory=dict)
     request_id: str = ""
     tenant: str = ""
     codec: str = ""
@@ -57,6 +62,11 @@ def raw_request_from_proto(pb: generate_pb2.GenerateRequest) -> RawRequest:
         stop=list(s.stop),
         stop_token_ids=list(s.stop_token_ids),
         ignore_eos=s.ignore_eos,
+        presence_penalty=s.presence_penalty if s.HasField("presence_penalty") else None,
+        frequency_penalty=s.frequency_penalty if s.HasField("frequency_penalty") else None,
+        repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
+        min_tokens=s.min_tokens if s.HasField("min_tokens") else None,
+        logit_bias=dict(s.logit_bias),
         request_id=pb.request_id,
         tenant=pb.tenant,
         codec=pb.codec,

@@ -20,6 +20,11 @@ class SamplingOptions:
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    min_tokens: int = 0
+    logit_bias: dict[int, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         """Keyword arguments for ``engine.SamplingParams.from_dict``."""

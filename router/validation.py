@@ -22,6 +22,7 @@ _TENANT = re.compile(r"[A-Za-z0-9._\-]{0,64}")
 MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_STOP_TOKEN_IDS = 64
+MAX_LOGIT_BIAS = 1024          # entries
 _INT64_MAX = (1 << 63) - 1
 _DEFAULTS = SamplingOptions()
 
@@ -125,7 +126,31 @@ class RequestValidator:
             raise InvalidRequest("sampling.stop_token_ids",
                                  f"at most {MAX_STOP_TOKEN_IDS} ids, got {len(raw.stop_token_ids)}")
         self._check_token_ids("sampling.stop_token_ids", raw.stop_token_ids)
+        penalties = {}
+        for name in ("presence_penalty", "frequency_penalty"):
+            value = getattr(raw, name)
+            if value is not None and not (math.isfinite(value) and -2.0 <= value <= 2.0):
+                raise InvalidRequest(f"sampling.{name}", f"must be in [-2, 2], got {value}")
+            penalties[name] = float(getattr(d, name) if value is None else value)
+        rp = d.repetition_penalty if raw.repetition_penalty is None else raw.repetition_penalty
+        if not (math.isfinite(rp) and rp > 0):
+            raise InvalidRequest("sampling.repetition_penalty", f"must be a finite number > 0, got {rp}")
+        min_tokens = d.min_tokens if raw.min_tokens is None else raw.min_tokens
+        if not 0 <= min_tokens <= max_tokens:
+            raise InvalidRequest("sampling.min_tokens", f"must be in [0, max_tokens={max_tokens}], "
+                                 f"got {min_tokens}")
+        if len(raw.logit_bias) > MAX_LOGIT_BIAS:
+            raise InvalidRequest("sampling.logit_bias", f"at most {MAX_LOGIT_BIAS} entries, "
+                                 f"got {len(raw.logit_bias)}")
+        for tok, bias in raw.logit_bias.items():
+            if not 0 <= tok < self.limits.vocab_size:
+                raise InvalidRequest(f"sampling.logit_bias[{tok}]",
+                                     f"token id outside 0..{self.limits.vocab_size - 1}")
+            if not (math.isfinite(bias) and -100.0 <= bias <= 100.0):
+                raise InvalidRequest(f"sampling.logit_bias[{tok}]", f"must be in [-100, 100], got {bias}")
         return SamplingOptions(
             temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
             max_tokens=int(max_tokens), seed=raw.seed, stop=list(raw.stop),
-            stop_token_ids=list(raw.stop_token_ids), ignore_eos=raw.ignore_eos)
+            stop_token_ids=list(raw.stop_token_ids), ignore_eos=raw.ignore_eos,
+            repetition_penalty=float(rp), min_tokens=int(min_tokens),
+            logit_bias={int(t): float(b) for t, b in raw.logit_bias.items()}, **penalties)

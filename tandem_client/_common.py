@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,21 +33,27 @@ def build_request(prompt: str | None, token_ids: Sequence[int] | None, *,
                   max_tokens: int | None, temperature: float | None, top_p: float | None,
                   top_k: int | None, seed: int | None, stop: str | Sequence[str] | None,
                   stop_token_ids: Sequence[int] | None, ignore_eos: bool, request_id: str | None,
-                  tenant: str | None, codec: str | None,
-                  deadline_ms: int | None) -> generate_pb2.GenerateRequest:
+                  tenant: str | None, codec: str | None, deadline_ms: int | None,
+                  presence_penalty: float | None = None, frequency_penalty: float | None = None,
+                  repetition_penalty: float | None = None, min_tokens: int | None = None,
+                  logit_bias: Mapping[int, float] | None = None) -> generate_pb2.GenerateRequest:
     """A GenerateRequest proto. Values are checked by the server, which names the field;
     only what protobuf itself cannot carry raises TypeError/ValueError here."""
     if (prompt is None) == (token_ids is None):
         raise ValueError("pass exactly one of prompt or token_ids")
     sampling = generate_pb2.SamplingParams(ignore_eos=ignore_eos)
     for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
-                        ("max_tokens", max_tokens), ("seed", seed)):
+                        ("max_tokens", max_tokens), ("seed", seed),
+                        ("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty),
+                        ("repetition_penalty", repetition_penalty), ("min_tokens", min_tokens)):
         if value is not None:
             setattr(sampling, name, value)
     if stop is not None:
         sampling.stop.extend([stop] if isinstance(stop, str) else stop)
     if stop_token_ids is not None:
         sampling.stop_token_ids.extend(stop_token_ids)
+    if logit_bias:
+        sampling.logit_bias.update({int(tok): float(bias) for tok, bias in logit_bias.items()})
     req = generate_pb2.GenerateRequest(sampling=sampling, request_id=request_id or "",
                                        tenant=tenant or "", codec=codec or "",
                                        deadline_ms=deadline_ms or 0)

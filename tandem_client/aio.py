@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -91,12 +91,17 @@ class AsyncTandemClient:
                top_p: float | None = None, top_k: int | None = None, seed: int | None = None,
                stop: str | Sequence[str] | None = None,
                stop_token_ids: Sequence[int] | None = None, ignore_eos: bool = False,
+               presence_penalty: float | None = None, frequency_penalty: float | None = None,
+               repetition_penalty: float | None = None, min_tokens: int | None = None,
+               logit_bias: Mapping[int, float] | None = None,
                request_id: str | None = None, tenant: str | None = None,
                codec: str | None = None, timeout: float | None = _DEFAULT) -> AsyncTokenStream:
         """Start a generation (lazily, at the first ``__anext__``); see ``TandemClient.stream``."""
         request = build_request(prompt, token_ids, max_tokens=max_tokens, temperature=temperature,
                                 top_p=top_p, top_k=top_k, seed=seed, stop=stop,
                                 stop_token_ids=stop_token_ids, ignore_eos=ignore_eos,
+                                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                                repetition_penalty=repetition_penalty, min_tokens=min_tokens, logit_bias=logit_bias,
                                 request_id=request_id, tenant=tenant, codec=codec, deadline_ms=None)
         return AsyncTokenStream(self._stub, request, self._deadline(timeout), self.retry,
                                 self.metadata)
@@ -106,6 +111,9 @@ class AsyncTandemClient:
                        top_p: float | None = None, top_k: int | None = None,
                        seed: int | None = None, stop: str | Sequence[str] | None = None,
                        stop_token_ids: Sequence[int] | None = None, ignore_eos: bool = False,
+                       presence_penalty: float | None = None, frequency_penalty: float | None = None,
+                       repetition_penalty: float | None = None, min_tokens: int | None = None,
+                       logit_bias: Mapping[int, float] | None = None,
                        request_id: str | None = None, tenant: str | None = None,
                        codec: str | None = None,
                        timeout: float | None = _DEFAULT) -> GenerationResult:
@@ -113,6 +121,8 @@ class AsyncTandemClient:
         async with self.stream(prompt, token_ids=token_ids, max_tokens=max_tokens,
                                temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                                stop=stop, stop_token_ids=stop_token_ids, ignore_eos=ignore_eos,
+                               presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                               repetition_penalty=repetition_penalty, min_tokens=min_tokens, logit_bias=logit_bias,
                                request_id=request_id, tenant=tenant, codec=codec,
                                timeout=timeout) as tokens:
             async for _ in tokens:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -88,6 +88,9 @@ class TandemClient:
                top_p: float | None = None, top_k: int | None = None, seed: int | None = None,
                stop: str | Sequence[str] | None = None,
                stop_token_ids: Sequence[int] | None = None, ignore_eos: bool = False,
+               presence_penalty: float | None = None, frequency_penalty: float | None = None,
+               repetition_penalty: float | None = None, min_tokens: int | None = None,
+               logit_bias: Mapping[int, float] | None = None,
                request_id: str | None = None, tenant: str | None = None,
                codec: str | None = None, timeout: float | None = _DEFAULT) -> TokenStream:
         """Start a generation and return a TokenStream of its deltas.
@@ -99,6 +102,8 @@ class TandemClient:
         request = build_request(prompt, token_ids, max_tokens=max_tokens, temperature=temperature,
                                 top_p=top_p, top_k=top_k, seed=seed, stop=stop,
                                 stop_token_ids=stop_token_ids, ignore_eos=ignore_eos,
+                                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                                repetition_penalty=repetition_penalty, min_tokens=min_tokens, logit_bias=logit_bias,
                                 request_id=request_id, tenant=tenant, codec=codec, deadline_ms=None)
         return TokenStream(self._stub, request, self._deadline(timeout), self.retry, self.metadata)
 
@@ -107,12 +112,17 @@ class TandemClient:
                  top_p: float | None = None, top_k: int | None = None, seed: int | None = None,
                  stop: str | Sequence[str] | None = None,
                  stop_token_ids: Sequence[int] | None = None, ignore_eos: bool = False,
+                 presence_penalty: float | None = None, frequency_penalty: float | None = None,
+                 repetition_penalty: float | None = None, min_tokens: int | None = None,
+                 logit_bias: Mapping[int, float] | None = None,
                  request_id: str | None = None, tenant: str | None = None,
                  codec: str | None = None, timeout: float | None = _DEFAULT) -> GenerationResult:
         """Generate and return the whole result (same arguments as ``stream``)."""
         with self.stream(prompt, token_ids=token_ids, max_tokens=max_tokens,
                          temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                          stop=stop, stop_token_ids=stop_token_ids, ignore_eos=ignore_eos,
+                         presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                         repetition_penalty=repetition_penalty, min_tokens=min_tokens, logit_bias=logit_bias,
                          request_id=request_id, tenant=tenant, codec=codec,
                          timeout=timeout) as tokens:
             for _ in tokens:

@@ -27,10 +27,15 @@ _STATUS = {
 _TYPE_OF_STATUS = {400: "invalid_request_error", 401: "authentication_error",
                    403: "permission_error", 404: "not_found_error", 405: "invalid_request_error",
                    413: "invalid_request_error", 429: "rate_limit_error"}
+UNAVAILABLE_RETRY_AFTER_S = 1
 # gRPC field paths (router.validation) as the OpenAI parameter a client sent.
 _PARAM = {"sampling.max_tokens": "max_tokens", "sampling.temperature": "temperature",
           "sampling.top_p": "top_p", "sampling.top_k": "top_k", "sampling.seed": "seed",
           "sampling.stop": "stop", "sampling.stop_token_ids": "stop_token_ids",
+          "sampling.presence_penalty": "presence_penalty",
+          "sampling.frequency_penalty": "frequency_penalty",
+          "sampling.repetition_penalty": "repetition_penalty", "sampling.min_tokens": "min_tokens",
+          "sampling.logit_bias": "logit_bias",
           "prompt.text": "prompt", "prompt.token_ids": "prompt", "request_id": "X-Request-Id",
           "tenant": "X-Tandem-Tenant"}
 
@@ -90,4 +95,6 @@ def response_for(exc: BaseException, chat: bool = False) -> web.Response:
             headers["Allow"] = exc.headers["Allow"]
     else:
         status, body = 500, error_body(500, f"internal error: {type(exc).__name__}", "server_error")
+    if status in (429, 503) and "Retry-After" not in headers:
+        headers["Retry-After"] = str(UNAVAILABLE_RETRY_AFTER_S)   # a worker restarts in seconds
     return web.json_response(body, status=status, headers=headers)

@@ -4,10 +4,12 @@
 Supported: ``/v1/completions`` (``prompt`` as a string, a token-id list, or a one-element
 list of either) and ``/v1/chat/completions`` (``messages`` rendered by ``router.http.chat``).
 Parameters: ``model``, ``max_tokens`` (chat: also ``max_completion_tokens``), ``temperature``,
-``top_p``, ``seed``, ``stop``, ``stream``, ``stream_options.include_usage``, ``n`` = 1, and
-the extensions ``top_k``, ``ignore_eos``, ``stop_token_ids``. Parameters Tandem cannot honour
-(``logprobs``, ``echo``, penalties, ``logit_bias``, ``tools``...) are refused with 400 when set
-to anything but their neutral value, never silently ignored. Unknown keys are ignored.
+``top_p``, ``seed``, ``stop``, ``stream``, ``stream_options.include_usage``, ``n`` = 1,
+``presence_penalty``, ``frequency_penalty``, ``logit_bias`` (token id strings to numbers), and
+vLLM's extensions ``top_k``, ``ignore_eos``, ``stop_token_ids``, ``repetition_penalty``,
+``min_tokens``. Parameters Tandem cannot honour (``logprobs``, ``echo``, ``n`` > 1,
+``tools``...) are refused with 400 when set to anything but their neutral value, never
+silently ignored. Unknown keys are ignored.
 """
 from __future__ import annotations
 
@@ -20,8 +22,7 @@ from router.http.errors import HttpError
 
 _NEUTRAL = {  # parameter: values that mean "not used"
     "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
-    "presence_penalty": (None, 0, 0.0), "frequency_penalty": (None, 0, 0.0),
-    "logit_bias": (None, {}), "suffix": (None, ""), "best_of": (None, 1), "n": (None, 1),
+    "suffix": (None, ""), "best_of": (None, 1), "n": (None, 1),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
     "function_call": (None, "none"), "parallel_tool_calls": (None, False, True),
 }
@@ -66,6 +67,22 @@ def _int_list(value: Any, param: str, limit: int = 1 << 20) -> list[int]:
     return value
 
 
+def _logit_bias(value: dict) -> dict[int, float]:
+    """OpenAI's ``logit_bias``: token ids as JSON object keys (strings), numbers as values."""
+    out = {}
+    for key, bias in value.items():
+        try:
+            tok = int(key)
+        except ValueError:
+            raise _bad("logit_bias", f"keys must be token ids, got {str(key)[:32]!r}") from None
+        if isinstance(bias, bool) or not isinstance(bias, (int, float)):
+            raise _bad("logit_bias", f"values must be numbers, got {type(bias).__name__} for {tok}")
+        if not -(1 << 63) <= tok < (1 << 63):
+            raise _bad("logit_bias", "token id out of range")
+        out[tok] = float(bias)
+    return out
+
+
 def _common(body: Any, served_model: str) -> tuple[RawRequest, bool, bool]:
     if not isinstance(body, dict):
         raise HttpError(400, "the request body must be a JSON object")
@@ -91,6 +108,11 @@ def _common(body: Any, served_model: str) -> tuple[RawRequest, bool, bool]:
     if body.get("stop_token_ids") is not None:
         raw.stop_token_ids = _int_list(body["stop_token_ids"], "stop_token_ids", 1024)
     raw.ignore_eos = bool(_get(body, "ignore_eos", "bool"))
+    raw.presence_penalty = _get(body, "presence_penalty", "number")
+    raw.frequency_penalty = _get(body, "frequency_penalty", "number")
+    raw.repetition_penalty = _get(body, "repetition_penalty", "number")
+    raw.min_tokens = _get(body, "min_tokens", "int")
+    raw.logit_bias = _logit_bias(_get(body, "logit_bias", "dict") or {})
     stream = bool(_get(body, "stream", "bool"))
     options = _get(body, "stream_options", "dict") or {}
     include_usage = options.get("include_usage")
@@ -162,3 +184,34 @@ def _content(value: Any, where: str) -> str:
             parts.append(part["text"])
         return "".join(parts)
     raise _bad(where, "must be a string or a list of text parts")
+
+
+MAX_DETOKENIZE_IDS = 1 << 20
+
+
+def parse_tokenize(body: Any, template: str | None) -> tuple[str, bool]:
+    """vLLM's ``/tokenize`` body: (text, add BOS). ``prompt`` is a string; ``messages`` are
+    rendered with the chat template, as ``/v1/chat/completions`` does."""
+    if not isinstance(body, dict):
+        raise HttpError(400, "the request body must be a JSON object")
+    add = _get(body, "add_special_tokens", "bool")
+    add = True if add is None else add
+    if body.get("messages") is not None:
+        if body.get("prompt") is not None:
+            raise _bad("prompt", "send prompt or messages, not both")
+        return render_chat(_messages(body["messages"]), template), add
+    prompt = body.get("prompt")
+    if not isinstance(prompt, str) or not prompt:
+        raise _bad("prompt", "must be a non-empty string (or send messages)")
+    return prompt, add
+
+
+def parse_detokenize(body: Any, vocab_size: int) -> list[int]:
+    """vLLM's ``/detokenize`` body: ``tokens``, ids in the vocabulary."""
+    if not isinstance(body, dict):
+        raise HttpError(400, "the request body must be a JSON object")
+    ids = _int_list(body.get("tokens"), "tokens", MAX_DETOKENIZE_IDS)
+    for i, tok in enumerate(ids):
+        if not 0 <= tok < vocab_size:
+            raise _bad("tokens", f"token id {tok} at {i} is outside 0..{vocab_size - 1}")
+    return ids

@@ -1,9 +1,11 @@
 """The OpenAI-compatible HTTP server (aiohttp.web) beside gRPC, and the metrics listener.
 
 Routes (docs/openai.md, ``GET /openapi.json``): ``POST /v1/completions``,
-``POST /v1/chat/completions`` (SSE when ``stream: true``), ``GET /v1/models[/{id}]``
-(these need ``Authorization: Bearer <key>`` when auth is on, checked before the body is
-read), and the open ``GET /health`` and ``GET /openapi.json``. Every request goes through
+``POST /v1/chat/completions`` (SSE when ``stream: true``), ``GET /v1/models[/{id}]``,
+vLLM's ``POST /tokenize`` and ``POST /detokenize`` (these need ``Authorization: Bearer
+<key>`` when auth is on, checked before the body is read), and the open ``GET /health``,
+``GET /version``, ``GET /metrics`` (Prometheus, as on the metrics port) and
+``GET /openapi.json``. Every request goes through
 the same ``Gateway`` as gRPC. A client that disconnects cancels its handler
 (``handler_cancellation``), which aborts the request and frees its KV.
 """
@@ -22,7 +24,8 @@ from router.auth import Principal, bearer_token
 from router.errors import RequestTimedOut, RouterError
 from router.gateway import ClientGone, Gateway
 from router.http.errors import HttpError, error_body, response_for
-from router.http.openai_api import OpenAIRequest, parse_chat, parse_completion
+from router.http.openai_api import (OpenAIRequest, parse_chat, parse_completion, parse_detokenize,
+                                    parse_tokenize)
 from router.http.responses import ResponseBuilder, sse
 from router.messages import Finished, TokenDelta
 from router.metrics import CONTENT_TYPE, RouterMetrics
@@ -67,6 +70,10 @@ class HttpServer(_Site):
         app.router.add_get("/v1/models/{model:.+}", self.model)
         app.router.add_post("/v1/completions", self.completions)
         app.router.add_post("/v1/chat/completions", self.chat_completions)
+        app.router.add_post("/tokenize", self.tokenize)
+        app.router.add_post("/detokenize", self.detokenize)
+        app.router.add_get("/version", self.version)
+        app.router.add_get("/metrics", self.metrics)
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None,
                                      shutdown_timeout=1.0)
         self.port: int | None = None
@@ -164,6 +171,31 @@ class HttpServer(_Site):
                             code="model_not_found")
         return web.json_response(self._model_entry())
 
+    async def tokenize(self, request: web.Request) -> web.Response:
+        """vLLM's ``/tokenize``: ``prompt`` (or chat ``messages``) to token ids, as the router
+        tokenizes a request (``add_special_tokens``, default true: BOS as for a completion)."""
+        self._principal(request)
+        body = await self._body(request)
+        tokenizer = self.gateway.backend.tokenizer
+        text, add_bos = parse_tokenize(body, self.chat_template)
+        ids = await asyncio.to_thread(tokenizer.encode, text, add_bos)
+        return web.json_response({"count": len(ids), "max_model_len": self.gateway.info.max_model_len,
+                                  "tokens": ids})
+
+    async def detokenize(self, request: web.Request) -> web.Response:
+        """vLLM's ``/detokenize``: ``tokens`` (ids in the vocabulary) to text."""
+        self._principal(request)
+        ids = parse_detokenize(await self._body(request), self.gateway.info.vocab_size)
+        text = await asyncio.to_thread(self.gateway.backend.tokenizer.decode, ids)
+        return web.json_response({"prompt": text})
+
+    async def version(self, request: web.Request) -> web.Response:
+        return web.json_response({"version": _version()})
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        body = await self.gateway.metrics.exposition()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
     async def completions(self, request: web.Request) -> web.StreamResponse:
         return await self._generate(request, chat=False)
 
@@ -253,6 +285,14 @@ class HttpServer(_Site):
         await _quietly(resp.write(sse("[DONE]")))
         await _quietly(resp.write_eof())
         return resp
+
+
+def _version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("tandem-serve")
+    except metadata.PackageNotFoundError:   # running from a source tree that is not installed
+        return "unknown"
 
 
 async def _quietly(coro) -> None:

@@ -65,12 +65,15 @@ def test_entropy_stage_shrinks_compressible_kv_and_stores_incompressible_as_is(s
 def test_sequence_round_trip_carries_tokens_sampling_rng_and_extra(small_layout):
     kv = synthetic_kv(tokens=20)
     seq = SequenceKV("req-7", list(range(100, 121)), 12, kv,
-                     SamplingParams(temperature=0.7, top_k=5, seed=11, stop=["."], max_tokens=9),
+                     SamplingParams(temperature=0.7, top_k=5, seed=11, stop=["."], max_tokens=9,
+                                    presence_penalty=0.5, frequency_penalty=-0.25, repetition_penalty=1.2,
+                                    min_tokens=3, logit_bias={7: -100.0, 42: 2.5}),
                      rng_state=bytes(range(256)) * 3, output_text_offset=4,
                      extra={"cache_salt": b"\x00tenant", "num_cached_tokens": 16})
     back = decode_sequence(encode_sequence(seq, small_layout, "int8", entropy="zstd"), small_layout)
     assert (back.request_id, back.token_ids, back.prompt_len) == ("req-7", seq.token_ids, 12)
     assert back.sampling == seq.sampling and back.rng_state == seq.rng_state
+    assert back.sampling.logit_bias == {7: -100.0, 42: 2.5}       # token ids, not JSON strings
     assert back.output_text_offset == 4 and back.extra == seq.extra
     assert back.kv.shape == kv.shape
     # a sequence blob is also a KV blob

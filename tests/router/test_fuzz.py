@@ -72,7 +72,9 @@ def _json_values():
 
 _FIELDS = ["model", "prompt", "messages", "max_tokens", "max_completion_tokens", "temperature",
            "top_p", "top_k", "seed", "stop", "stream", "stream_options", "n", "logprobs", "echo",
-           "ignore_eos", "stop_token_ids", "response_format", "tools", "user"]
+           "ignore_eos", "stop_token_ids", "response_format", "tools", "user", "presence_penalty",
+           "frequency_penalty", "repetition_penalty", "min_tokens", "logit_bias", "tokens",
+           "add_special_tokens"]
 _NEAR_VALID = st.fixed_dictionaries(
     {"prompt": st.sampled_from(["Once upon a time", [1, 2, 3]]),
      "messages": st.just([{"role": "user", "content": "Hi"}]), "max_tokens": st.just(2)},
@@ -86,7 +88,8 @@ _HEADER_TEXT = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_s
 
 @settings(FUZZ, max_examples=800)
 @given(path=st.sampled_from(["/v1/completions", "/v1/chat/completions", "/v1/models",
-                             "/v1/models/stories260K", "/health", "/v1/x", "/v1/completions/x"]),
+                             "/v1/models/stories260K", "/health", "/v1/x", "/v1/completions/x",
+                             "/tokenize", "/detokenize", "/version"]),
        method=st.sampled_from(["POST", "POST", "POST", "GET", "PUT", "DELETE"]), body=_BODIES,
        auth=st.sampled_from([AUTH, AUTH, {}, {"Authorization": "Bearer nope-0123456789abcdef"}]),
        extra=st.dictionaries(st.sampled_from(["X-Request-Id", "X-Tandem-Tenant",

@@ -37,6 +37,14 @@ BAD_REQUESTS = [
     ("empty stop string", _req(sampling={"stop": ["ok", ""]}), "sampling.stop[1]"),
     ("too many stop strings", _req(sampling={"stop": ["x"] * 17}), "sampling.stop"),
     ("stop token past vocab", _req(sampling={"stop_token_ids": [9999]}), "sampling.stop_token_ids[0]"),
+    ("presence penalty above 2", _req(sampling={"presence_penalty": 2.5}), "sampling.presence_penalty"),
+    ("frequency penalty below -2", _req(sampling={"frequency_penalty": -2.01}), "sampling.frequency_penalty"),
+    ("nan frequency penalty", _req(sampling={"frequency_penalty": float("nan")}), "sampling.frequency_penalty"),
+    ("zero repetition penalty", _req(sampling={"repetition_penalty": 0.0}), "sampling.repetition_penalty"),
+    ("min_tokens above max_tokens", _req(sampling={"min_tokens": 9, "max_tokens": 8}), "sampling.min_tokens"),
+    ("negative min_tokens", _req(sampling={"min_tokens": -1}), "sampling.min_tokens"),
+    ("logit bias past vocab", _req(sampling={"logit_bias": {600: 1.0}}), "sampling.logit_bias[600]"),
+    ("logit bias above 100", _req(sampling={"logit_bias": {5: 100.5}}), "sampling.logit_bias[5]"),
     ("unknown codec", _req(codec="zfp-9"), "codec"),
     ("bad request id", _req(request_id="has space"), "request_id"),
     ("bad tenant", _req(tenant="t/1"), "tenant"),
@@ -60,7 +68,9 @@ def test_good_values_at_the_edges_are_accepted(stub):
     req = _req(token_ids=generate_pb2.TokenIds(ids=[1] + [300] * 505), codec="raw",
                request_id="edge.case:1-A_b", tenant="tenant-1.x",
                sampling={"max_tokens": 6, "temperature": 0.0, "top_p": 1.0, "top_k": 1,
-                         "seed": 0, "stop_token_ids": [511]})
+                         "seed": 0, "stop_token_ids": [511], "presence_penalty": -2.0,
+                         "frequency_penalty": 2.0, "repetition_penalty": 1e-3, "min_tokens": 6,
+                         "logit_bias": {0: -100.0, 511: 100.0}})
     msgs = list(stub.Generate(req, timeout=30))
     assert msgs[-1].finished.usage.prompt_tokens == 506
     assert msgs[-1].request_id == "edge.case:1-A_b"

@@ -5,6 +5,7 @@ and the worker-side metrics moving."""
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import sys
 import time
@@ -106,6 +107,34 @@ def test_tenants_do_not_share_cached_prefixes(cluster, http_url):
     assert first.usage.prompt_tokens > 256
     assert again.usage.prompt_tokens_details.cached_tokens >= 256     # alpha's own cache works
     assert other.usage.prompt_tokens_details.cached_tokens == 0       # bravo sees none of it
+
+
+def test_tokenize_needs_a_key_while_version_and_metrics_are_open(cluster, http_url):
+    """On the disaggregated cluster the router tokenizes without the model (torch-free)."""
+    async def calls():
+        async with aiohttp.ClientSession() as s:
+            out = {}
+            for name, method, path, body, key in (
+                    ("tok_anon", "POST", "/tokenize", {"prompt": SHARED}, None),
+                    ("tok", "POST", "/tokenize", {"prompt": SHARED}, KEY_A),
+                    ("version", "GET", "/version", None, None),
+                    ("metrics", "GET", "/metrics", None, None)):
+                headers = {"Authorization": f"Bearer {key}"} if key else {}
+                async with s.request(method, http_url + path, json=body, headers=headers) as resp:
+                    out[name] = (resp.status, await resp.text())
+            ids = json.loads(out["tok"][1])["tokens"]
+            async with s.post(http_url + "/detokenize", json={"tokens": ids},
+                              headers={"Authorization": f"Bearer {KEY_A}"}) as resp:
+                out["detok"] = (resp.status, await resp.text())
+            return out
+    out = asyncio.run(calls())
+    assert out["tok_anon"][0] == 401
+    assert out["tok"][0] == 200 and out["version"][0] == 200 and out["metrics"][0] == 200
+    with _oai(http_url, KEY_A) as oai:
+        used = oai.completions.create(model="stories260K", prompt=SHARED, max_tokens=1)
+    assert json.loads(out["tok"][1])["count"] == used.usage.prompt_tokens
+    assert json.loads(out["detok"][1])["prompt"] == SHARED
+    assert "tandem_requests_total" in out["metrics"][1]
 
 
 def test_a_client_leaving_a_cluster_stream_frees_its_kv(cluster, http_url):

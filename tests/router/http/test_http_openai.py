@@ -71,6 +71,34 @@ def test_completions_equal_the_grpc_path_streamed_or_not_with_usage(oai, grpc_cl
     assert by_ids.choices[0].text == ids_ref.text and by_ids.usage.prompt_tokens == 3
 
 
+def test_penalties_and_constraints_reach_the_engine_through_http_and_grpc(oai, grpc_client):
+    """Each one as the offline engine applies it (tests/engine/test_logits_processing.py holds
+    the reference), through the ``openai`` client and the SDK alike, and not a no-op here."""
+    from engine import SamplingParams
+    llm = make_llm()
+    ids = llm.tokenizer.encode(LONG_PROMPT)
+    eos = min(llm.engine.eos_token_ids)
+    for extra in ({"presence_penalty": 1.5, "frequency_penalty": 0.5}, {"repetition_penalty": 1.4},
+                  {"min_tokens": 6, "logit_bias": {eos: 100.0}}):
+        offline = llm.generate([ids], SamplingParams(max_tokens=24, temperature=0, **extra))[0]
+        plain = llm.generate([ids], SamplingParams(max_tokens=24, temperature=0))[0]
+        assert offline.token_ids != plain.token_ids
+        via_sdk = grpc_client.generate(LONG_PROMPT, max_tokens=24, temperature=0, **extra)
+        assert via_sdk.token_ids == offline.token_ids
+        body = {k: ({str(t): b for t, b in v.items()} if k == "logit_bias" else v)
+                for k, v in extra.items()}
+        oai_extra = {k: v for k, v in body.items() if k in ("presence_penalty", "frequency_penalty",
+                                                           "logit_bias")}
+        vllm_extra = {k: v for k, v in body.items() if k not in oai_extra}
+        whole = oai.completions.create(model="stories260K", prompt=LONG_PROMPT, max_tokens=24,
+                                       temperature=0, extra_body=vllm_extra, **oai_extra)
+        assert whole.choices[0].text == offline.text
+        assert whole.usage.completion_tokens == len(offline.token_ids)
+    held = grpc_client.generate(LONG_PROMPT, max_tokens=24, temperature=0, min_tokens=6,
+                                logit_bias={eos: 100.0})
+    assert len(held.token_ids) == 7 and held.finish_reason == "stop"
+
+
 def test_chat_uses_the_default_template_and_equals_the_grpc_path(oai, grpc_client):
     messages = [{"role": "system", "content": "You tell stories."},
                 {"role": "user", "content": "Tell me about a cat."}]
@@ -143,7 +171,14 @@ def _raw(router, method: str, path: str, body=None, headers=None, data=None):
     ({"prompt": "Hi", "top_p": 0}, "top_p"),
     ({"prompt": "Hi", "n": 2}, "n"),
     ({"prompt": "Hi", "logprobs": 3}, "logprobs"),
-    ({"prompt": "Hi", "presence_penalty": 0.5}, "presence_penalty"),
+    ({"prompt": "Hi", "presence_penalty": 2.5}, "presence_penalty"),
+    ({"prompt": "Hi", "frequency_penalty": "1"}, "frequency_penalty"),
+    ({"prompt": "Hi", "repetition_penalty": 0}, "repetition_penalty"),
+    ({"prompt": "Hi", "min_tokens": 50, "max_tokens": 10}, "min_tokens"),
+    ({"prompt": "Hi", "logit_bias": {"abc": 1}}, "logit_bias"),
+    ({"prompt": "Hi", "logit_bias": {"5": 101}}, "logit_bias"),
+    ({"prompt": "Hi", "logit_bias": {"99999": 1}}, "logit_bias"),
+    ({"prompt": "Hi", "logit_bias": {"5": "high"}}, "logit_bias"),
     ({"prompt": ""}, "prompt"),
     ({"prompt": ["a", "b"]}, "prompt"),
     ({"prompt": [1, 99999]}, "prompt"),
@@ -205,6 +240,40 @@ def test_models_health_openapi_and_request_ids(router, oai):
     assert json.loads(text)["id"] == "cmpl-my-request-1"
 
 
+def test_tokenize_and_detokenize_round_trip_as_the_router_tokenizes_requests(router, grpc_client):
+    status, _, text = _raw(router, "POST", "/tokenize", {"prompt": PROMPT})
+    assert status == 200, text
+    tok = json.loads(text)
+    ref = grpc_client.generate(PROMPT, max_tokens=1, temperature=0)
+    assert tok["count"] == len(tok["tokens"]) == ref.usage.prompt_tokens
+    assert tok["max_model_len"] == 512
+    bare = json.loads(_raw(router, "POST", "/tokenize", {"prompt": PROMPT,
+                                                         "add_special_tokens": False})[2])
+    assert bare["tokens"] == tok["tokens"][1:]              # BOS only with special tokens
+    status, _, text = _raw(router, "POST", "/detokenize", {"tokens": tok["tokens"]})
+    assert status == 200 and json.loads(text)["prompt"] == PROMPT
+    chat = json.loads(_raw(router, "POST", "/tokenize", {
+        "messages": [{"role": "user", "content": PROMPT}]})[2])
+    assert chat["count"] > tok["count"]                     # the template's framing
+    for path, body, param in (("/tokenize", {"prompt": ""}, "prompt"),
+                              ("/tokenize", {"prompt": 5}, "prompt"),
+                              ("/detokenize", {"tokens": [1, 100000]}, "tokens"),
+                              ("/detokenize", {"tokens": "abc"}, "tokens")):
+        status, _, text = _raw(router, "POST", path, body)
+        assert status == 400 and json.loads(text)["error"]["param"] == param, (path, body)
+
+
+def test_version_and_metrics_are_served_on_the_api_port(router, oai):
+    status, _, text = _raw(router, "GET", "/version")
+    assert status == 200 and json.loads(text)["version"]
+    oai.completions.create(model="stories260K", prompt=PROMPT, max_tokens=2)
+    status, headers, text = _raw(router, "GET", "/metrics")
+    assert status == 200 and headers["content-type"].startswith("text/plain")
+    assert sample(text, "tandem_requests_total", protocol="http", status="ok") >= 1
+    assert sample(text, "tandem_requests_total", protocol="http", status="ok") == \
+        sample(scrape(router.metrics_url), "tandem_requests_total", protocol="http", status="ok")
+
+
 def test_a_client_that_disconnects_mid_stream_frees_the_requests_kv(router):
     router.wait_idle()
     before = sample(scrape(router.metrics_url), "tandem_requests_total", protocol="http",
@@ -244,8 +313,9 @@ def test_stopped_backend_is_503_and_health_says_so():
     r = start_router()
     try:
         r.call(r.backend.close())
-        status, _, text = _raw(r, "POST", "/v1/completions", {"prompt": "Hi"})
+        status, headers, text = _raw(r, "POST", "/v1/completions", {"prompt": "Hi"})
         assert status == 503 and json.loads(text)["error"]["type"] == "service_unavailable_error"
+        assert int(headers["retry-after"]) >= 1
         assert _raw(r, "GET", "/health")[0] == 503
     finally:
         r.stop()
