@@ -13,6 +13,7 @@ class StreamEvent:
     text: str
     finish_reason: str | None = None
     num_cached_tokens: int = 0
+    logprobs: list | None = None           # per token, when asked (engine.logprobs)
 
 
 @dataclass(slots=True)

@@ -17,8 +17,9 @@ from engine.errors import UnknownRequestError
 from engine.kv_export import KVLayout, SequenceKV
 from engine.loader import LoadedModel, load_model
 from engine.logits_processing import process_logits
+from engine.logprobs import StepLogprobs
 from engine.model_runner import ModelRunner
-from engine.outputs import RequestOutput
+from engine.outputs import RequestOutput, TokenLogprob
 from engine.sampler import generator_state, make_generator, restore_generator, sample
 from engine.sampling_params import SamplingParams
 from engine.scheduler import Scheduler
@@ -161,20 +162,24 @@ class LLMEngine:
                          if s.num_computed + n == s.num_tokens]
         logits = self.runner.run(batch.seqs, batch.num_new, sampling_rows)
         picked = [batch.seqs[i] for i in sampling_rows]
+        logprobs = StepLogprobs.of(logits, [s.sampling.logprobs for s in picked])   # raw logits
         logits = process_logits(logits, picked, self.eos_token_ids)
         tokens = sample(logits, [s.sampling for s in picked], [s.generator for s in picked])
         for seq, n in zip(batch.seqs, batch.num_new):
             seq.num_computed += n
             self.scheduler.publish_full_blocks(seq)
         self.stats["steps"] += 1
-        return [self._append(seq, tok) for seq, tok in zip(picked, tokens)]
+        return [self._append(seq, tok, logprobs.entry(i, tok) if logprobs else None)
+                for i, (seq, tok) in enumerate(zip(picked, tokens))]
 
-    def _append(self, seq: Sequence, token: int) -> RequestOutput:
+    def _append(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> RequestOutput:
         if seq.num_output_tokens == 0:
             seq.first_token_time = time.monotonic()
             self.stats["prompt_tokens"] += seq.prompt_len
             self.stats["cached_tokens"] += seq.num_cached_tokens
         seq.token_ids.append(token)
+        if logprob is not None:
+            seq.logprobs.append(logprob)
         self.stats["generated_tokens"] += 1
         seq.detok.step(seq.token_ids)
         reason = check_stop(seq, token, self.eos_token_ids, self.max_model_len)
@@ -183,7 +188,7 @@ class LLMEngine:
         elif seq.prefill_only:
             self.scheduler.running.remove(seq)
             seq.status = SequenceStatus.PARKED
-        return self._output(seq, [token], _stream_delta(seq))
+        return self._output(seq, [token], _stream_delta(seq), None if logprob is None else [logprob])
 
     def _finish(self, seq: Sequence, reason: str) -> None:
         seq.finish_reason = reason
@@ -201,11 +206,13 @@ class LLMEngine:
         out = self.abort(seq.request_id)
         return [out] if out else []
 
-    def _output(self, seq: Sequence, new_ids: list[int], new_text: str) -> RequestOutput:
+    def _output(self, seq: Sequence, new_ids: list[int], new_text: str,
+                new_logprobs: list[TokenLogprob] | None = None) -> RequestOutput:
         ttft = None if seq.first_token_time is None else seq.first_token_time - seq.arrival_time
         return RequestOutput(seq.request_id, seq.prompt_token_ids, seq.output_ids,
                              seq.output_text, new_ids, new_text, seq.finish_reason,
-                             seq.num_cached_tokens, ttft)
+                             seq.num_cached_tokens, ttft, new_logprobs,
+                             seq.logprobs if seq.sampling.logprobs is not None else None)
 
     # -- teacher forcing (quality measurements) -------------------------------------------
     def prompt_logits(self, token_ids: list[int], prefix_kv: torch.Tensor | None = None) -> torch.Tensor:

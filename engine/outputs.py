@@ -3,13 +3,18 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# One generated token's (logprob, [(id, logprob) of the top alternatives]); engine.logprobs.
+TokenLogprob = tuple[float, list[tuple[int, float]]]
+
 
 @dataclass(slots=True)
 class RequestOutput:
     """State of one request after a step.
 
     ``new_token_ids``/``new_text`` are this step's delta; ``token_ids``/``text`` the whole
-    output so far. ``finish_reason`` is None while running, else "stop", "length" or "abort".
+    output so far. When the request asked for ``logprobs``, ``new_logprobs``/``logprobs`` hold
+    one ``(logprob, top alternatives)`` entry per token of the delta / of the output this
+    engine generated (``engine.logprobs``); otherwise None. ``finish_reason`` is None while running, else "stop", "length" or "abort".
     """
     request_id: str
     prompt_token_ids: list[int]
@@ -20,6 +25,8 @@ class RequestOutput:
     finish_reason: str | None = None
     num_cached_tokens: int = 0
     ttft_s: float | None = None
+    new_logprobs: list[TokenLogprob] | None = None
+    logprobs: list[TokenLogprob] | None = None
 
     @property
     def finished(self) -> bool:

@@ -10,6 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 
 MAX_LOGIT_BIAS = 100.0       # OpenAI's range for a logit_bias value
+MAX_LOGPROBS = 20            # top alternatives per token (OpenAI's and vLLM's default cap)
 
 
 @dataclass(slots=True)
@@ -27,6 +28,7 @@ class SamplingParams:
     repetition_penalty: float = 1.0   # > 0: tokens of the prompt or output, logit / p if > 0 else * p
     min_tokens: int = 0               # no EOS, stop token or stop string before this many tokens
     logit_bias: dict[int, float] = field(default_factory=dict)   # token id -> added to its logit
+    logprobs: int | None = None       # None: off; k: each token's logprob and the top k (raw logits)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -57,6 +59,9 @@ class SamplingParams:
             raise ValueError(f"repetition_penalty must be a finite number > 0, got {rp!r}")
         if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
             raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens!r}")
+        if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int)
+                                          or not 0 <= self.logprobs <= MAX_LOGPROBS):
+            raise ValueError(f"logprobs must be None or in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
         if not isinstance(self.logit_bias, dict):
             raise ValueError("logit_bias must map token ids to numbers")
         for tok, bias in self.logit_bias.items():

@@ -42,6 +42,7 @@ class Sequence:
     arrival_time: float = field(default_factory=time.monotonic)
     first_token_time: float | None = None
     prompt_copy: list[int] | None = None   # the prompt as outputs hand it out, copied once
+    logprobs: list = field(default_factory=list)   # per generated token, when asked (engine.logprobs)
 
     @property
     def prompt_token_ids(self) -> list[int]:

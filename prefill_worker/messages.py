@@ -44,3 +44,4 @@ class PrefillResult:
     kv_bytes: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
     store: StoreOutcome = field(default_factory=StoreOutcome)
+    first_logprobs: list | None = None    # the first token's (engine.logprobs), when asked

@@ -88,7 +88,8 @@ class PrefillWorker(AsyncRayKVSource):
         self.prefill_s += compute_s
         timings = {"store_ms": store.store_ms, "prefill_ms": 1000 * compute_s}
         result = PrefillResult(rid, self.worker_id, out.token_ids[-1], out.new_text, out.finish_reason,
-                               out.num_cached_tokens, timings_ms=timings, store=store)
+                               out.num_cached_tokens, timings_ms=timings, store=store,
+                               first_logprobs=out.new_logprobs)
         if out.finished:
             return result
         seq_kv = await self.driver.call(lambda e: _export_and_release(e, rid))

@@ -44,6 +44,7 @@ class RawRequest:
     repetition_penalty: float | None = None
     min_tokens: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None
     request_id: str = ""
     tenant: str = ""
     codec: str = ""
@@ -67,6 +68,7 @@ def raw_request_from_proto(pb: generate_pb2.GenerateRequest) -> RawRequest:
         repetition_penalty=s.repetition_penalty if s.HasField("repetition_penalty") else None,
         min_tokens=s.min_tokens if s.HasField("min_tokens") else None,
         logit_bias=dict(s.logit_bias),
+        logprobs=s.logprobs if s.HasField("logprobs") else None,
         request_id=pb.request_id,
         tenant=pb.tenant,
         codec=pb.codec,
@@ -83,22 +85,25 @@ def raw_request_from_proto(pb: generate_pb2.GenerateRequest) -> RawRequest:
 def event_to_proto(request_id: str, event: TokenDelta | Finished) -> generate_pb2.GenerateResponse:
     """One backend event as a GenerateResponse stream message."""
     if isinstance(event, TokenDelta):
-        return generate_pb2.GenerateResponse(
-            request_id=request_id,
-            delta=generate_pb2.TokenDelta(token_ids=event.token_ids, text=event.text,
-                                          index=event.index))
+        return generate_pb2.GenerateResponse(request_id=request_id, delta=_delta_to_proto(event))
     u = event.usage
     d = event.delta
     return generate_pb2.GenerateResponse(
         request_id=request_id,
-        delta=None if d is None else generate_pb2.TokenDelta(token_ids=d.token_ids, text=d.text,
-                                                             index=d.index),
+        delta=None if d is None else _delta_to_proto(d),
         finished=generate_pb2.Finished(
             reason=_FINISH_TO_PB[FinishReason(event.reason)],
             usage=generate_pb2.Usage(
                 prompt_tokens=u.prompt_tokens, cached_prompt_tokens=u.cached_prompt_tokens,
                 completion_tokens=u.completion_tokens, ttft_ms=u.ttft_ms,
                 prefill_worker=u.prefill_worker, decode_worker=u.decode_worker)))
+
+
+def _delta_to_proto(d: TokenDelta) -> generate_pb2.TokenDelta:
+    logprobs = [generate_pb2.TokenLogprob(
+                    logprob=lp, top=[generate_pb2.TopLogprob(token_id=t, logprob=v) for t, v in top])
+                for lp, top in d.logprobs or ()]
+    return generate_pb2.TokenDelta(token_ids=d.token_ids, text=d.text, index=d.index, logprobs=logprobs)
 
 
 def model_info_to_proto(info: ModelInfo) -> info_pb2.ModelInfo:

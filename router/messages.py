@@ -25,6 +25,7 @@ class SamplingOptions:
     repetition_penalty: float = 1.0
     min_tokens: int = 0
     logit_bias: dict[int, float] = field(default_factory=dict)
+    logprobs: int | None = None
 
     def to_dict(self) -> dict:
         """Keyword arguments for ``engine.SamplingParams.from_dict``."""
@@ -61,6 +62,7 @@ class TokenDelta:
     token_ids: list[int]
     text: str
     index: int
+    logprobs: list | None = None   # per token: (logprob, [(id, logprob) top]) when asked
 
 
 @dataclass(slots=True)

@@ -23,6 +23,7 @@ MAX_STOP_STRINGS = 16
 MAX_STOP_CHARS = 256
 MAX_STOP_TOKEN_IDS = 64
 MAX_LOGIT_BIAS = 1024          # entries
+MAX_LOGPROBS = 20              # top alternatives per token
 _INT64_MAX = (1 << 63) - 1
 _DEFAULTS = SamplingOptions()
 
@@ -148,8 +149,10 @@ class RequestValidator:
                                      f"token id outside 0..{self.limits.vocab_size - 1}")
             if not (math.isfinite(bias) and -100.0 <= bias <= 100.0):
                 raise InvalidRequest(f"sampling.logit_bias[{tok}]", f"must be in [-100, 100], got {bias}")
+        if raw.logprobs is not None and not 0 <= raw.logprobs <= MAX_LOGPROBS:
+            raise InvalidRequest("sampling.logprobs", f"must be in [0, {MAX_LOGPROBS}], got {raw.logprobs}")
         return SamplingOptions(
-            temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+            logprobs=raw.logprobs, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
             max_tokens=int(max_tokens), seed=raw.seed, stop=list(raw.stop),
             stop_token_ids=list(raw.stop_token_ids), ignore_eos=raw.ignore_eos,
             repetition_penalty=float(rp), min_tokens=int(min_tokens),

@@ -13,12 +13,12 @@ from tandem_client.errors import (
     ResourceExhausted, TandemError, Unauthenticated, Unavailable,
 )
 from tandem_client.results import (
-    ClusterInfo, GenerationResult, ModelInfo, PoolInfo, TokenDelta, Usage, WorkerInfo,
+    ClusterInfo, GenerationResult, ModelInfo, PoolInfo, TokenDelta, TokenLogprob, Usage, WorkerInfo,
 )
 
 __all__ = [
     "AlreadyExists", "AsyncTandemClient", "AsyncTokenStream", "Cancelled", "ClusterInfo",
     "DeadlineExceeded", "GenerationResult", "InvalidArgument", "ModelInfo", "PermissionDenied",
-    "PoolInfo", "ResourceExhausted", "TandemClient", "TandemError", "TokenDelta", "TokenStream",
+    "PoolInfo", "ResourceExhausted", "TandemClient", "TandemError", "TokenDelta", "TokenLogprob", "TokenStream",
     "Unauthenticated", "Unavailable", "Usage", "WorkerInfo",
 ]

@@ -13,7 +13,7 @@ import grpc
 from protos.tandem.v1 import generate_pb2, info_pb2
 from tandem_client.errors import Cancelled, TandemError, error_for, from_rpc_error
 from tandem_client.results import (
-    ClusterInfo, GenerationResult, ModelInfo, PoolInfo, TokenDelta, Usage, WorkerInfo,
+    ClusterInfo, GenerationResult, ModelInfo, PoolInfo, TokenDelta, TokenLogprob, Usage, WorkerInfo,
 )
 
 _FINISH_NAMES = {
@@ -36,7 +36,8 @@ def build_request(prompt: str | None, token_ids: Sequence[int] | None, *,
                   tenant: str | None, codec: str | None, deadline_ms: int | None,
                   presence_penalty: float | None = None, frequency_penalty: float | None = None,
                   repetition_penalty: float | None = None, min_tokens: int | None = None,
-                  logit_bias: Mapping[int, float] | None = None) -> generate_pb2.GenerateRequest:
+                  logit_bias: Mapping[int, float] | None = None,
+                  logprobs: int | None = None) -> generate_pb2.GenerateRequest:
     """A GenerateRequest proto. Values are checked by the server, which names the field;
     only what protobuf itself cannot carry raises TypeError/ValueError here."""
     if (prompt is None) == (token_ids is None):
@@ -45,7 +46,8 @@ def build_request(prompt: str | None, token_ids: Sequence[int] | None, *,
     for name, value in (("temperature", temperature), ("top_p", top_p), ("top_k", top_k),
                         ("max_tokens", max_tokens), ("seed", seed),
                         ("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty),
-                        ("repetition_penalty", repetition_penalty), ("min_tokens", min_tokens)):
+                        ("repetition_penalty", repetition_penalty), ("min_tokens", min_tokens),
+                        ("logprobs", logprobs)):
         if value is not None:
             setattr(sampling, name, value)
     if stop is not None:
@@ -67,13 +69,14 @@ def build_request(prompt: str | None, token_ids: Sequence[int] | None, *,
 class Accumulator:
     """Folds GenerateResponse messages into deltas and, at the end, a GenerationResult."""
 
-    __slots__ = ("request_id", "token_ids", "text", "result")
+    __slots__ = ("request_id", "token_ids", "text", "result", "logprobs")
 
     def __init__(self) -> None:
         self.request_id = ""
         self.token_ids: list[int] = []
         self.text = ""
         self.result: GenerationResult | None = None
+        self.logprobs: list[TokenLogprob] | None = None
 
     @property
     def received_any(self) -> bool:
@@ -86,6 +89,10 @@ class Accumulator:
         if msg.HasField("delta"):
             d = msg.delta
             delta = TokenDelta(token_ids=list(d.token_ids), text=d.text, index=d.index)
+            if d.logprobs:
+                delta.logprobs = [TokenLogprob(lp.logprob, [(t.token_id, t.logprob) for t in lp.top])
+                                  for lp in d.logprobs]
+                self.logprobs = (self.logprobs or []) + delta.logprobs
             self.token_ids += delta.token_ids
             self.text += delta.text
         if msg.HasField("finished"):
@@ -97,7 +104,7 @@ class Accumulator:
         u = f.usage
         self.result = GenerationResult(
             request_id=msg.request_id, text=self.text, token_ids=self.token_ids,
-            finish_reason=_FINISH_NAMES.get(f.reason, "unknown"),
+            finish_reason=_FINISH_NAMES.get(f.reason, "unknown"), logprobs=self.logprobs,
             usage=Usage(prompt_tokens=u.prompt_tokens, cached_prompt_tokens=u.cached_prompt_tokens,
                         completion_tokens=u.completion_tokens, ttft_ms=u.ttft_ms,
                         prefill_worker=u.prefill_worker, decode_worker=u.decode_worker))

@@ -11,6 +11,15 @@ class TokenDelta:
     token_ids: list[int]
     text: str
     index: int
+    logprobs: list[TokenLogprob] | None = None    # one per token when the request asked
+
+
+@dataclass(slots=True)
+class TokenLogprob:
+    """A generated token's log-probability, and the ``top`` most likely tokens as
+    (token id, logprob), most likely first (raw model logits, before sampling settings)."""
+    logprob: float
+    top: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass(slots=True)
@@ -31,6 +40,7 @@ class GenerationResult:
     token_ids: list[int]
     finish_reason: str
     usage: Usage = field(default_factory=Usage)
+    logprobs: list[TokenLogprob] | None = None    # one per token when the request asked
 
 
 @dataclass(slots=True)

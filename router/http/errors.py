@@ -35,7 +35,7 @@ _PARAM = {"sampling.max_tokens": "max_tokens", "sampling.temperature": "temperat
           "sampling.presence_penalty": "presence_penalty",
           "sampling.frequency_penalty": "frequency_penalty",
           "sampling.repetition_penalty": "repetition_penalty", "sampling.min_tokens": "min_tokens",
-          "sampling.logit_bias": "logit_bias",
+          "sampling.logit_bias": "logit_bias", "sampling.logprobs": "logprobs",
           "prompt.text": "prompt", "prompt.token_ids": "prompt", "request_id": "X-Request-Id",
           "tenant": "X-Tandem-Tenant"}
 

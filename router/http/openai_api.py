@@ -7,7 +7,8 @@ Parameters: ``model``, ``max_tokens`` (chat: also ``max_completion_tokens``), ``
 ``top_p``, ``seed``, ``stop``, ``stream``, ``stream_options.include_usage``, ``n`` = 1,
 ``presence_penalty``, ``frequency_penalty``, ``logit_bias`` (token id strings to numbers), and
 vLLM's extensions ``top_k``, ``ignore_eos``, ``stop_token_ids``, ``repetition_penalty``,
-``min_tokens``. Parameters Tandem cannot honour (``logprobs``, ``echo``, ``n`` > 1,
+``min_tokens``; ``logprobs`` (completions: the number of alternatives; chat: a bool with
+``top_logprobs``). Parameters Tandem cannot honour (``echo``, ``n`` > 1,
 ``tools``...) are refused with 400 when set to anything but their neutral value, never
 silently ignored. Unknown keys are ignored.
 """
@@ -21,7 +22,7 @@ from router.http.chat import ChatMessage, render_chat
 from router.http.errors import HttpError
 
 _NEUTRAL = {  # parameter: values that mean "not used"
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "echo": (None, False),
+    "echo": (None, False),
     "suffix": (None, ""), "best_of": (None, 1), "n": (None, 1),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
     "function_call": (None, "none"), "parallel_tool_calls": (None, False, True),
@@ -127,6 +128,7 @@ def parse_completion(body: Any, served_model: str) -> OpenAIRequest:
     """A ``/v1/completions`` body; HttpError(400/404) names the parameter."""
     raw, stream, usage = _common(body, served_model)
     raw.max_tokens = _get(body, "max_tokens", "int")
+    raw.logprobs = _get(body, "logprobs", "int")      # top alternatives per token
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]                  # a batch of one
@@ -147,6 +149,11 @@ def parse_chat(body: Any, served_model: str, template: str | None) -> OpenAIRequ
     response_format = _get(body, "response_format", "dict")
     if response_format and response_format.get("type") not in (None, "text"):
         raise _bad("response_format", "only {'type': 'text'} is supported")
+    top = _get(body, "top_logprobs", "int")
+    if _get(body, "logprobs", "bool"):
+        raw.logprobs = 0 if top is None else top
+    elif top is not None:
+        raise _bad("top_logprobs", "needs logprobs: true")
     max_tokens = _get(body, "max_completion_tokens", "int")
     raw.max_tokens = max_tokens if max_tokens is not None else _get(body, "max_tokens", "int")
     raw.prompt_text = render_chat(_messages(body.get("messages")), template)

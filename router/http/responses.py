@@ -4,11 +4,17 @@ Streamed chunks carry ``token_ids`` in each choice besides the text (an extensio
 load generators use to count tokens exactly); a chat stream opens with the assistant role
 and closes with an empty delta that carries the finish reason. With
 ``stream_options.include_usage`` a last chunk with no choices carries the usage.
+
+Logprobs, when asked, take OpenAI's shapes: a completion's ``{"tokens", "token_logprobs",
+"top_logprobs", "text_offset"}`` and a chat's ``{"content": [{"token", "logprob", "bytes",
+"top_logprobs"}]}``; a token's string is the text it adds after the tokens before it (so
+the completion's token strings join into its text).
 """
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 
 from router.messages import Finished, TokenDelta, Usage
 
@@ -25,13 +31,45 @@ def sse(obj: dict | str) -> bytes:
     return f"data: {data}\n\n".encode()
 
 
+_CONTEXT = 4     # tokens of context when decoding one token's text
+
+
 class ResponseBuilder:
     """Builds one request's response objects (``chat`` picks the chat shapes)."""
 
-    def __init__(self, request_id: str, model: str, chat: bool) -> None:
+    def __init__(self, request_id: str, model: str, chat: bool,
+                 decode: Callable[[list[int]], str] | None = None,
+                 context_ids: list[int] | None = None) -> None:
         self.chat, self.model = chat, model
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
         self.created = int(time.time())
+        self.decode = decode              # set when the request asked for logprobs
+        self._ids = list(context_ids or [])[-_CONTEXT:]   # what the next token's text follows
+        self._offset = 0                  # completion text_offset of the next token
+
+    def _piece(self, prev: list[int], tok: int) -> str:
+        """The text ``tok`` adds after ``prev`` (so leading spaces come out right)."""
+        return self.decode(prev + [tok])[len(self.decode(prev)):] if prev else self.decode([tok])
+
+    def _logprobs(self, token_ids: list[int], logprobs: list | None) -> dict | None:
+        if self.decode is None or not logprobs:
+            return None
+        entries = []
+        for tok, (lp, top) in zip(token_ids, logprobs):
+            prev = self._ids[-_CONTEXT:]
+            entries.append((self._piece(prev, tok), lp, [(self._piece(prev, t), v) for t, v in top]))
+            self._ids.append(tok)
+        if self.chat:
+            def one(s: str, v: float) -> dict:
+                return {"token": s, "logprob": v, "bytes": list(s.encode())}
+            return {"content": [{**one(s, lp), "top_logprobs": [one(a, v) for a, v in top]}
+                                for s, lp, top in entries]}
+        offsets = []
+        for s, _, _ in entries:
+            offsets.append(self._offset)
+            self._offset += len(s)
+        return {"tokens": [s for s, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
+                "top_logprobs": [dict(top) for _, _, top in entries], "text_offset": offsets}
 
     def _envelope(self, choices: list, chunk: bool) -> dict:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat \
@@ -39,14 +77,16 @@ class ResponseBuilder:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "choices": choices}
 
-    def whole(self, text: str, finished: Finished) -> dict:
+    def whole(self, text: str, finished: Finished, token_ids: list[int] | None = None,
+              logprobs: list | None = None) -> dict:
         """The non-streamed response."""
         reason = _reason(finished)
+        lp = self._logprobs(token_ids or [], logprobs)
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "finish_reason": reason, "logprobs": None}
+                      "finish_reason": reason, "logprobs": lp}
         else:
-            choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": None}
+            choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": lp}
         out = self._envelope([choice], chunk=False)
         out["usage"] = usage_json(finished.usage)
         return out
@@ -57,13 +97,14 @@ class ResponseBuilder:
                                 "finish_reason": None, "logprobs": None}], chunk=True)
 
     def delta_chunk(self, delta: TokenDelta, finish_reason: str | None = None) -> dict:
+        lp = self._logprobs(delta.token_ids, delta.logprobs)
         if self.chat:
             choice = {"index": 0, "delta": {"content": delta.text} if delta.text else {},
                       "token_ids": list(delta.token_ids), "finish_reason": finish_reason,
-                      "logprobs": None}
+                      "logprobs": lp}
         else:
             choice = {"index": 0, "text": delta.text, "token_ids": list(delta.token_ids),
-                      "finish_reason": finish_reason, "logprobs": None}
+                      "finish_reason": finish_reason, "logprobs": lp}
         return self._envelope([choice], chunk=True)
 
     def finish_chunk(self, finished: Finished) -> dict:

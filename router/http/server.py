@@ -225,22 +225,28 @@ class HttpServer(_Site):
         state: dict = {}
 
         def on_request(req) -> None:
-            state["builder"] = ResponseBuilder(req.request_id, self.gateway.info.model, chat)
+            decode = None if req.sampling.logprobs is None else self.gateway.backend.tokenizer.decode
+            state["builder"] = ResponseBuilder(req.request_id, self.gateway.info.model, chat,
+                                               decode, req.prompt_token_ids)
 
         if parsed.stream:
             return await self._stream(request, parsed, principal, state, on_request)
         texts: list[str] = []
+        token_ids: list[int] = []
+        logprobs: list = []
 
         async def collect(event) -> None:
             delta = event if isinstance(event, TokenDelta) else event.delta
             if delta is not None:
                 texts.append(delta.text)
+                token_ids.extend(delta.token_ids)
+                logprobs.extend(delta.logprobs or ())
 
         finished = await self.gateway.generate(parsed.raw, principal, collect, protocol="http",
                                                fill_max_tokens=parsed.fill_max_tokens,
                                                on_request=on_request)
         builder: ResponseBuilder = state["builder"]
-        return web.json_response(builder.whole("".join(texts), finished),
+        return web.json_response(builder.whole("".join(texts), finished, token_ids, logprobs),
                                  headers={"X-Request-Id": builder.id.split("-", 1)[1]})
 
     async def _stream(self, request: web.Request, parsed: OpenAIRequest, principal: Principal,

@@ -19,6 +19,7 @@ from tandem_client import TandemClient  # noqa: E402
 from tandem_client.errors import Unavailable  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from logprobs_check import assert_logprobs_match_hf  # noqa: E402
 from penalties import assert_served_penalties_equal_offline  # noqa: E402
 from stop_strings import assert_served_text_equals_offline, offline_cases  # noqa: E402
 
@@ -49,6 +50,11 @@ def test_colocated_cluster_matches_the_offline_engine_and_names_one_worker_for_b
 def test_stop_strings_give_the_offline_engines_text_through_grpc_and_http(colocated):
     url = f"http://127.0.0.1:{colocated.cluster.server.http_port}"
     assert_served_text_equals_offline(colocated.target, url, offline_cases())
+
+
+def test_logprobs_equal_hf_transformers_log_softmax_through_sdk_and_openai(colocated):
+    url = f"http://127.0.0.1:{colocated.cluster.server.http_port}"
+    assert_logprobs_match_hf(colocated.target, url)
 
 
 def test_penalties_and_min_tokens_give_the_offline_engines_output(colocated):

@@ -21,6 +21,7 @@ from tandem_client import TandemClient  # noqa: E402
 from tandem_client.errors import InvalidArgument  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from logprobs_check import assert_logprobs_match_hf  # noqa: E402
 from penalties import assert_served_penalties_equal_offline  # noqa: E402
 from stop_strings import assert_served_text_equals_offline, offline_cases  # noqa: E402
 from waiting import wait_until  # noqa: E402
@@ -112,6 +113,11 @@ def test_stop_strings_give_the_offline_engines_text_through_grpc_and_http(cluste
     """The first token's text is sampled on prefill and must not be re-emitted by decode."""
     url = f"http://127.0.0.1:{cluster.cluster.server.http_port}"
     assert_served_text_equals_offline(cluster.target, url, offline_cases())
+
+
+def test_logprobs_equal_hf_transformers_log_softmax_through_sdk_and_openai(cluster):
+    url = f"http://127.0.0.1:{cluster.cluster.server.http_port}"
+    assert_logprobs_match_hf(cluster.target, url)
 
 
 def test_penalties_and_min_tokens_apply_on_prefill_and_decode_alike(cluster):

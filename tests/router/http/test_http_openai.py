@@ -99,6 +99,12 @@ def test_penalties_and_constraints_reach_the_engine_through_http_and_grpc(oai, g
     assert len(held.token_ids) == 7 and held.finish_reason == "stop"
 
 
+def test_logprobs_equal_hf_transformers_log_softmax(router):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "cluster"))
+    from logprobs_check import assert_logprobs_match_hf
+    assert_logprobs_match_hf(router.target, router.http_url)
+
+
 def test_chat_uses_the_default_template_and_equals_the_grpc_path(oai, grpc_client):
     messages = [{"role": "system", "content": "You tell stories."},
                 {"role": "user", "content": "Tell me about a cat."}]
@@ -170,7 +176,9 @@ def _raw(router, method: str, path: str, body=None, headers=None, data=None):
     ({"prompt": "Hi", "temperature": -1}, "temperature"),
     ({"prompt": "Hi", "top_p": 0}, "top_p"),
     ({"prompt": "Hi", "n": 2}, "n"),
-    ({"prompt": "Hi", "logprobs": 3}, "logprobs"),
+    ({"prompt": "Hi", "logprobs": 21}, "logprobs"),
+    ({"prompt": "Hi", "logprobs": True}, "logprobs"),
+    ({"prompt": "Hi", "echo": True}, "echo"),
     ({"prompt": "Hi", "presence_penalty": 2.5}, "presence_penalty"),
     ({"prompt": "Hi", "frequency_penalty": "1"}, "frequency_penalty"),
     ({"prompt": "Hi", "repetition_penalty": 0}, "repetition_penalty"),
