@@ -14,6 +14,7 @@ class StreamEvent:
     finish_reason: str | None = None
     num_cached_tokens: int = 0
     logprobs: list | None = None           # per token, when asked (engine.logprobs)
+    prompt_logprobs: list | None = None    # with a request's first token, when asked
 
 
 @dataclass(slots=True)

@@ -83,7 +83,9 @@ class DecodeWorker:
             elif len(o.new_token_ids) == len(o.token_ids):
                 urgent = True
         self.outbox.put([StreamEvent(o.request_id, o.new_token_ids, o.new_text, o.finish_reason,
-                                     o.num_cached_tokens, o.new_logprobs) for o in outputs], urgent)
+                                     o.num_cached_tokens, o.new_logprobs,
+                                     o.prompt_logprobs if len(o.new_token_ids) == len(o.token_ids) else None)
+                         for o in outputs], urgent)
 
     # -- requests ------------------------------------------------------------------------
     async def start(self, req: DecodeStart) -> int:

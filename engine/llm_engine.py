@@ -160,7 +160,14 @@ class LLMEngine:
             return self._unstick()
         sampling_rows = [i for i, (s, n) in enumerate(zip(batch.seqs, batch.num_new))
                          if s.num_computed + n == s.num_tokens]
-        logits = self.runner.run(batch.seqs, batch.num_new, sampling_rows)
+        prompt_rows = [i for i, s in enumerate(batch.seqs)
+                       if s.sampling.prompt_logprobs is not None and s.num_computed < s.prompt_len]
+        if prompt_rows:
+            logits, every = self.runner.run(batch.seqs, batch.num_new, sampling_rows, every_row_of=prompt_rows)
+            for i, rows in every.items():
+                _prompt_logprobs(batch.seqs[i], rows, batch.num_new[i])
+        else:
+            logits = self.runner.run(batch.seqs, batch.num_new, sampling_rows)
         picked = [batch.seqs[i] for i in sampling_rows]
         logprobs = StepLogprobs.of(logits, [s.sampling.logprobs for s in picked])   # raw logits
         logits = process_logits(logits, picked, self.eos_token_ids)
@@ -212,7 +219,8 @@ class LLMEngine:
         return RequestOutput(seq.request_id, seq.prompt_token_ids, seq.output_ids,
                              seq.output_text, new_ids, new_text, seq.finish_reason,
                              seq.num_cached_tokens, ttft, new_logprobs,
-                             seq.logprobs if seq.sampling.logprobs is not None else None)
+                             seq.logprobs if seq.sampling.logprobs is not None else None,
+                             seq.prompt_logprobs if seq.sampling.prompt_logprobs is not None else None)
 
     # -- teacher forcing (quality measurements) -------------------------------------------
     def prompt_logits(self, token_ids: list[int], prefix_kv: torch.Tensor | None = None) -> torch.Tensor:
@@ -271,6 +279,20 @@ class LLMEngine:
             return self.requests[request_id]
         except KeyError:
             raise UnknownRequestError(f"unknown request {request_id!r}") from None
+
+
+def _prompt_logprobs(seq: Sequence, logits, n: int) -> None:
+    """Extend ``seq.prompt_logprobs`` with what this step's ``n`` computed positions predict:
+    position p's logits give prompt token p + 1 its logprob (the first prompt token has none)."""
+    start = seq.num_computed
+    if start == 0:
+        seq.prompt_logprobs = [None]
+    upto = min(start + n, seq.prompt_len - 1)        # the last prompt position predicts output
+    if upto <= start:
+        return
+    targets = seq.token_ids[start + 1:upto + 1]
+    rows = StepLogprobs(logits, list(range(upto - start)), [seq.sampling.prompt_logprobs] * (upto - start))
+    seq.prompt_logprobs.extend(rows.entry(i, tok) for i, tok in enumerate(targets))
 
 
 def _stream_delta(seq: Sequence) -> str:

@@ -125,9 +125,11 @@ class ModelRunner:
     # -- execution ---------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], num_new: list[int], logit_rows: list[int],
-            all_logits: bool = False) -> torch.Tensor:
+            all_logits: bool = False, every_row_of: list[int] | None = None):
         """Forward one step. Returns logits [len(logit_rows), V] for the last new token of
-        each listed sequence index, or for every new token when ``all_logits``."""
+        each listed sequence index, or for every new token when ``all_logits``. With
+        ``every_row_of`` (sequence indices), returns (those logits, {index: logits of every
+        new token of that sequence})."""
         for seq in seqs:
             if seq.pending_prefix_kv is not None:
                 self._write_prefix(seq)
@@ -137,10 +139,13 @@ class ModelRunner:
             if len(seqs) != 1:
                 raise ValueError("all_logits needs exactly one sequence")
             return self.model.logits(hidden)
+        every = {i: self.model.logits(hidden[last_row[i] - num_new[i] + 1:last_row[i] + 1])
+                 for i in every_row_of or ()}
         rows = [last_row[i] for i in logit_rows]
         if rows != list(range(hidden.shape[0])):
             hidden = hidden[torch.tensor(rows, dtype=torch.long, device=self.device)]
-        return self.model.logits(hidden)
+        logits = self.model.logits(hidden)
+        return (logits, every) if every_row_of is not None else logits
 
     def _write_prefix(self, seq: Sequence) -> None:
         kv = seq.pending_prefix_kv

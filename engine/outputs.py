@@ -27,6 +27,9 @@ class RequestOutput:
     ttft_s: float | None = None
     new_logprobs: list[TokenLogprob] | None = None
     logprobs: list[TokenLogprob] | None = None
+    # Asked with prompt_logprobs: one entry per prompt token (None for the first), on the
+    # output that carries the first generated token (and on later whole outputs).
+    prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def finished(self) -> bool:

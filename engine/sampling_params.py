@@ -29,6 +29,7 @@ class SamplingParams:
     min_tokens: int = 0               # no EOS, stop token or stop string before this many tokens
     logit_bias: dict[int, float] = field(default_factory=dict)   # token id -> added to its logit
     logprobs: int | None = None       # None: off; k: each token's logprob and the top k (raw logits)
+    prompt_logprobs: int | None = None   # the same for every prompt token (vLLM's; no prefix cache)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -59,9 +60,10 @@ class SamplingParams:
             raise ValueError(f"repetition_penalty must be a finite number > 0, got {rp!r}")
         if not isinstance(self.min_tokens, int) or not 0 <= self.min_tokens <= self.max_tokens:
             raise ValueError(f"min_tokens must be in [0, max_tokens={self.max_tokens}], got {self.min_tokens!r}")
-        if self.logprobs is not None and (isinstance(self.logprobs, bool) or not isinstance(self.logprobs, int)
-                                          or not 0 <= self.logprobs <= MAX_LOGPROBS):
-            raise ValueError(f"logprobs must be None or in [0, {MAX_LOGPROBS}], got {self.logprobs!r}")
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(self, name)
+            if k is not None and (isinstance(k, bool) or not isinstance(k, int) or not 0 <= k <= MAX_LOGPROBS):
+                raise ValueError(f"{name} must be None or in [0, {MAX_LOGPROBS}], got {k!r}")
         if not isinstance(self.logit_bias, dict):
             raise ValueError("logit_bias must map token ids to numbers")
         for tok, bias in self.logit_bias.items():

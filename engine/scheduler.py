@@ -78,7 +78,8 @@ class Scheduler:
         """Attach cached prefix blocks and blocks for any given prefix KV; False if no room."""
         hits: list[int] = []
         hashes: list[bytes] = []
-        if self.enable_prefix_caching:
+        # Prompt logprobs need every prompt position computed: no cached prefix (vLLM does the same).
+        if self.enable_prefix_caching and seq.sampling.prompt_logprobs is None:
             n = (seq.num_tokens - 1) // self.block_size
             for h in self._hash_chain(seq, n)[:n]:
                 block = self.pool.lookup(h)

@@ -43,6 +43,7 @@ class Sequence:
     first_token_time: float | None = None
     prompt_copy: list[int] | None = None   # the prompt as outputs hand it out, copied once
     logprobs: list = field(default_factory=list)   # per generated token, when asked (engine.logprobs)
+    prompt_logprobs: list = field(default_factory=list)   # per prompt token (None for the first)
 
     @property
     def prompt_token_ids(self) -> list[int]:

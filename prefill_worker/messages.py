@@ -45,3 +45,4 @@ class PrefillResult:
     timings_ms: dict[str, float] = field(default_factory=dict)
     store: StoreOutcome = field(default_factory=StoreOutcome)
     first_logprobs: list | None = None    # the first token's (engine.logprobs), when asked
+    prompt_logprobs: list | None = None   # one per prompt token (None first), when asked

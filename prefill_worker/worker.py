@@ -21,7 +21,7 @@ from engine.sampling_params import SamplingParams
 from kv_transfer.config import KVTransferConfig
 from kv_transfer.store.config import StoreConfig
 from kv_transfer.transports.ray_source import AsyncRayKVSource
-from prefill_worker.messages import PrefillRequest, PrefillResult
+from prefill_worker.messages import PrefillRequest, PrefillResult, StoreOutcome
 from prefill_worker.prefix import PrefixFetcher
 from tandem_common.worker_load import WorkerLoad
 
@@ -59,8 +59,11 @@ class PrefillWorker(AsyncRayKVSource):
         rid = req.request_id
         params = SamplingParams.from_dict(req.sampling)
         t0 = time.perf_counter()
-        prefix_kv, store = await self.prefix.fetch(req.prompt_token_ids, req.cache_salt,
-                                                    self.prefill_tokens_per_s)
+        if params.prompt_logprobs is None:
+            prefix_kv, store = await self.prefix.fetch(req.prompt_token_ids, req.cache_salt,
+                                                        self.prefill_tokens_per_s)
+        else:   # prompt logprobs need every prompt position computed
+            prefix_kv, store = None, StoreOutcome()
         queue = self.driver.subscribe(rid)
         added = False
         try:
@@ -89,7 +92,7 @@ class PrefillWorker(AsyncRayKVSource):
         timings = {"store_ms": store.store_ms, "prefill_ms": 1000 * compute_s}
         result = PrefillResult(rid, self.worker_id, out.token_ids[-1], out.new_text, out.finish_reason,
                                out.num_cached_tokens, timings_ms=timings, store=store,
-                               first_logprobs=out.new_logprobs)
+                               first_logprobs=out.new_logprobs, prompt_logprobs=out.prompt_logprobs)
         if out.finished:
             return result
         seq_kv = await self.driver.call(lambda e: _export_and_release(e, rid))

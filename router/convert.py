@@ -45,6 +45,7 @@ class RawRequest:
     min_tokens: int | None = None
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
     request_id: str = ""
     tenant: str = ""
     codec: str = ""
@@ -69,6 +70,7 @@ def raw_request_from_proto(pb: generate_pb2.GenerateRequest) -> RawRequest:
         min_tokens=s.min_tokens if s.HasField("min_tokens") else None,
         logit_bias=dict(s.logit_bias),
         logprobs=s.logprobs if s.HasField("logprobs") else None,
+        prompt_logprobs=s.prompt_logprobs if s.HasField("prompt_logprobs") else None,
         request_id=pb.request_id,
         tenant=pb.tenant,
         codec=pb.codec,
@@ -99,11 +101,16 @@ def event_to_proto(request_id: str, event: TokenDelta | Finished) -> generate_pb
                 prefill_worker=u.prefill_worker, decode_worker=u.decode_worker)))
 
 
+def _logprobs_to_proto(entries) -> list[generate_pb2.TokenLogprob]:
+    return [generate_pb2.TokenLogprob(
+                logprob=lp, top=[generate_pb2.TopLogprob(token_id=t, logprob=v) for t, v in top])
+            for lp, top in entries or ()]
+
+
 def _delta_to_proto(d: TokenDelta) -> generate_pb2.TokenDelta:
-    logprobs = [generate_pb2.TokenLogprob(
-                    logprob=lp, top=[generate_pb2.TopLogprob(token_id=t, logprob=v) for t, v in top])
-                for lp, top in d.logprobs or ()]
-    return generate_pb2.TokenDelta(token_ids=d.token_ids, text=d.text, index=d.index, logprobs=logprobs)
+    return generate_pb2.TokenDelta(token_ids=d.token_ids, text=d.text, index=d.index,
+                                   logprobs=_logprobs_to_proto(d.logprobs),
+                                   prompt_logprobs=_logprobs_to_proto((d.prompt_logprobs or [None])[1:]))
 
 
 def model_info_to_proto(info: ModelInfo) -> info_pb2.ModelInfo:

@@ -26,6 +26,7 @@ class SamplingOptions:
     min_tokens: int = 0
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None
+    prompt_logprobs: int | None = None
 
     def to_dict(self) -> dict:
         """Keyword arguments for ``engine.SamplingParams.from_dict``."""
@@ -63,6 +64,7 @@ class TokenDelta:
     text: str
     index: int
     logprobs: list | None = None   # per token: (logprob, [(id, logprob) top]) when asked
+    prompt_logprobs: list | None = None   # with the first delta: one per prompt token (None first)
 
 
 @dataclass(slots=True)

@@ -149,10 +149,12 @@ class RequestValidator:
                                      f"token id outside 0..{self.limits.vocab_size - 1}")
             if not (math.isfinite(bias) and -100.0 <= bias <= 100.0):
                 raise InvalidRequest(f"sampling.logit_bias[{tok}]", f"must be in [-100, 100], got {bias}")
-        if raw.logprobs is not None and not 0 <= raw.logprobs <= MAX_LOGPROBS:
-            raise InvalidRequest("sampling.logprobs", f"must be in [0, {MAX_LOGPROBS}], got {raw.logprobs}")
+        for name in ("logprobs", "prompt_logprobs"):
+            k = getattr(raw, name)
+            if k is not None and not 0 <= k <= MAX_LOGPROBS:
+                raise InvalidRequest(f"sampling.{name}", f"must be in [0, {MAX_LOGPROBS}], got {k}")
         return SamplingOptions(
-            logprobs=raw.logprobs, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
+            logprobs=raw.logprobs, prompt_logprobs=raw.prompt_logprobs, temperature=float(temperature), top_p=float(top_p), top_k=int(top_k),
             max_tokens=int(max_tokens), seed=raw.seed, stop=list(raw.stop),
             stop_token_ids=list(raw.stop_token_ids), ignore_eos=raw.ignore_eos,
             repetition_penalty=float(rp), min_tokens=int(min_tokens),

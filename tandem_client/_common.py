@@ -37,7 +37,8 @@ def build_request(prompt: str | None, token_ids: Sequence[int] | None, *,
                   presence_penalty: float | None = None, frequency_penalty: float | None = None,
                   repetition_penalty: float | None = None, min_tokens: int | None = None,
                   logit_bias: Mapping[int, float] | None = None,
-                  logprobs: int | None = None) -> generate_pb2.GenerateRequest:
+                  logprobs: int | None = None,
+                  prompt_logprobs: int | None = None) -> generate_pb2.GenerateRequest:
     """A GenerateRequest proto. Values are checked by the server, which names the field;
     only what protobuf itself cannot carry raises TypeError/ValueError here."""
     if (prompt is None) == (token_ids is None):
@@ -47,7 +48,7 @@ def build_request(prompt: str | None, token_ids: Sequence[int] | None, *,
                         ("max_tokens", max_tokens), ("seed", seed),
                         ("presence_penalty", presence_penalty), ("frequency_penalty", frequency_penalty),
                         ("repetition_penalty", repetition_penalty), ("min_tokens", min_tokens),
-                        ("logprobs", logprobs)):
+                        ("logprobs", logprobs), ("prompt_logprobs", prompt_logprobs)):
         if value is not None:
             setattr(sampling, name, value)
     if stop is not None:
@@ -66,10 +67,14 @@ def build_request(prompt: str | None, token_ids: Sequence[int] | None, *,
     return req
 
 
+def _logprobs(entries) -> list[TokenLogprob]:
+    return [TokenLogprob(lp.logprob, [(t.token_id, t.logprob) for t in lp.top]) for lp in entries]
+
+
 class Accumulator:
     """Folds GenerateResponse messages into deltas and, at the end, a GenerationResult."""
 
-    __slots__ = ("request_id", "token_ids", "text", "result", "logprobs")
+    __slots__ = ("request_id", "token_ids", "text", "result", "logprobs", "prompt_logprobs")
 
     def __init__(self) -> None:
         self.request_id = ""
@@ -77,6 +82,7 @@ class Accumulator:
         self.text = ""
         self.result: GenerationResult | None = None
         self.logprobs: list[TokenLogprob] | None = None
+        self.prompt_logprobs: list[TokenLogprob | None] | None = None
 
     @property
     def received_any(self) -> bool:
@@ -90,9 +96,10 @@ class Accumulator:
             d = msg.delta
             delta = TokenDelta(token_ids=list(d.token_ids), text=d.text, index=d.index)
             if d.logprobs:
-                delta.logprobs = [TokenLogprob(lp.logprob, [(t.token_id, t.logprob) for t in lp.top])
-                                  for lp in d.logprobs]
+                delta.logprobs = _logprobs(d.logprobs)
                 self.logprobs = (self.logprobs or []) + delta.logprobs
+            if d.prompt_logprobs:
+                delta.prompt_logprobs = self.prompt_logprobs = [None, *_logprobs(d.prompt_logprobs)]
             self.token_ids += delta.token_ids
             self.text += delta.text
         if msg.HasField("finished"):
@@ -105,6 +112,7 @@ class Accumulator:
         self.result = GenerationResult(
             request_id=msg.request_id, text=self.text, token_ids=self.token_ids,
             finish_reason=_FINISH_NAMES.get(f.reason, "unknown"), logprobs=self.logprobs,
+            prompt_logprobs=self.prompt_logprobs,
             usage=Usage(prompt_tokens=u.prompt_tokens, cached_prompt_tokens=u.cached_prompt_tokens,
                         completion_tokens=u.completion_tokens, ttft_ms=u.ttft_ms,
                         prefill_worker=u.prefill_worker, decode_worker=u.decode_worker))

@@ -94,6 +94,7 @@ class AsyncTandemClient:
                presence_penalty: float | None = None, frequency_penalty: float | None = None,
                repetition_penalty: float | None = None, min_tokens: int | None = None,
                logit_bias: Mapping[int, float] | None = None, logprobs: int | None = None,
+               prompt_logprobs: int | None = None,
                request_id: str | None = None, tenant: str | None = None,
                codec: str | None = None, timeout: float | None = _DEFAULT) -> AsyncTokenStream:
         """Start a generation (lazily, at the first ``__anext__``); see ``TandemClient.stream``."""
@@ -103,6 +104,7 @@ class AsyncTandemClient:
                                 presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                                 repetition_penalty=repetition_penalty, min_tokens=min_tokens, logit_bias=logit_bias,
                                 logprobs=logprobs,
+                                prompt_logprobs=prompt_logprobs,
                                 request_id=request_id, tenant=tenant, codec=codec, deadline_ms=None)
         return AsyncTokenStream(self._stub, request, self._deadline(timeout), self.retry,
                                 self.metadata)
@@ -115,6 +117,7 @@ class AsyncTandemClient:
                        presence_penalty: float | None = None, frequency_penalty: float | None = None,
                        repetition_penalty: float | None = None, min_tokens: int | None = None,
                        logit_bias: Mapping[int, float] | None = None, logprobs: int | None = None,
+                       prompt_logprobs: int | None = None,
                        request_id: str | None = None, tenant: str | None = None,
                        codec: str | None = None,
                        timeout: float | None = _DEFAULT) -> GenerationResult:
@@ -125,6 +128,7 @@ class AsyncTandemClient:
                                presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                                repetition_penalty=repetition_penalty, min_tokens=min_tokens, logit_bias=logit_bias,
                                logprobs=logprobs,
+                               prompt_logprobs=prompt_logprobs,
                                request_id=request_id, tenant=tenant, codec=codec,
                                timeout=timeout) as tokens:
             async for _ in tokens:

@@ -91,6 +91,7 @@ class TandemClient:
                presence_penalty: float | None = None, frequency_penalty: float | None = None,
                repetition_penalty: float | None = None, min_tokens: int | None = None,
                logit_bias: Mapping[int, float] | None = None, logprobs: int | None = None,
+               prompt_logprobs: int | None = None,
                request_id: str | None = None, tenant: str | None = None,
                codec: str | None = None, timeout: float | None = _DEFAULT) -> TokenStream:
         """Start a generation and return a TokenStream of its deltas.
@@ -105,6 +106,7 @@ class TandemClient:
                                 presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                                 repetition_penalty=repetition_penalty, min_tokens=min_tokens, logit_bias=logit_bias,
                                 logprobs=logprobs,
+                                prompt_logprobs=prompt_logprobs,
                                 request_id=request_id, tenant=tenant, codec=codec, deadline_ms=None)
         return TokenStream(self._stub, request, self._deadline(timeout), self.retry, self.metadata)
 
@@ -116,6 +118,7 @@ class TandemClient:
                  presence_penalty: float | None = None, frequency_penalty: float | None = None,
                  repetition_penalty: float | None = None, min_tokens: int | None = None,
                  logit_bias: Mapping[int, float] | None = None, logprobs: int | None = None,
+                 prompt_logprobs: int | None = None,
                  request_id: str | None = None, tenant: str | None = None,
                  codec: str | None = None, timeout: float | None = _DEFAULT) -> GenerationResult:
         """Generate and return the whole result (same arguments as ``stream``)."""
@@ -125,6 +128,7 @@ class TandemClient:
                          presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
                          repetition_penalty=repetition_penalty, min_tokens=min_tokens, logit_bias=logit_bias,
                          logprobs=logprobs,
+                         prompt_logprobs=prompt_logprobs,
                          request_id=request_id, tenant=tenant, codec=codec,
                          timeout=timeout) as tokens:
             for _ in tokens:

@@ -12,6 +12,7 @@ class TokenDelta:
     text: str
     index: int
     logprobs: list[TokenLogprob] | None = None    # one per token when the request asked
+    prompt_logprobs: list[TokenLogprob | None] | None = None   # first delta: per prompt token, None first
 
 
 @dataclass(slots=True)
@@ -41,6 +42,7 @@ class GenerationResult:
     finish_reason: str
     usage: Usage = field(default_factory=Usage)
     logprobs: list[TokenLogprob] | None = None    # one per token when the request asked
+    prompt_logprobs: list[TokenLogprob | None] | None = None   # per prompt token (None first)
 
 
 @dataclass(slots=True)

@@ -137,7 +137,7 @@ class LocalBackend(Backend):
                         usage.ttft_ms = (time.monotonic() - request.arrival_time) * 1000
                         usage.cached_prompt_tokens = item.num_cached_tokens
                     delta = TokenDelta(list(item.token_ids), item.text, usage.completion_tokens,
-                                       item.logprobs)
+                                       item.logprobs, item.prompt_logprobs)
                     usage.completion_tokens += len(item.token_ids)
                 if item.finish_reason is not None:
                     held = False

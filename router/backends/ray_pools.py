@@ -128,7 +128,7 @@ class RayPoolsBackend(Backend):
                 if not generated:
                     usage.cached_prompt_tokens = res.num_cached_tokens
                 for ev in self._emit(request, usage, progress, [res.first_token_id], res.first_text,
-                                     res.finish_reason, res.first_logprobs):
+                                     res.finish_reason, res.first_logprobs, res.prompt_logprobs):
                     yield ev
                 if res.finish_reason is not None:
                     finished = True
@@ -144,7 +144,7 @@ class RayPoolsBackend(Backend):
                 if self.colocated and not generated and item.token_ids:
                     usage.cached_prompt_tokens = item.num_cached_tokens
                 for ev in self._emit(request, usage, progress, item.token_ids, item.text, item.finish_reason,
-                                     item.logprobs):
+                                     item.logprobs, item.prompt_logprobs):
                     yield ev
                 if item.finish_reason is not None:
                     finished = True
@@ -207,7 +207,8 @@ class RayPoolsBackend(Backend):
             raise RequestTimedOut(f"request {request.request_id} passed its deadline") from None
 
     def _emit(self, request, usage: Usage, progress: _Progress, token_ids: list[int], text: str,
-              finish_reason: str | None, logprobs: list | None = None):
+              finish_reason: str | None, logprobs: list | None = None,
+              prompt_logprobs: list | None = None):
         generated = progress.token_ids
         progress.text_chars += len(text)
         if token_ids:
@@ -215,7 +216,8 @@ class RayPoolsBackend(Backend):
                 usage.ttft_ms = 1000 * (time.monotonic() - request.arrival_time)
             index = len(generated)
             generated.extend(token_ids)
-            yield TokenDelta(list(token_ids), text, index, logprobs)
+            # Prompt logprobs go out once, with the first token (not again after a recovery).
+            yield TokenDelta(list(token_ids), text, index, logprobs, prompt_logprobs if index == 0 else None)
         elif text:
             yield TokenDelta([], text, len(generated))
         if finish_reason is not None:

@@ -8,7 +8,8 @@ Parameters: ``model``, ``max_tokens`` (chat: also ``max_completion_tokens``), ``
 ``presence_penalty``, ``frequency_penalty``, ``logit_bias`` (token id strings to numbers), and
 vLLM's extensions ``top_k``, ``ignore_eos``, ``stop_token_ids``, ``repetition_penalty``,
 ``min_tokens``; ``logprobs`` (completions: the number of alternatives; chat: a bool with
-``top_logprobs``). Parameters Tandem cannot honour (``echo``, ``n`` > 1,
+``top_logprobs``); ``echo`` (completions, not streamed: the prompt and, with ``logprobs``,
+its logprobs first). Parameters Tandem cannot honour (``n`` > 1,
 ``tools``...) are refused with 400 when set to anything but their neutral value, never
 silently ignored. Unknown keys are ignored.
 """
@@ -22,7 +23,6 @@ from router.http.chat import ChatMessage, render_chat
 from router.http.errors import HttpError
 
 _NEUTRAL = {  # parameter: values that mean "not used"
-    "echo": (None, False),
     "suffix": (None, ""), "best_of": (None, 1), "n": (None, 1),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
     "function_call": (None, "none"), "parallel_tool_calls": (None, False, True),
@@ -37,6 +37,7 @@ class OpenAIRequest:
     stream: bool = False
     include_usage: bool = False
     fill_max_tokens: bool = False      # chat without max_tokens: as many as fit
+    echo: bool = False                 # completions: the prompt (and its logprobs) come first
 
 
 def _bad(param: str, message: str) -> HttpError:
@@ -129,6 +130,11 @@ def parse_completion(body: Any, served_model: str) -> OpenAIRequest:
     raw, stream, usage = _common(body, served_model)
     raw.max_tokens = _get(body, "max_tokens", "int")
     raw.logprobs = _get(body, "logprobs", "int")      # top alternatives per token
+    echo = bool(_get(body, "echo", "bool"))
+    if echo and stream:
+        raise _bad("echo", "is supported without stream only")
+    if echo:
+        raw.prompt_logprobs = raw.logprobs            # the prompt's, as vLLM's echo does
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]                  # a batch of one
@@ -140,7 +146,7 @@ def parse_completion(body: Any, served_model: str) -> OpenAIRequest:
         raise _bad("prompt", "batches of several prompts are not supported; send one per request")
     else:
         raise _bad("prompt", "must be a non-empty string or list of token ids")
-    return OpenAIRequest(raw, stream, usage)
+    return OpenAIRequest(raw, stream, usage, echo=echo)
 
 
 def parse_chat(body: Any, served_model: str, template: str | None) -> OpenAIRequest:

@@ -52,12 +52,15 @@ class ResponseBuilder:
         return self.decode(prev + [tok])[len(self.decode(prev)):] if prev else self.decode([tok])
 
     def _logprobs(self, token_ids: list[int], logprobs: list | None) -> dict | None:
+        """OpenAI's logprobs object; an entry may be None (an echoed prompt's first token)."""
         if self.decode is None or not logprobs:
             return None
         entries = []
-        for tok, (lp, top) in zip(token_ids, logprobs):
+        for tok, entry in zip(token_ids, logprobs):
             prev = self._ids[-_CONTEXT:]
-            entries.append((self._piece(prev, tok), lp, [(self._piece(prev, t), v) for t, v in top]))
+            lp, top = entry if entry is not None else (None, None)
+            alts = None if top is None else [(self._piece(prev, t), v) for t, v in top]
+            entries.append((self._piece(prev, tok), lp, alts))
             self._ids.append(tok)
         if self.chat:
             def one(s: str, v: float) -> dict:
@@ -69,7 +72,8 @@ class ResponseBuilder:
             offsets.append(self._offset)
             self._offset += len(s)
         return {"tokens": [s for s, _, _ in entries], "token_logprobs": [lp for _, lp, _ in entries],
-                "top_logprobs": [dict(top) for _, _, top in entries], "text_offset": offsets}
+                "top_logprobs": [None if top is None else dict(top) for _, _, top in entries],
+                "text_offset": offsets}
 
     def _envelope(self, choices: list, chunk: bool) -> dict:
         kind = ("chat.completion.chunk" if chunk else "chat.completion") if self.chat \
@@ -78,10 +82,18 @@ class ResponseBuilder:
                 "choices": choices}
 
     def whole(self, text: str, finished: Finished, token_ids: list[int] | None = None,
-              logprobs: list | None = None) -> dict:
-        """The non-streamed response."""
+              logprobs: list | None = None, echo: tuple[list[int], str, list | None] | None = None) -> dict:
+        """The non-streamed response. ``echo``: (prompt ids, prompt text, prompt logprobs)
+        to put first, as a completion with ``echo`` does."""
         reason = _reason(finished)
-        lp = self._logprobs(token_ids or [], logprobs)
+        token_ids = token_ids or []
+        if echo is not None:
+            prompt_ids, prompt_text, prompt_lps = echo
+            text = prompt_text + text
+            self._ids = []
+            if logprobs:
+                token_ids, logprobs = prompt_ids + token_ids, (prompt_lps or [None] * len(prompt_ids)) + logprobs
+        lp = self._logprobs(token_ids, logprobs)
         if self.chat:
             choice = {"index": 0, "message": {"role": "assistant", "content": text},
                       "finish_reason": reason, "logprobs": lp}

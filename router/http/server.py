@@ -228,12 +228,14 @@ class HttpServer(_Site):
             decode = None if req.sampling.logprobs is None else self.gateway.backend.tokenizer.decode
             state["builder"] = ResponseBuilder(req.request_id, self.gateway.info.model, chat,
                                                decode, req.prompt_token_ids)
+            state["prompt"] = req.prompt_token_ids, req.prompt_text
 
         if parsed.stream:
             return await self._stream(request, parsed, principal, state, on_request)
         texts: list[str] = []
         token_ids: list[int] = []
         logprobs: list = []
+        prompt_logprobs: list = []
 
         async def collect(event) -> None:
             delta = event if isinstance(event, TokenDelta) else event.delta
@@ -241,12 +243,19 @@ class HttpServer(_Site):
                 texts.append(delta.text)
                 token_ids.extend(delta.token_ids)
                 logprobs.extend(delta.logprobs or ())
+                prompt_logprobs.extend(delta.prompt_logprobs or ())
 
         finished = await self.gateway.generate(parsed.raw, principal, collect, protocol="http",
                                                fill_max_tokens=parsed.fill_max_tokens,
                                                on_request=on_request)
         builder: ResponseBuilder = state["builder"]
-        return web.json_response(builder.whole("".join(texts), finished, token_ids, logprobs),
+        echo = None
+        if parsed.echo:
+            prompt_ids, prompt_text = state["prompt"]
+            if prompt_text is None:
+                prompt_text = await asyncio.to_thread(self.gateway.backend.tokenizer.decode, prompt_ids)
+            echo = (prompt_ids, prompt_text, prompt_logprobs or None)
+        return web.json_response(builder.whole("".join(texts), finished, token_ids, logprobs, echo),
                                  headers={"X-Request-Id": builder.id.split("-", 1)[1]})
 
     async def _stream(self, request: web.Request, parsed: OpenAIRequest, principal: Principal,

@@ -61,3 +61,20 @@ def assert_logprobs_match_hf(target: str, http_url: str, api_key: str = "unused"
                                                        extra_body={"ignore_eos": True})
                     if c.choices and c.choices[0].logprobs]
         assert [v for c in streamed for v in c.choices[0].logprobs.token_logprobs] == lp.token_logprobs
+        # echo + logprobs (what lm-eval's loglikelihood asks): the prompt's logprobs come first.
+        echoed = oai.completions.create(model="stories260K", prompt=PROMPT,
+                                        max_tokens=1, temperature=0, logprobs=TOP, echo=True)
+        e = echoed.choices[0]
+        assert e.text.startswith(PROMPT) and len(e.logprobs.token_logprobs) == len(ids) + 1
+        assert e.logprobs.token_logprobs[0] is None and e.logprobs.top_logprobs[0] is None
+        ref = _hf_logprobs(ids + greedy.token_ids[:1], 1)           # every position's prediction
+        for j in range(1, len(ids) + 1):
+            tok = (ids + greedy.token_ids[:1])[j]
+            assert abs(e.logprobs.token_logprobs[j] - float(ref[j - 1, tok])) <= ATOL, j
+            assert len(e.logprobs.top_logprobs[j]) == TOP
+        assert "".join(e.logprobs.tokens) == e.text
+    with TandemClient(target, timeout=60, metadata=metadata or ()) as client:
+        res = client.generate(token_ids=ids, max_tokens=1, temperature=0, prompt_logprobs=0)
+        assert res.prompt_logprobs[0] is None and len(res.prompt_logprobs) == len(ids)
+        assert res.usage.cached_prompt_tokens == 0           # computed, not served from a cache
+        assert [x.logprob for x in res.prompt_logprobs[1:]] == e.logprobs.token_logprobs[1:len(ids)]

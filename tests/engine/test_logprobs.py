@@ -42,3 +42,23 @@ def test_no_logprobs_unless_asked_and_zero_gives_the_token_only(llm):
 def test_out_of_range_logprobs_are_refused(bad):
     with pytest.raises(ValueError, match="logprobs"):
         SamplingParams(logprobs=bad)
+
+
+@pytest.mark.parametrize("budget", [2048, 16])
+def test_prompt_logprobs_are_the_log_softmax_of_the_prompt_in_one_pass_or_chunks(budget):
+    """Chunked prefill (a 16-token budget) gives the same entries; a cached prefix is not
+    used for such a request, so the second identical prompt still gets every entry."""
+    llm = LLM("stories260K", max_num_batched_tokens=budget)
+    ids = llm.tokenizer.encode(PROMPT * 3)
+    assert len(ids) > 3 * 16
+    ref = torch.log_softmax(llm.engine.prompt_logits(ids), -1)
+    for _ in range(2):
+        out = llm.generate([ids], SamplingParams(max_tokens=2, temperature=0, prompt_logprobs=2))[0]
+        assert out.num_cached_tokens == 0
+        assert len(out.prompt_logprobs) == len(ids) and out.prompt_logprobs[0] is None
+        for j in range(1, len(ids)):
+            lp, top = out.prompt_logprobs[j]
+            assert abs(lp - float(ref[j - 1, ids[j]])) <= 1e-5
+            assert [t for t, _ in top] == ref[j - 1].topk(2).indices.tolist()
+    plain = llm.generate([ids], SamplingParams(max_tokens=2, temperature=0))[0]
+    assert plain.prompt_logprobs is None and plain.num_cached_tokens > 0   # the cache still serves others
