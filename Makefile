@@ -13,13 +13,14 @@ export DO_NOT_TRACK := 1
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test bench bench-peer lint protos setup redis clean help
+.PHONY: run test bench bench-peer eval-check lint protos setup redis clean help
 
 help:
 	@echo "make run    - set up and run Tandem on the embedded default model"
 	@echo "make test   - set up and run the test suite"
 	@echo "make bench  - run the benchmarks (JSON lines on stdout)"
 	@echo "make bench-peer - Tandem side by side with vLLM's CPU server (installs it in .venv-peer)"
+	@echo "make eval-check - lm-evaluation-harness against Tandem equals its hf model (installs it in .venv-eval)"
 
 setup: $(STAMP)/project redis
 
@@ -62,6 +63,10 @@ bench: setup
 BENCH_PEER_ARGS ?=
 bench-peer: setup
 	$(PY) -m benchmarks.vs_vllm $(BENCH_PEER_ARGS)
+
+# lm-evaluation-harness against `tandem serve` vs its hf model (installs lm-eval in .venv-eval).
+eval-check: setup
+	$(PY) -m benchmarks.lm_eval_check $(EVAL_CHECK_ARGS)
 
 protos: setup
 	$(PY) -m protos.build

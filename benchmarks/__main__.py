@@ -20,7 +20,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 # Run only when named: vs_vllm installs vLLM (~1 GB) into .venv-peer and runs 30-40 min
 # (``make bench-peer``).
-OPT_IN = {"vs_vllm"}
+OPT_IN = {"vs_vllm", "lm_eval_check"}
 # Telemetry off for anything that imports lmcache or ray.
 CHILD_ENV = {"LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1", "RAY_AUTH_MODE": "disabled",
              "RAY_USAGE_STATS_ENABLED": "0"}

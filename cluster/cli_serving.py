@@ -52,7 +52,7 @@ def _cmd_generate(args: argparse.Namespace) -> int:
                                ignore_eos=args.ignore_eos, presence_penalty=args.presence_penalty,
                                frequency_penalty=args.frequency_penalty,
                                repetition_penalty=args.repetition_penalty, min_tokens=args.min_tokens,
-                               tenant=args.tenant, codec=args.codec)
+                               logprobs=args.logprobs, tenant=args.tenant, codec=args.codec)
         with stream:
             sys.stdout.write(args.prompt)
             for delta in stream:
@@ -63,6 +63,9 @@ def _cmd_generate(args: argparse.Namespace) -> int:
         print(f"\n[{u.completion_tokens} tokens, finish={res.finish_reason}, ttft={u.ttft_ms:.1f} ms, "
               f"cached prompt tokens={u.cached_prompt_tokens}/{u.prompt_tokens}, "
               f"prefill={u.prefill_worker or '-'}, decode={u.decode_worker or '-'}]")
+        for tok, lp in zip(res.token_ids, res.logprobs or ()):
+            alts = "  ".join(f"{t}:{v:.4f}" for t, v in lp.top)
+            print(f"  token {tok:>6}  logprob {lp.logprob:.4f}" + (f"  top {alts}" if alts else ""))
     finally:
         client.close()
     return 0
@@ -114,6 +117,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             q.add_argument("--frequency-penalty", type=float)
             q.add_argument("--repetition-penalty", type=float)
             q.add_argument("--min-tokens", type=int)
+            q.add_argument("--logprobs", type=int, metavar="K",
+                           help="print each token's logprob and its K most likely alternatives")
             q.add_argument("--tenant")
             q.add_argument("--codec")
         q.add_argument("--target", default="127.0.0.1:50051")

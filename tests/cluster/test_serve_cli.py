@@ -71,6 +71,15 @@ def test_serve_generate_status_then_ctrl_c_stops_everything_it_started():
         with urllib.request.urlopen(f"http://{http_base}/health", timeout=30) as resp:
             assert resp.status == 200
 
+        shaped = subprocess.run([*TANDEM, "generate", "--target", target, "--max-tokens", "12",
+                                 "--stop", " girl", "--repetition-penalty", "1.0", "--top-k", "1",
+                                 "--logprobs", "2", "Once upon a time"],
+                                capture_output=True, text=True, env=ENV, timeout=120)
+        assert shaped.returncode == 0, shaped.stderr
+        assert shaped.stdout.startswith("Once upon a time, there was a little\n"), shaped.stdout
+        assert "[8 tokens, finish=stop" in shaped.stdout and shaped.stdout.count("  token ") == 8
+        assert " top " in shaped.stdout
+
         bad = subprocess.run([*TANDEM, "generate", "--target", target, "--max-tokens", "0", "hi"],
                              capture_output=True, text=True, env=ENV, timeout=60)
         assert bad.returncode == 1 and "max_tokens" in bad.stderr
