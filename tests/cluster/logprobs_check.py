@@ -26,6 +26,12 @@ def _hf_logprobs(ids: list[int], prompt_len: int) -> torch.Tensor:
     return torch.log_softmax(logits, -1)[prompt_len - 1:len(ids) - 1]
 
 
+def _close(a: list, b: list) -> bool:
+    """Equal within fp32's promise: two runs of one prompt may batch or reuse a cached prefix
+    differently, which moves the last bits."""
+    return len(a) == len(b) and all(abs(x - y) <= ATOL for x, y in zip(a, b))
+
+
 def assert_logprobs_match_hf(target: str, http_url: str, api_key: str = "unused",
                              metadata: list | None = None) -> None:
     with TandemClient(target, timeout=60, metadata=metadata or ()) as client:
@@ -41,14 +47,14 @@ def assert_logprobs_match_hf(target: str, http_url: str, api_key: str = "unused"
             ref = _hf_logprobs(ids + res.token_ids, len(ids))
             for i, (tok, lp) in enumerate(zip(res.token_ids, res.logprobs)):
                 assert abs(lp.logprob - float(ref[i, tok])) <= ATOL, (i, lp.logprob, float(ref[i, tok]))
-                top_vals, top_ids = ref[i].topk(TOP)
-                assert [t for t, _ in lp.top] == top_ids.tolist()
-                assert torch.allclose(torch.tensor([v for _, v in lp.top]), top_vals, atol=ATOL)
+                # The served alternatives are HF's top ones (order may differ only within a tie).
+                assert all(abs(v - float(ref[i, t])) <= ATOL for t, v in lp.top)
+                assert _close([v for _, v in lp.top], ref[i].topk(TOP).values.tolist())
     with openai.OpenAI(base_url=f"{http_url}/v1", api_key=api_key, max_retries=0, timeout=60) as oai:
         comp = oai.completions.create(model="stories260K", prompt=PROMPT, max_tokens=N, temperature=0,
                                       logprobs=TOP, extra_body={"ignore_eos": True})
         lp = comp.choices[0].logprobs
-        assert lp.token_logprobs == [x.logprob for x in greedy.logprobs]
+        assert _close(lp.token_logprobs, [x.logprob for x in greedy.logprobs])
         assert "".join(lp.tokens) == comp.choices[0].text
         assert lp.text_offset[0] == 0 and len(lp.top_logprobs[0]) == TOP
         chat = oai.chat.completions.create(model="stories260K", messages=[{"role": "user", "content": PROMPT}],
@@ -60,7 +66,7 @@ def assert_logprobs_match_hf(target: str, http_url: str, api_key: str = "unused"
                                                        temperature=0, logprobs=TOP, stream=True,
                                                        extra_body={"ignore_eos": True})
                     if c.choices and c.choices[0].logprobs]
-        assert [v for c in streamed for v in c.choices[0].logprobs.token_logprobs] == lp.token_logprobs
+        assert _close([v for c in streamed for v in c.choices[0].logprobs.token_logprobs], lp.token_logprobs)
         # echo + logprobs (what lm-eval's loglikelihood asks): the prompt's logprobs come first.
         echoed = oai.completions.create(model="stories260K", prompt=PROMPT,
                                         max_tokens=1, temperature=0, logprobs=TOP, echo=True)
@@ -77,4 +83,4 @@ def assert_logprobs_match_hf(target: str, http_url: str, api_key: str = "unused"
         res = client.generate(token_ids=ids, max_tokens=1, temperature=0, prompt_logprobs=0)
         assert res.prompt_logprobs[0] is None and len(res.prompt_logprobs) == len(ids)
         assert res.usage.cached_prompt_tokens == 0           # computed, not served from a cache
-        assert [x.logprob for x in res.prompt_logprobs[1:]] == e.logprobs.token_logprobs[1:len(ids)]
+        assert _close([x.logprob for x in res.prompt_logprobs[1:]], e.logprobs.token_logprobs[1:len(ids)])

@@ -24,10 +24,9 @@ def test_logprobs_are_the_teacher_forced_log_softmax_whatever_the_sampling(llm, 
     assert len(out.logprobs) == len(out.token_ids) == 10
     ref = torch.log_softmax(llm.engine.prompt_logits(ids + out.token_ids)[len(ids) - 1:-1], -1)
     for i, (tok, (lp, top)) in enumerate(zip(out.token_ids, out.logprobs)):
-        assert abs(lp - float(ref[i, tok])) <= 1e-5
-        vals, alt = ref[i].topk(4)
-        assert [t for t, _ in top] == alt.tolist()
-        assert torch.allclose(torch.tensor([v for _, v in top]), vals, atol=1e-5)
+        assert abs(lp - float(ref[i, tok])) <= 1e-4
+        assert all(abs(v - float(ref[i, t])) <= 1e-4 for t, v in top)      # order: up to ties
+        assert torch.allclose(torch.tensor([v for _, v in top]), ref[i].topk(4).values, atol=1e-4, rtol=0)
 
 
 def test_no_logprobs_unless_asked_and_zero_gives_the_token_only(llm):
@@ -58,7 +57,8 @@ def test_prompt_logprobs_are_the_log_softmax_of_the_prompt_in_one_pass_or_chunks
         assert len(out.prompt_logprobs) == len(ids) and out.prompt_logprobs[0] is None
         for j in range(1, len(ids)):
             lp, top = out.prompt_logprobs[j]
-            assert abs(lp - float(ref[j - 1, ids[j]])) <= 1e-5
-            assert [t for t, _ in top] == ref[j - 1].topk(2).indices.tolist()
+            assert abs(lp - float(ref[j - 1, ids[j]])) <= 1e-4
+            assert all(abs(v - float(ref[j - 1, t])) <= 1e-4 for t, v in top)
+            assert torch.allclose(torch.tensor([v for _, v in top]), ref[j - 1].topk(2).values, atol=1e-4, rtol=0)
     plain = llm.generate([ids], SamplingParams(max_tokens=2, temperature=0))[0]
     assert plain.prompt_logprobs is None and plain.num_cached_tokens > 0   # the cache still serves others
