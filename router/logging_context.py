@@ -31,7 +31,10 @@ def request_context(request_id: str, tenant: str = "") -> Iterator[None]:
     try:
         yield
     finally:
-        _CURRENT.reset(token)
+        try:
+            _CURRENT.reset(token)
+        except ValueError:   # closed in another context (a handler finalized at shutdown)
+            _CURRENT.set(None)
 
 
 def current_request_id() -> str | None:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from frontdoor_helpers import FrontDoorRouter, make_llm, router_config, sample, scrape, start_router
+from frontdoor_helpers import (FrontDoorRouter, make_llm, router_config, sample, scrape, start_router,
+                               wait_until)
 
 from router.backends.local import LocalBackend
 from router.logging_context import JsonFormatter, request_context
@@ -71,10 +72,14 @@ def test_short_calls_that_got_their_whole_result_count_as_ok_not_cancelled():
             with TandemClient(router.target) as client:
                 assert client.generate("Once upon a time", max_tokens=1 + i % 3).finish_reason
         router.wait_idle()
-        text = scrape(router.metrics_url)
-        counts = {status: sample(text, "tandem_requests_total", protocol="grpc", status=status)
-                  for status in ("ok", "cancelled")}
-        assert counts == {"ok": 6, "cancelled": 0}
+
+        def counts() -> dict:
+            text = scrape(router.metrics_url)
+            return {status: sample(text, "tandem_requests_total", protocol="grpc", status=status)
+                    for status in ("ok", "cancelled", "internal")}
+        # A call is counted when its handler ends, after the backend's 0.3 s clean-up.
+        wait_until(lambda: sum(counts().values()) == 6, what="all six calls counted")
+        assert counts() == {"ok": 6, "cancelled": 0, "internal": 0}
     finally:
         router.stop()
 
@@ -89,6 +94,13 @@ def test_metrics_move_when_traffic_flows(router):
         during = scrape(router.metrics_url)      # one request is decoding now
         stream.cancel()
     router.wait_idle()
+
+    def counted() -> float:     # a call is counted when its handler ends
+        text = scrape(router.metrics_url)
+        return sum(sample(text, "tandem_requests_total", protocol="grpc", status=s) -
+                   sample(before, "tandem_requests_total", protocol="grpc", status=s)
+                   for s in ("ok", "cancelled", "internal"))
+    wait_until(lambda: counted() >= 3, what="the three calls counted")
     after = scrape(router.metrics_url)
 
     def moved(name, **labels):
