@@ -78,6 +78,17 @@ def _prompt(i: int) -> list[int]:
     return [(i * 7919 + j * 104729) % 31990 + 5 for j in range(PROMPT_TOKENS)]
 
 
+def _slowdown(target: str, before_ms: float) -> float:
+    """How much slower than ``before_ms`` one request is served now (>= 1): admission plans
+    with the speed it measured, and a host that other work slows down later serves admitted
+    requests that much later. The bound scales by it, so the tests judge admission's
+    decision, not the host's speed."""
+    with TandemClient(target, timeout=120) as client:
+        now = statistics.median(client.generate(token_ids=_prompt(500 + i), max_tokens=2).usage.ttft_ms
+                                for i in range(3))
+    return max(1.0, now / before_ms)
+
+
 def _burst(cluster, n: int) -> list[dict]:
     proc = subprocess.run([sys.executable, "-c", BURST_CLIENT, cluster.target, str(n),
                            str(PROMPT_TOKENS)], cwd=REPO, capture_output=True, text=True,
@@ -94,6 +105,10 @@ def test_a_burst_on_a_fresh_cluster_admits_no_more_than_it_can_serve_in_time(mod
     workers measure theirs at start, and what they admit is served within the objective."""
     with BackgroundCluster(_cfg(f"mode={mode}")) as fresh:
         results = _burst(fresh, 24)
+        if mode == "disaggregated":    # the prefill speed it measured at start, as one request's time
+            rate = sample(scrape(f"http://127.0.0.1:{fresh.cluster.server.metrics_port}/metrics"),
+                          "tandem_worker_prefill_tokens_per_second")
+            slow = _slowdown(fresh.target, 1000 * PROMPT_TOKENS / rate)
     admitted = [r for r in results if r["status"] == "ok"]
     refused = [r for r in results if r["status"] == "refused"]
     assert len(admitted) + len(refused) == 24, results
@@ -101,7 +116,7 @@ def test_a_burst_on_a_fresh_cluster_admits_no_more_than_it_can_serve_in_time(mod
     if mode == "colocated":
         assert len(admitted) == 1, admitted      # one decode (colocated) worker: one blind admit
     else:
-        assert all(r["ttft_ms"] <= TTFT_MS for r in admitted), admitted
+        assert all(r["ttft_ms"] <= TTFT_MS * slow for r in admitted), (slow, admitted)
 
 
 def test_a_burst_of_ten_times_capacity_is_admitted_within_the_ttft_objective_or_refused_at_once(
@@ -120,8 +135,9 @@ def test_a_burst_of_ten_times_capacity_is_admitted_within_the_ttft_objective_or_
     assert len(admitted) + len(refused) == burst, [r for r in results if "ms" not in r
                                                    and r["status"] != "ok"][:3]
     assert 1 <= len(admitted) <= 3 * capacity and len(refused) >= burst // 2
-    met = sum(r["ttft_ms"] <= TTFT_MS for r in admitted)
-    assert met >= 0.9 * len(admitted), sorted(r["ttft_ms"] for r in admitted)
+    slow = _slowdown(cluster.target, statistics.median(singles))
+    met = sum(r["ttft_ms"] <= TTFT_MS * slow for r in admitted)
+    assert met >= 0.9 * len(admitted), (slow, sorted(r["ttft_ms"] for r in admitted))
     assert all(r["retry_after_ms"] > 0 for r in refused)
     latencies = sorted(r["ms"] for r in refused)
     p99 = latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))]
