@@ -14,6 +14,7 @@ import torch
 from engine.block_pool import BlockPool
 from engine.config import KV_CACHE_BYTES, EngineConfig
 from engine.errors import UnknownRequestError
+from engine.fork import ForkGroups, fork_blocks
 from engine.kv_export import KVLayout, SequenceKV
 from engine.loader import LoadedModel, load_model
 from engine.logits_processing import process_logits
@@ -57,6 +58,7 @@ class LLMEngine:
                                   str(self.loaded.dtype).removeprefix("torch."), self.loaded.fingerprint)
         self.eos_token_ids = set(cfg.eos_token_ids)
         self.requests: dict[str, Sequence] = {}
+        self.forks = ForkGroups()
         self._seed_rng = torch.Generator().manual_seed(config.seed)
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "steps": 0}
 
@@ -68,11 +70,16 @@ class LLMEngine:
     # -- request lifecycle ---------------------------------------------------------------
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                     prefill_only: bool = False, cached_prefix_kv: torch.Tensor | None = None,
-                    cache_salt: bytes = b"", output_len: int = 0, output_text_offset: int = 0) -> None:
+                    cache_salt: bytes = b"", output_len: int = 0, output_text_offset: int = 0,
+                    fork_group: str = "") -> None:
         """Queue a request. ``output_len`` > 0 resumes one whose KV was lost: the last
         ``output_len`` of ``prompt_token_ids`` are output it already generated, of whose text
         ``output_text_offset`` chars were streamed. Stop strings, ``max_tokens`` and the text
-        then continue exactly where that output left off (seeded sampling restarts its RNG)."""
+        then continue exactly where that output left off (seeded sampling restarts its RNG).
+        ``fork_group``: samples of one request (``n`` > 1) that prefill their shared prompt
+        once (``engine.fork``)."""
+        if not isinstance(fork_group, str):
+            raise ValueError(f"fork_group must be a str, got {type(fork_group).__name__}")
         if isinstance(output_len, bool) or not isinstance(output_len, int) or \
                 not 0 <= output_len < len(prompt_token_ids or [None]):
             raise ValueError(f"output_len must be an int in [0, {len(prompt_token_ids or [])}), "
@@ -86,12 +93,14 @@ class LLMEngine:
         detok = IncrementalDetokenizer(self.tokenizer, prompt)
         seq = Sequence(request_id, list(prompt_token_ids), len(prompt), sampling_params, detok,
                        generator=self._generator_for(sampling_params), cache_salt=cache_salt,
-                       prefill_only=prefill_only, pending_prefix_kv=cached_prefix_kv)
+                       prefill_only=prefill_only, pending_prefix_kv=cached_prefix_kv,
+                       fork_group="" if output_len else fork_group)
         if output_len:
             detok.step(seq.token_ids)
             seq.emitted_text_len = min(max(0, int(output_text_offset)), len(detok.text))
         self.requests[request_id] = seq
-        self.scheduler.add(seq)
+        if not self.forks.attach(seq):
+            self.scheduler.add(seq)
 
     def import_kv(self, seq_kv: SequenceKV) -> None:
         """Continue a sequence whose prompt (and any output) another engine computed."""
@@ -144,6 +153,9 @@ class LLMEngine:
         if seq is None:
             return None
         self.scheduler.remove(seq)
+        heir = self.forks.detach(seq)
+        if heir is not None:       # the group's prompt is computed for the next sample instead
+            self.scheduler.add(heir)
         seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
         return self._output(seq, [], "")
 
@@ -176,8 +188,27 @@ class LLMEngine:
             seq.num_computed += n
             self.scheduler.publish_full_blocks(seq)
         self.stats["steps"] += 1
+        forked = [out for i, seq in enumerate(picked) if seq.fork_group and seq.num_output_tokens == 0
+                  for out in self._fork(seq, logits[i:i + 1], logprobs, i)]
         return [self._append(seq, tok, logprobs.entry(i, tok) if logprobs else None)
-                for i, (seq, tok) in enumerate(zip(picked, tokens))]
+                for i, (seq, tok) in enumerate(zip(picked, tokens))] + forked
+
+    def _fork(self, leader: Sequence, row: torch.Tensor, logprobs: StepLogprobs | None,
+              i: int) -> list[RequestOutput]:
+        """The leader's prompt is computed: its followers take its KV and sample their first
+        token from the same (processed) logits row, each with its own generator."""
+        ready = []
+        for f in self.forks.take_followers(leader):
+            if fork_blocks(self.pool, leader, f, self.runner.copy_block):
+                ready.append(f)
+            else:                  # no block to copy into: computes on its own (prefix cache)
+                self.scheduler.add(f)
+        if not ready:
+            return []
+        tokens = sample(row.expand(len(ready), -1), [f.sampling for f in ready], [f.generator for f in ready])
+        self.scheduler.running.extend(ready)
+        return [self._append(f, tok, logprobs.entry(i, tok) if logprobs else None)
+                for f, tok in zip(ready, tokens)]
 
     def _append(self, seq: Sequence, token: int, logprob: TokenLogprob | None = None) -> RequestOutput:
         if seq.num_output_tokens == 0:

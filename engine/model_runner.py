@@ -154,6 +154,11 @@ class ModelRunner:
         self.kv_cache.index_copy_(2, slots, kv[:, :, start:end].to(self.kv_cache.dtype).to(self.device))
         seq.pending_prefix_kv = None
 
+    def copy_block(self, src: int, dst: int) -> None:
+        """Copy one KV block's contents (copy-on-write of a shared, partly filled block)."""
+        bs = self.block_size
+        self.kv_cache[:, :, dst * bs:(dst + 1) * bs].copy_(self.kv_cache[:, :, src * bs:(src + 1) * bs])
+
     def read_kv(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
         """KV of positions [start, end) as [L, 2, end-start, Hkv, D] on CPU."""
         slots = self._slots(seq, start, end).to(self.device)

@@ -44,6 +44,9 @@ class Sequence:
     prompt_copy: list[int] | None = None   # the prompt as outputs hand it out, copied once
     logprobs: list = field(default_factory=list)   # per generated token, when asked (engine.logprobs)
     prompt_logprobs: list = field(default_factory=list)   # per prompt token (None for the first)
+    fork_group: str = ""                # samples of one request share its prefill (engine.fork)
+    leader: Sequence | None = None      # while a follower waits for its leader's prefill
+    followers: list[Sequence] = field(default_factory=list)
 
     @property
     def prompt_token_ids(self) -> list[int]:
