@@ -93,9 +93,10 @@ class EngineDriver:
     def _loop(self) -> None:
         try:
             while not self._stop.is_set():
-                idle = not self.engine.has_unfinished()
+                wait = self.engine.idle_s()     # None: nothing held; > 0: a fork group gathers
                 try:
-                    fn, fut = self._commands.get(timeout=0.5) if idle else self._commands.get_nowait()
+                    fn, fut = self._commands.get_nowait() if wait == 0 else \
+                        self._commands.get(timeout=0.5 if wait is None else wait)
                 except queue.Empty:
                     fn = None
                 if fn is not None:

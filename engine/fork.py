@@ -9,19 +9,26 @@ leader's KV blocks (full blocks shared by reference count, the partly filled las
 copied: copy-on-write before its first own token lands in it) and samples its first token
 from the same logits row with its own generator. From then on it is an ordinary sequence.
 
-A sibling that arrives after the leader's prefill, or differs in anything but the seed,
-is scheduled on its own (the prefix cache still serves its full blocks). A leader that
-is aborted before its first token hands the group to its first follower.
+The samples reach the engine one by one (each is its own request to the worker), so a
+leader that knows its group's size (``fork_size``) is held back from scheduling until every
+sibling has joined, or for at most ``FORK_WAIT_S`` (a sibling refused or cancelled on its
+way must not stall the others). A sibling that arrives after the leader's prefill, or
+differs in anything but the seed, is scheduled on its own (the prefix cache still serves
+its full blocks). A leader aborted before its first token hands the group to its first
+follower.
 """
 from __future__ import annotations
 
 import dataclasses
 import logging
+import time
 
 from engine.block_pool import BlockPool
 from engine.sequence import Sequence, SequenceStatus
 
 logger = logging.getLogger(__name__)
+
+FORK_WAIT_S = 0.05        # longest a leader waits for its siblings before computing its prompt
 
 
 def _same_but_seed(a, b) -> bool:
@@ -31,18 +38,45 @@ def _same_but_seed(a, b) -> bool:
 class ForkGroups:
     """The leaders still computing their prompt, by group, and their followers."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock=time.monotonic) -> None:
+        self.clock = clock
         self.leaders: dict[str, Sequence] = {}
+        self.held: dict[str, tuple[int, float]] = {}     # group -> (its size, release time)
 
-    def attach(self, seq: Sequence) -> bool:
-        """Make ``seq`` a follower of its group's leader; False (and ``seq`` becomes the
-        leader when there is none) if it must be scheduled on its own."""
+    def add(self, seq: Sequence, size: int) -> Sequence | None:
+        """Take in a new request: the sequence to schedule now (``seq`` itself, or a held leader
+        whose group is now complete), or None while it waits (a follower, or a held leader)."""
         if not seq.fork_group:
-            return False
+            return seq
         leader = self.leaders.get(seq.fork_group)
         if leader is None:
             self.leaders[seq.fork_group] = seq
-            return False
+            if size <= 1:
+                return seq
+            self.held[seq.fork_group] = size, self.clock() + FORK_WAIT_S
+            return None
+        if not self._attach(leader, seq):
+            return seq
+        size, _ = self.held.get(leader.fork_group, (0, 0.0))
+        if 1 + len(leader.followers) >= size and self.held.pop(leader.fork_group, None):
+            return leader
+        return None
+
+    def due(self) -> list[Sequence]:
+        """Held leaders whose wait is over (each then computes for those that joined)."""
+        now = self.clock()
+        out = [self.leaders[g] for g, (_, until) in self.held.items() if until <= now]
+        for seq in out:
+            del self.held[seq.fork_group]
+        return out
+
+    def wait_s(self) -> float | None:
+        """Seconds until the next held leader is due; None when none is held."""
+        if not self.held:
+            return None
+        return max(0.0, min(until for _, until in self.held.values()) - self.clock())
+
+    def _attach(self, leader: Sequence, seq: Sequence) -> bool:
         if (leader.num_output_tokens or leader.prompt_len != seq.prompt_len
                 or leader.token_ids != seq.token_ids or leader.cache_salt != seq.cache_salt
                 or leader.prefill_only != seq.prefill_only
@@ -62,6 +96,7 @@ class ForkGroups:
         if self.leaders.get(seq.fork_group) is not seq:
             return None
         del self.leaders[seq.fork_group]
+        self.held.pop(seq.fork_group, None)      # the heir computes at once
         if not seq.followers:
             return None
         heir, rest = seq.followers[0], seq.followers[1:]

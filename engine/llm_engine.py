@@ -71,15 +71,18 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt_token_ids: list[int], sampling_params: SamplingParams,
                     prefill_only: bool = False, cached_prefix_kv: torch.Tensor | None = None,
                     cache_salt: bytes = b"", output_len: int = 0, output_text_offset: int = 0,
-                    fork_group: str = "") -> None:
+                    fork_group: str = "", fork_size: int = 1) -> None:
         """Queue a request. ``output_len`` > 0 resumes one whose KV was lost: the last
         ``output_len`` of ``prompt_token_ids`` are output it already generated, of whose text
         ``output_text_offset`` chars were streamed. Stop strings, ``max_tokens`` and the text
         then continue exactly where that output left off (seeded sampling restarts its RNG).
-        ``fork_group``: samples of one request (``n`` > 1) that prefill their shared prompt
-        once (``engine.fork``)."""
+        ``fork_group``: samples of one request (``n`` > 1, ``fork_size`` of them) that
+        prefill their shared prompt once (``engine.fork``)."""
         if not isinstance(fork_group, str):
             raise ValueError(f"fork_group must be a str, got {type(fork_group).__name__}")
+        if isinstance(fork_size, bool) or not isinstance(fork_size, int) or fork_size < 1 or \
+                fork_size > 1 and not fork_group:
+            raise ValueError(f"fork_size must be an int >= 1 (> 1 only with a fork_group), got {fork_size!r}")
         if isinstance(output_len, bool) or not isinstance(output_len, int) or \
                 not 0 <= output_len < len(prompt_token_ids or [None]):
             raise ValueError(f"output_len must be an int in [0, {len(prompt_token_ids or [])}), "
@@ -99,8 +102,9 @@ class LLMEngine:
             detok.step(seq.token_ids)
             seq.emitted_text_len = min(max(0, int(output_text_offset)), len(detok.text))
         self.requests[request_id] = seq
-        if not self.forks.attach(seq):
-            self.scheduler.add(seq)
+        ready = self.forks.add(seq, fork_size)
+        if ready is not None:
+            self.scheduler.add(ready)
 
     def import_kv(self, seq_kv: SequenceKV) -> None:
         """Continue a sequence whose prompt (and any output) another engine computed."""
@@ -160,13 +164,20 @@ class LLMEngine:
         return self._output(seq, [], "")
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or bool(self.forks.held)
+
+    def idle_s(self) -> float | None:
+        """How long the engine has nothing to compute: 0 when it has, else until a held
+        fork-group leader is due (``engine.fork``); None when it holds nothing at all."""
+        return 0.0 if self.scheduler.has_work() else self.forks.wait_s()
 
     def free_block_count(self) -> int:
         return self.pool.num_free
 
     # -- the step ------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
+        for leader in self.forks.due():
+            self.scheduler.add(leader)
         batch = self.scheduler.schedule()
         if not batch:
             return self._unstick()

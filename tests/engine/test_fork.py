@@ -110,3 +110,55 @@ def test_prefill_only_samples_park_and_export_the_same_prompt_kv(llm):
 def test_fork_group_must_be_a_string(llm):
     with pytest.raises(ValueError, match="fork_group"):
         llm.engine.add_request("x", [1, 2, 3], _params(1), fork_group=3)
+
+
+def test_a_leader_that_knows_its_group_size_waits_for_every_sibling(llm):
+    """Siblings reach the engine one by one: the first is held until all have joined, so the
+    prompt is computed once even when a step could run between two arrivals."""
+    engine = llm.engine
+    prompt = llm.tokenizer.encode(STORY)
+    engine.add_request("g-0", prompt, _params(10), fork_group="g", fork_size=3)
+    assert engine.has_unfinished() and engine.step() == [] and 0 < engine.idle_s() <= 0.05
+    engine.add_request("g-1", prompt, _params(11), fork_group="g", fork_size=3)
+    assert engine.step() == []
+    engine.add_request("g-2", prompt, _params(12), fork_group="g", fork_size=3)
+    assert engine.idle_s() == 0                         # complete: computes at once
+    final = _drain(engine, ["g-0", "g-1", "g-2"])
+    assert [final[f"g-{i}"].token_ids for i in range(3)] == _alone(prompt, [10, 11, 12])
+    assert engine.stats["prompt_tokens"] - engine.stats["cached_tokens"] == len(prompt)
+
+
+def test_a_sibling_that_never_comes_delays_the_others_by_the_wait_only(llm):
+    engine = llm.engine
+    now = [0.0]
+    engine.forks.clock = lambda: now[0]
+    prompt = llm.tokenizer.encode(STORY)
+    engine.add_request("w-0", prompt, _params(20), fork_group="w", fork_size=3)
+    engine.add_request("w-1", prompt, _params(21), fork_group="w", fork_size=3)
+    assert engine.step() == [] and engine.idle_s() == pytest.approx(0.05)
+    now[0] = 0.051                                       # the third was refused on its way
+    assert engine.idle_s() == 0
+    final = _drain(engine, ["w-0", "w-1"])
+    assert [final[f"w-{i}"].token_ids for i in range(2)] == _alone(prompt, [20, 21])
+    assert final["w-1"].num_cached_tokens == len(prompt)
+
+
+def test_aborting_a_held_leader_lets_its_follower_compute_at_once(llm):
+    engine = llm.engine
+    prompt = llm.tokenizer.encode(STORY)
+    free = engine.free_block_count()
+    engine.add_request("h-0", prompt, _params(30), fork_group="h", fork_size=3)
+    engine.add_request("h-1", prompt, _params(31), fork_group="h", fork_size=3)
+    engine.abort("h-0")
+    assert engine.idle_s() == 0
+    final = _drain(engine, ["h-1"])
+    assert final["h-1"].token_ids == _alone(prompt, [31])[0]
+    assert engine.free_block_count() == free and not engine.forks.held and not engine.forks.leaders
+
+
+@pytest.mark.parametrize("size", [0, True, 2.0])
+def test_fork_size_is_a_positive_int(llm, size):
+    with pytest.raises(ValueError, match="fork_size"):
+        llm.engine.add_request("x", [1, 2, 3], _params(1), fork_group="x", fork_size=size)
+    with pytest.raises(ValueError, match="fork_size"):
+        llm.engine.add_request("y", [1, 2, 3], _params(1), fork_size=2)    # needs a group
