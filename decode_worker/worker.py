@@ -105,7 +105,8 @@ class DecodeWorker:
             self.deadlines[req.request_id] = req.deadline
         await self.driver.call(lambda e: e.add_request(req.request_id, req.prompt_token_ids, params,
                                                        cache_salt=req.cache_salt, output_len=req.output_len,
-                                                       output_text_offset=req.output_text_offset))
+                                                       output_text_offset=req.output_text_offset,
+                                                       fork_group=req.fork_group, fork_size=req.fork_size))
 
     async def poll(self, cursor: int, timeout_s: float = 1.0,
                    linger_s: float = 0.0) -> tuple[str, int, list[StreamEvent]]:

@@ -16,6 +16,8 @@ class PrefillRequest:
     deadline: float | None = None         # time.time() epoch seconds
     output_len: int = 0                   # recovery: the prompt's last tokens are output already
     output_text_offset: int = 0           # ... of whose text this many chars were streamed
+    fork_group: str = ""                  # samples of one request prefill once (engine.fork)
+    fork_size: int = 1
 
 
 @dataclass(slots=True)

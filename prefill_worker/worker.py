@@ -30,6 +30,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+_GROUP_FETCH_KEEP_S = 5.0     # a fork group's shared prefix fetch stays this long for late samples
+
 
 class PrefillWorker(AsyncRayKVSource):
     def __init__(self, worker_id: str, engine_config: EngineConfig, kv: KVTransferConfig,
@@ -49,6 +51,7 @@ class PrefillWorker(AsyncRayKVSource):
         self.prefix = PrefixFetcher(self.engine, store)
         self.reporter = LoadReporter(worker_id, self.incarnation, "prefill", with_hashes=True)
         self._sending: set[asyncio.Task] = set()
+        self._group_fetches: dict[str, asyncio.Future] = {}
         logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)
 
     @property
@@ -60,8 +63,7 @@ class PrefillWorker(AsyncRayKVSource):
         params = SamplingParams.from_dict(req.sampling)
         t0 = time.perf_counter()
         if params.prompt_logprobs is None:
-            prefix_kv, store = await self.prefix.fetch(req.prompt_token_ids, req.cache_salt,
-                                                        self.prefill_tokens_per_s)
+            prefix_kv, store = await self._fetch_prefix(req)
         else:   # prompt logprobs need every prompt position computed
             prefix_kv, store = None, StoreOutcome()
         queue = self.driver.subscribe(rid)
@@ -71,7 +73,9 @@ class PrefillWorker(AsyncRayKVSource):
                                                            cached_prefix_kv=prefix_kv,
                                                            cache_salt=req.cache_salt,
                                                            output_len=req.output_len,
-                                                           output_text_offset=req.output_text_offset))
+                                                           output_text_offset=req.output_text_offset,
+                                                           fork_group=req.fork_group,
+                                                           fork_size=req.fork_size))
             added = True
             timeout = None if req.deadline is None else max(0.0, req.deadline - time.time())
             async with asyncio.timeout(timeout):   # not wait_for: see router/backends/ray_pools._call
@@ -87,8 +91,9 @@ class PrefillWorker(AsyncRayKVSource):
             self.driver.unsubscribe(rid)
         compute_s = time.perf_counter() - t0
         computed = len(req.prompt_token_ids) - out.num_cached_tokens
-        self.prefill_tokens += computed
-        self.prefill_s += compute_s
+        if computed > 0:     # a forked sample (n > 1) computed nothing: no speed to learn
+            self.prefill_tokens += computed
+            self.prefill_s += compute_s
         timings = {"store_ms": store.store_ms, "prefill_ms": 1000 * compute_s}
         result = PrefillResult(rid, self.worker_id, out.token_ids[-1], out.new_text, out.finish_reason,
                                out.num_cached_tokens, timings_ms=timings, store=store,
@@ -108,6 +113,23 @@ class PrefillWorker(AsyncRayKVSource):
         result.kv_handle = handoff.descriptor
         timings["ship_ms"] = 1000 * (time.perf_counter() - t1)
         return result
+
+    async def _fetch_prefix(self, req: PrefillRequest):
+        """The prompt's cached prefix (``PrefixFetcher.fetch``). The samples of one request
+        (``fork_size`` > 1) share one fetch, so they reach the engine together and its fork
+        group computes their prompt once."""
+        if req.fork_size <= 1:
+            return await self.prefix.fetch(req.prompt_token_ids, req.cache_salt, self.prefill_tokens_per_s)
+        group = req.fork_group
+        fut = self._group_fetches.get(group)
+        if fut is None:
+            fut = asyncio.ensure_future(self.prefix.fetch(req.prompt_token_ids, req.cache_salt,
+                                                          self.prefill_tokens_per_s))
+            self._group_fetches[group] = fut
+            loop = asyncio.get_running_loop()
+            fut.add_done_callback(lambda _: loop.call_later(_GROUP_FETCH_KEEP_S, self._group_fetches.pop,
+                                                            group, None))
+        return await asyncio.shield(fut)
 
     async def _send_in_background(self, request_id: str, handoff) -> None:
         try:

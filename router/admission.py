@@ -18,6 +18,11 @@ When an estimate exceeds the objective (``slo.ttft_ms``, ``slo.tpot_ms``) by mor
 never refuses on an estimate: waiting could not make that request faster. Before any
 observation and any backend figure (a cold start), at most one request per prefill worker
 waits for its first token: nothing is known about what more would cost.
+
+The samples of one client request (``n`` > 1, one fork ``group``) share one prefill: the
+first is judged as any request; the others add no prompt tokens to the queue, are not
+judged on TTFT (theirs is the first one's) and teach the TTFT line nothing, but count for
+the queue bound, the decode load and TPOT.
 """
 from __future__ import annotations
 
@@ -122,11 +127,12 @@ class Ticket:
     """One admitted request's place in the controller's books; ``release()`` in a finally."""
 
     __slots__ = ("_ctl", "request_id", "prompt_tokens", "tokens_ahead", "admitted_at",
-                 "first_at", "last_at", "decode_load", "_released")
+                 "first_at", "last_at", "decode_load", "_released", "group", "sibling")
 
     def __init__(self, ctl: AdmissionController, request_id: str, prompt_tokens: int,
-                 tokens_ahead: int, now: float):
+                 tokens_ahead: int, now: float, group: str = "", sibling: bool = False):
         self._ctl, self.request_id, self.prompt_tokens = ctl, request_id, prompt_tokens
+        self.group, self.sibling = group, sibling   # a later sample of a fork group
         self.tokens_ahead = tokens_ahead            # queued prompt tokens at admission, own included
         self.admitted_at = now
         self.first_at: float | None = None
@@ -163,6 +169,7 @@ class AdmissionController:
         self._pending: dict[str, Ticket] = {}       # admitted, no first token yet
         self._decoding: dict[str, Ticket] = {}
         self.queued_tokens = 0
+        self._groups: dict[str, int] = {}           # fork group -> its samples in flight
         self.ttft = TtftModel()
         self.tpot = TpotModel()
 
@@ -203,19 +210,25 @@ class AdmissionController:
         tpot = self.tpot.predict(len(self._decoding) / workers + 1.0)
         return Estimate(ttft, tpot, len(self._pending), self.queued_tokens)
 
-    def admit(self, request_id: str, prompt_tokens: int) -> Ticket:
-        """A Ticket for the request, or AdmissionRejected with the reason and a retry hint."""
+    def admit(self, request_id: str, prompt_tokens: int, group: str = "") -> Ticket:
+        """A Ticket for the request, or AdmissionRejected with the reason and a retry hint.
+        ``group``: the request's fork group (the samples of one request share a prefill)."""
         if self.inflight >= self.max_inflight:
             raise AdmissionRejected("inflight_full", f"{self.inflight} requests in flight, the "
                                     f"limit is {self.max_inflight}", 0.5)
+        sibling = bool(group) and self._groups.get(group, 0) > 0
+        if sibling:
+            prompt_tokens = 0                       # computed once, for the group's first
         if self.cfg.enabled:
-            self._check(prompt_tokens)
+            self._check(prompt_tokens, sibling)
         self.queued_tokens += prompt_tokens
-        ticket = Ticket(self, request_id, prompt_tokens, self.queued_tokens, self._clock())
+        ticket = Ticket(self, request_id, prompt_tokens, self.queued_tokens, self._clock(), group, sibling)
         self._pending[request_id] = ticket
+        if group:
+            self._groups[group] = self._groups.get(group, 0) + 1
         return ticket
 
-    def _check(self, prompt_tokens: int) -> None:
+    def _check(self, prompt_tokens: int, sibling: bool = False) -> None:
         cfg, slack = self.cfg, 1.0 + self.cfg.miss_margin
         if len(self._pending) >= cfg.max_queue:
             est = self.estimate(0).ttft_ms
@@ -223,7 +236,7 @@ class AdmissionController:
                                     f"prefill, the queue holds {cfg.max_queue}",
                                     (est or 500.0) / 1000.0 / max(1, len(self._pending)))
         est = self.estimate(prompt_tokens)
-        if self._pending:                           # idle: waiting could not make it faster
+        if self._pending and not sibling:           # idle: waiting could not make it faster
             self._check_ttft(est, self.slo.ttft_ms * slack)
         limit = self.slo.tpot_ms * slack
         if self._decoding and est.tpot_ms is not None and est.tpot_ms > limit:
@@ -257,9 +270,14 @@ class AdmissionController:
         self._decoding[ticket.request_id] = ticket
         cap = self._capacity()
         ticket.decode_load = len(self._decoding) / max(1, cap.decode_workers if cap else 1)
-        self.ttft.observe(ticket.tokens_ahead, 1000.0 * (ticket.first_at - ticket.admitted_at))
+        if not ticket.sibling:
+            self.ttft.observe(ticket.tokens_ahead, 1000.0 * (ticket.first_at - ticket.admitted_at))
 
     def _on_release(self, ticket: Ticket, completion_tokens: int) -> None:
+        if ticket.group:
+            left = self._groups.pop(ticket.group) - 1
+            if left > 0:
+                self._groups[ticket.group] = left
         if self._leave_queue(ticket):
             return                                  # no first token: nothing to learn
         if self._decoding.pop(ticket.request_id, None) is None:

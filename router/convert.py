@@ -50,6 +50,8 @@ class RawRequest:
     tenant: str = ""
     codec: str = ""
     deadline_ms: int = 0
+    fork_group: str = ""              # set by the router itself (n > 1), never by a client
+    fork_size: int = 1
 
 
 def raw_request_from_proto(pb: generate_pb2.GenerateRequest) -> RawRequest:

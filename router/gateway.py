@@ -93,7 +93,7 @@ class Gateway:
                 if rid in self._inflight:
                     raise DuplicateRequest(f"request {rid!r} is already in flight")
                 lease = self.limiter.acquire(req.tenant, principal.limits)
-                ticket = self.admission.admit(rid, len(req.prompt_token_ids))
+                ticket = self.admission.admit(rid, len(req.prompt_token_ids), req.fork_group)
                 self._inflight.add(rid)
                 admitted = True
                 logger.debug("admitted (%s, %d prompt tokens, max_tokens %d)", protocol,

@@ -49,6 +49,8 @@ class GenerateRequest:
     codec: str = ""                   # "" = the cluster's default codec
     deadline: float | None = None
     arrival_time: float = 0.0
+    fork_group: str = ""              # samples of one client request (n > 1): prefill once
+    fork_size: int = 1                # ... how many samples the group has
 
 
 class FinishReason(str, enum.Enum):

@@ -72,7 +72,7 @@ class RequestValidator:
             request_id=request_id, prompt_token_ids=prompt_ids, sampling=sampling,
             prompt_text=raw.prompt_text, tenant=raw.tenant, codec=raw.codec,
             deadline=now + raw.deadline_ms / 1000 if raw.deadline_ms else None,
-            arrival_time=now)
+            arrival_time=now, fork_group=raw.fork_group, fork_size=raw.fork_size)
 
     def _prompt(self, raw: RawRequest) -> list[int]:
         if raw.prompt_text is None and raw.prompt_token_ids is None:

@@ -120,7 +120,9 @@ class LocalBackend(Backend):
         try:
             try:
                 await self._worker.submit(FullRequest(rid, request.prompt_token_ids,
-                                                      request.sampling.to_dict(), salt))
+                                                      request.sampling.to_dict(), salt,
+                                                      fork_group=request.fork_group,
+                                                      fork_size=request.fork_size))
             except ValueError as exc:   # the engine's refusal is the request's fault, not ours
                 raise InvalidRequest("request", f"rejected by the engine: {exc}") from None
             except Exception as exc:

@@ -14,6 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
+from router.backends.fork_homes import ForkHomes
 from router.backends.stream_hub import StreamHub, WorkerGone
 from router.backends.worker_registry import WorkerRegistry
 from decode_worker.messages import DecodeStart, FullRequest, StreamEvent
@@ -66,6 +67,7 @@ class RayPoolsBackend(Backend):
         self.tenant_sharing = tenant_sharing
         self.block_size = model.block_size
         self.kv_bytes_sent: dict[str, int] = {}   # codec -> encoded KV bytes received by decode
+        self.fork_homes = ForkHomes()             # the samples of one request go to one worker
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -110,7 +112,11 @@ class RayPoolsBackend(Backend):
         generated = progress.token_ids
         ctx = RoutingContext(rid, len(prompt), chunk_hashes(prompt, self.block_size, salt), self.block_size)
         deadline = _epoch(request.deadline)
-        decoder = self._pick(self.stream_role, self.decode_policy, ctx)
+        # The samples of one request (n > 1) share a worker, and its prefill, unless recovering.
+        group = request.fork_group if request.fork_size > 1 and not generated else ""
+        fork = {"fork_group": group, "fork_size": request.fork_size if group else 1}
+        decoder = self._pick(self.stream_role, self.decode_policy, ctx,
+                             group=group if self.colocated else "")
         queue = self.hub.subscribe(rid, decoder.name)
         decoder.inflight += 1
         finished = False
@@ -119,11 +125,11 @@ class RayPoolsBackend(Backend):
                 self.registry.expect_cached(decoder, ctx.block_hashes)
                 await self._call(request, decoder, decoder.handle.submit.remote(
                     FullRequest(rid, prompt, params, salt, deadline, len(generated),
-                                progress.text_chars)), recover=True)
+                                progress.text_chars, **fork)), recover=True)
                 usage.decode_worker = usage.prefill_worker = decoder.name
             else:
                 res = await self._prefill(request, rid, prompt, params, salt, decoder, ctx, deadline,
-                                          progress)
+                                          progress, fork)
                 usage.prefill_worker, usage.decode_worker = res.worker_id, decoder.name
                 if not generated:
                     usage.cached_prompt_tokens = res.num_cached_tokens
@@ -151,20 +157,23 @@ class RayPoolsBackend(Backend):
                     return
         finally:
             decoder.inflight -= 1
+            if group and self.colocated:
+                self.fork_homes.release(self.stream_role, group)
             self.hub.unsubscribe(rid)
             if not finished:
                 _fire_and_forget(decoder.handle.abort.remote(rid))
 
     async def _prefill(self, request, rid, prompt, params, salt, decoder: WorkerView, ctx, deadline,
-                       progress: _Progress) -> PrefillResult:
+                       progress: _Progress, fork: dict) -> PrefillResult:
         tried: set[str] = set()
+        group = fork["fork_group"]
         while True:
-            worker = self._pick("prefill", self.prefill_policy, ctx, exclude=tried)
+            worker = self._pick("prefill", self.prefill_policy, ctx, exclude=tried, group=group)
             self.registry.expect_cached(worker, ctx.block_hashes)
             worker.inflight += 1
             ref = worker.handle.prefill.remote(PrefillRequest(
                 rid, prompt, params, salt, request.codec, decoder.name, deadline,
-                len(progress.token_ids), progress.text_chars))
+                len(progress.token_ids), progress.text_chars, **fork))
             try:
                 return await self._call(request, worker, ref, recover=False)
             except WorkerFailed as exc:
@@ -172,6 +181,8 @@ class RayPoolsBackend(Backend):
                 logger.warning("request %s: prefill on %s failed (%s); retrying elsewhere", rid, worker.name, exc)
             finally:
                 worker.inflight -= 1
+                if group:
+                    self.fork_homes.release("prefill", group)
 
     async def _call(self, request: GenerateRequest, worker: WorkerView, ref, recover: bool):
         """Await a worker call within the request's deadline, mapping failures to types."""
@@ -224,10 +235,15 @@ class RayPoolsBackend(Backend):
             usage.completion_tokens = len(generated)
             yield Finished(FinishReason(finish_reason), usage)
 
-    def _pick(self, role: str, policy, ctx: RoutingContext, exclude: set[str] = frozenset()) -> WorkerView:
+    def _pick(self, role: str, policy, ctx: RoutingContext, exclude: set[str] = frozenset(),
+              group: str = "") -> WorkerView:
+        """The policy's pick among the healthy ``role`` workers; with a fork ``group``, the
+        worker its other samples went to (``ForkHomes``; the caller releases it)."""
         workers = self.registry.healthy(role, exclude)
         if not workers:
             raise NoHealthyWorker(f"no healthy {role} worker")
+        if group:
+            return self.fork_homes.pick(role, group, workers, lambda ws: policy.pick(ws, ctx))
         return policy.pick(workers, ctx)
 
     # -- info ----------------------------------------------------------------------------

@@ -4,12 +4,13 @@
 Supported: ``/v1/completions`` (``prompt`` as a string, a token-id list, or a one-element
 list of either) and ``/v1/chat/completions`` (``messages`` rendered by ``router.http.chat``).
 Parameters: ``model``, ``max_tokens`` (chat: also ``max_completion_tokens``), ``temperature``,
-``top_p``, ``seed``, ``stop``, ``stream``, ``stream_options.include_usage``, ``n`` = 1,
+``top_p``, ``seed``, ``stop``, ``stream``, ``stream_options.include_usage``, ``n`` (up to
+``MAX_N`` samples; ``best_of`` too for completions, not streamed),
 ``presence_penalty``, ``frequency_penalty``, ``logit_bias`` (token id strings to numbers), and
 vLLM's extensions ``top_k``, ``ignore_eos``, ``stop_token_ids``, ``repetition_penalty``,
 ``min_tokens``; ``logprobs`` (completions: the number of alternatives; chat: a bool with
 ``top_logprobs``); ``echo`` (completions, not streamed: the prompt and, with ``logprobs``,
-its logprobs first). Parameters Tandem cannot honour (``n`` > 1,
+its logprobs first). Parameters Tandem cannot honour (``suffix``,
 ``tools``...) are refused with 400 when set to anything but their neutral value, never
 silently ignored. Unknown keys are ignored.
 """
@@ -23,12 +24,13 @@ from router.http.chat import ChatMessage, render_chat
 from router.http.errors import HttpError
 
 _NEUTRAL = {  # parameter: values that mean "not used"
-    "suffix": (None, ""), "best_of": (None, 1), "n": (None, 1),
+    "suffix": (None, ""),
     "tools": (None, []), "tool_choice": (None, "none"), "functions": (None, []),
     "function_call": (None, "none"), "parallel_tool_calls": (None, False, True),
 }
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 MAX_MESSAGES = 1024
+MAX_N = 16                 # samples of one request (n, best_of)
 
 
 @dataclass(slots=True)
@@ -38,6 +40,8 @@ class OpenAIRequest:
     include_usage: bool = False
     fill_max_tokens: bool = False      # chat without max_tokens: as many as fit
     echo: bool = False                 # completions: the prompt (and its logprobs) come first
+    n: int = 1                         # choices returned
+    best_of: int = 0                   # completions: samples drawn, the n best returned (0: n)
 
 
 def _bad(param: str, message: str) -> HttpError:
@@ -125,6 +129,13 @@ def _common(body: Any, served_model: str) -> tuple[RawRequest, bool, bool]:
     return raw, stream, bool(include_usage)
 
 
+def _samples(body: dict, name: str, low: int = 1) -> int | None:
+    value = _get(body, name, "int")
+    if value is not None and not low <= value <= MAX_N:
+        raise _bad(name, f"must be in [{low}, {MAX_N}], got {value}")
+    return value
+
+
 def parse_completion(body: Any, served_model: str) -> OpenAIRequest:
     """A ``/v1/completions`` body; HttpError(400/404) names the parameter."""
     raw, stream, usage = _common(body, served_model)
@@ -135,6 +146,12 @@ def parse_completion(body: Any, served_model: str) -> OpenAIRequest:
         raise _bad("echo", "is supported without stream only")
     if echo:
         raw.prompt_logprobs = raw.logprobs            # the prompt's, as vLLM's echo does
+    n = _samples(body, "n") or 1
+    best_of = _samples(body, "best_of") or 0
+    if best_of and best_of < n:
+        raise _bad("best_of", f"must be >= n ({n}), got {best_of}")
+    if best_of > n and stream:
+        raise _bad("best_of", "cannot be streamed (the best are known at the end)")
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]                  # a batch of one
@@ -146,7 +163,7 @@ def parse_completion(body: Any, served_model: str) -> OpenAIRequest:
         raise _bad("prompt", "batches of several prompts are not supported; send one per request")
     else:
         raise _bad("prompt", "must be a non-empty string or list of token ids")
-    return OpenAIRequest(raw, stream, usage, echo=echo)
+    return OpenAIRequest(raw, stream, usage, echo=echo, n=n, best_of=best_of if best_of > n else 0)
 
 
 def parse_chat(body: Any, served_model: str, template: str | None) -> OpenAIRequest:
@@ -163,7 +180,10 @@ def parse_chat(body: Any, served_model: str, template: str | None) -> OpenAIRequ
     max_tokens = _get(body, "max_completion_tokens", "int")
     raw.max_tokens = max_tokens if max_tokens is not None else _get(body, "max_tokens", "int")
     raw.prompt_text = render_chat(_messages(body.get("messages")), template)
-    return OpenAIRequest(raw, stream, usage, fill_max_tokens=raw.max_tokens is None)
+    if body.get("best_of") is not None:
+        raise _bad("best_of", "is a completions parameter, not a chat one")
+    return OpenAIRequest(raw, stream, usage, fill_max_tokens=raw.max_tokens is None,
+                         n=_samples(body, "n") or 1)
 
 
 def _messages(value: Any) -> list[ChatMessage]:

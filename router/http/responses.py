@@ -9,6 +9,10 @@ Logprobs, when asked, take OpenAI's shapes: a completion's ``{"tokens", "token_l
 "top_logprobs", "text_offset"}`` and a chat's ``{"content": [{"token", "logprob", "bytes",
 "top_logprobs"}]}``; a token's string is the text it adds after the tokens before it (so
 the completion's token strings join into its text).
+
+With ``n`` > 1 (or ``best_of``) each sample has its own builder (``index``) and the response
+or the stream holds one choice per sample; the usage counts the prompt once and every
+generated token (``merge_usage``).
 """
 from __future__ import annotations
 
@@ -25,6 +29,14 @@ def usage_json(usage: Usage) -> dict:
             "prompt_tokens_details": {"cached_tokens": usage.cached_prompt_tokens}}
 
 
+def merge_usage(usages: list[Usage]) -> Usage:
+    """One request's usage from its samples': the prompt once, every sample's tokens."""
+    first = usages[0]
+    return Usage(first.prompt_tokens, first.cached_prompt_tokens,
+                 sum(u.completion_tokens for u in usages), first.ttft_ms,
+                 first.prefill_worker, first.decode_worker)
+
+
 def sse(obj: dict | str) -> bytes:
     data = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False,
                                                        separators=(",", ":"))
@@ -39,8 +51,8 @@ class ResponseBuilder:
 
     def __init__(self, request_id: str, model: str, chat: bool,
                  decode: Callable[[list[int]], str] | None = None,
-                 context_ids: list[int] | None = None) -> None:
-        self.chat, self.model = chat, model
+                 context_ids: list[int] | None = None, index: int = 0) -> None:
+        self.chat, self.model, self.index = chat, model, index
         self.id = f"{'chatcmpl' if chat else 'cmpl'}-{request_id}"
         self.created = int(time.time())
         self.decode = decode              # set when the request asked for logprobs
@@ -81,10 +93,16 @@ class ResponseBuilder:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model,
                 "choices": choices}
 
-    def whole(self, text: str, finished: Finished, token_ids: list[int] | None = None,
-              logprobs: list | None = None, echo: tuple[list[int], str, list | None] | None = None) -> dict:
-        """The non-streamed response. ``echo``: (prompt ids, prompt text, prompt logprobs)
-        to put first, as a completion with ``echo`` does."""
+    def whole(self, choices: list[dict], usage: Usage) -> dict:
+        """The non-streamed response holding ``choices`` (from ``choice``)."""
+        out = self._envelope(choices, chunk=False)
+        out["usage"] = usage_json(usage)
+        return out
+
+    def choice(self, text: str, finished: Finished, token_ids: list[int] | None = None,
+               logprobs: list | None = None, echo: tuple[list[int], str, list | None] | None = None) -> dict:
+        """This sample's choice of the non-streamed response. ``echo``: (prompt ids, prompt
+        text, prompt logprobs) to put first, as a completion with ``echo`` does."""
         reason = _reason(finished)
         token_ids = token_ids or []
         if echo is not None:
@@ -95,27 +113,23 @@ class ResponseBuilder:
                 token_ids, logprobs = prompt_ids + token_ids, (prompt_lps or [None] * len(prompt_ids)) + logprobs
         lp = self._logprobs(token_ids, logprobs)
         if self.chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text},
-                      "finish_reason": reason, "logprobs": lp}
-        else:
-            choice = {"index": 0, "text": text, "finish_reason": reason, "logprobs": lp}
-        out = self._envelope([choice], chunk=False)
-        out["usage"] = usage_json(finished.usage)
-        return out
+            return {"index": self.index, "message": {"role": "assistant", "content": text},
+                    "finish_reason": reason, "logprobs": lp}
+        return {"index": self.index, "text": text, "finish_reason": reason, "logprobs": lp}
 
     def role_chunk(self) -> dict:
         """The first chunk of a chat stream."""
-        return self._envelope([{"index": 0, "delta": {"role": "assistant", "content": ""},
+        return self._envelope([{"index": self.index, "delta": {"role": "assistant", "content": ""},
                                 "finish_reason": None, "logprobs": None}], chunk=True)
 
     def delta_chunk(self, delta: TokenDelta, finish_reason: str | None = None) -> dict:
         lp = self._logprobs(delta.token_ids, delta.logprobs)
         if self.chat:
-            choice = {"index": 0, "delta": {"content": delta.text} if delta.text else {},
+            choice = {"index": self.index, "delta": {"content": delta.text} if delta.text else {},
                       "token_ids": list(delta.token_ids), "finish_reason": finish_reason,
                       "logprobs": lp}
         else:
-            choice = {"index": 0, "text": delta.text, "token_ids": list(delta.token_ids),
+            choice = {"index": self.index, "text": delta.text, "token_ids": list(delta.token_ids),
                       "finish_reason": finish_reason, "logprobs": lp}
         return self._envelope([choice], chunk=True)
 
@@ -124,9 +138,9 @@ class ResponseBuilder:
         delta = finished.delta or TokenDelta([], "", finished.usage.completion_tokens)
         return self.delta_chunk(delta, _reason(finished))
 
-    def usage_chunk(self, finished: Finished) -> dict:
+    def usage_chunk(self, usage: Usage) -> dict:
         out = self._envelope([], chunk=True)
-        out["usage"] = usage_json(finished.usage)
+        out["usage"] = usage_json(usage)
         return out
 
 

@@ -22,12 +22,11 @@ from aiohttp import web
 
 from router.auth import Principal, bearer_token
 from router.errors import RequestTimedOut, RouterError
-from router.gateway import ClientGone, Gateway
+from router.gateway import Gateway
 from router.http.errors import HttpError, error_body, response_for
+from router.http.generation import Generation
 from router.http.openai_api import (OpenAIRequest, parse_chat, parse_completion, parse_detokenize,
                                     parse_tokenize)
-from router.http.responses import ResponseBuilder, sse
-from router.messages import Finished, TokenDelta
 from router.metrics import CONTENT_TYPE, RouterMetrics
 
 logger = logging.getLogger(__name__)
@@ -222,84 +221,10 @@ class HttpServer(_Site):
         except RouterError:
             self._count(400)
             raise
-        state: dict = {}
-
-        def on_request(req) -> None:
-            decode = None if req.sampling.logprobs is None else self.gateway.backend.tokenizer.decode
-            state["builder"] = ResponseBuilder(req.request_id, self.gateway.info.model, chat,
-                                               decode, req.prompt_token_ids)
-            state["prompt"] = req.prompt_token_ids, req.prompt_text
-
+        generation = Generation(self.gateway, parsed, principal, chat)
         if parsed.stream:
-            return await self._stream(request, parsed, principal, state, on_request)
-        texts: list[str] = []
-        token_ids: list[int] = []
-        logprobs: list = []
-        prompt_logprobs: list = []
-
-        async def collect(event) -> None:
-            delta = event if isinstance(event, TokenDelta) else event.delta
-            if delta is not None:
-                texts.append(delta.text)
-                token_ids.extend(delta.token_ids)
-                logprobs.extend(delta.logprobs or ())
-                prompt_logprobs.extend(delta.prompt_logprobs or ())
-
-        finished = await self.gateway.generate(parsed.raw, principal, collect, protocol="http",
-                                               fill_max_tokens=parsed.fill_max_tokens,
-                                               on_request=on_request)
-        builder: ResponseBuilder = state["builder"]
-        echo = None
-        if parsed.echo:
-            prompt_ids, prompt_text = state["prompt"]
-            if prompt_text is None:
-                prompt_text = await asyncio.to_thread(self.gateway.backend.tokenizer.decode, prompt_ids)
-            echo = (prompt_ids, prompt_text, prompt_logprobs or None)
-        return web.json_response(builder.whole("".join(texts), finished, token_ids, logprobs, echo),
-                                 headers={"X-Request-Id": builder.id.split("-", 1)[1]})
-
-    async def _stream(self, request: web.Request, parsed: OpenAIRequest, principal: Principal,
-                      state: dict, on_request) -> web.StreamResponse:
-        resp: web.StreamResponse | None = None
-
-        async def write(chunk: bytes) -> None:
-            try:
-                await resp.write(chunk)
-            except ConnectionError:   # the client left between two tokens
-                raise ClientGone("the client closed the connection") from None
-
-        async def send(event) -> None:
-            nonlocal resp
-            builder: ResponseBuilder = state["builder"]
-            if resp is None:
-                resp = web.StreamResponse(headers={
-                    "Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                    "X-Request-Id": builder.id.split("-", 1)[1]})
-                await resp.prepare(request)
-                if builder.chat:
-                    await write(sse(builder.role_chunk()))
-            if isinstance(event, Finished):
-                await write(sse(builder.finish_chunk(event)))
-                if parsed.include_usage:
-                    await write(sse(builder.usage_chunk(event)))
-            else:
-                await write(sse(builder.delta_chunk(event)))
-
-        try:
-            await self.gateway.generate(parsed.raw, principal, send, protocol="http",
-                                        fill_max_tokens=parsed.fill_max_tokens,
-                                        on_request=on_request)
-        except ClientGone:
-            return resp
-        except RouterError as exc:
-            if resp is None:
-                raise
-            err = json.loads(response_for(exc, chat=state["builder"].chat).body)
-            await _quietly(resp.write(sse(err)))
-            return resp
-        await _quietly(resp.write(sse("[DONE]")))
-        await _quietly(resp.write_eof())
-        return resp
+            return await generation.stream(request)
+        return await generation.whole()
 
 
 def _version() -> str:
@@ -308,13 +233,6 @@ def _version() -> str:
         return metadata.version("tandem-serve")
     except metadata.PackageNotFoundError:   # running from a source tree that is not installed
         return "unknown"
-
-
-async def _quietly(coro) -> None:
-    try:
-        await coro
-    except ConnectionError:
-        logger.debug("client left before the end of its stream")
 
 
 class MetricsServer(_Site):

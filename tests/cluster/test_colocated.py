@@ -21,6 +21,7 @@ from tandem_client.errors import Unavailable  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from logprobs_check import assert_logprobs_match_hf  # noqa: E402
 from penalties import assert_served_penalties_equal_offline  # noqa: E402
+from samples_check import assert_samples_prefill_once  # noqa: E402
 from stop_strings import assert_served_text_equals_offline, offline_cases  # noqa: E402
 
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "Tom had a red ball", "One day, a cat"]
@@ -55,6 +56,10 @@ def test_stop_strings_give_the_offline_engines_text_through_grpc_and_http(coloca
 def test_logprobs_equal_hf_transformers_log_softmax_through_sdk_and_openai(colocated):
     url = f"http://127.0.0.1:{colocated.cluster.server.http_port}"
     assert_logprobs_match_hf(colocated.target, url)
+
+
+def test_n_seeded_samples_are_reproducible_and_prefill_their_prompt_once(colocated):
+    assert_samples_prefill_once(colocated.target, f"http://127.0.0.1:{colocated.cluster.server.http_port}")
 
 
 def test_penalties_and_min_tokens_give_the_offline_engines_output(colocated):

@@ -23,6 +23,7 @@ from tandem_client.errors import InvalidArgument  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from logprobs_check import assert_logprobs_match_hf  # noqa: E402
 from penalties import assert_served_penalties_equal_offline  # noqa: E402
+from samples_check import assert_samples_prefill_once  # noqa: E402
 from stop_strings import assert_served_text_equals_offline, offline_cases  # noqa: E402
 from waiting import wait_until  # noqa: E402
 
@@ -118,6 +119,10 @@ def test_stop_strings_give_the_offline_engines_text_through_grpc_and_http(cluste
 def test_logprobs_equal_hf_transformers_log_softmax_through_sdk_and_openai(cluster):
     url = f"http://127.0.0.1:{cluster.cluster.server.http_port}"
     assert_logprobs_match_hf(cluster.target, url)
+
+
+def test_n_seeded_samples_are_reproducible_and_prefill_their_prompt_once(cluster):
+    assert_samples_prefill_once(cluster.target, f"http://127.0.0.1:{cluster.cluster.server.http_port}")
 
 
 def test_penalties_and_min_tokens_apply_on_prefill_and_decode_alike(cluster):

@@ -117,6 +117,32 @@ def test_a_cold_start_lets_one_request_per_prefill_worker_wait_until_a_first_tok
     second.release()
 
 
+def test_the_samples_of_one_request_share_its_prefill_in_admissions_books():
+    """n > 1: the first sample is judged as any request; the others queue no prompt tokens,
+    pass a cold start and the TTFT check (they share the first one's prefill), teach the
+    TTFT line nothing, and still count for the queue bound."""
+    clock = Clock()
+    ctl = controller(clock, ttft_ms=1000, max_queue=4)
+    first = ctl.admit("g-0", 100, group="g")                # a cold start: it waits alone...
+    rest = [ctl.admit("g-1", 100, group="g")]               # ... with its siblings
+    with pytest.raises(AdmissionRejected) as info:
+        ctl.admit("other", 10)                              # but no one else
+    assert info.value.reason == "ttft_unknown"
+    rest += [ctl.admit(f"g-{i}", 100, group="g") for i in (2, 3)]
+    assert ctl.queued_tokens == 100 and ctl.queued_requests == 4 and rest[0].sibling
+    with pytest.raises(AdmissionRejected) as info:
+        ctl.admit("g-4", 100, group="g")
+    assert info.value.reason == "queue_full"
+    clock.now += 0.5
+    for t in [first, *rest]:
+        t.first_token()
+    assert ctl.ttft.n == 1 and ctl.queued_tokens == 0      # one observation: the first's
+    for t in [first, *rest]:
+        t.release(1)
+    assert ctl.inflight == 0
+    assert ctl.admit("g-5", 100, group="g").sibling is False     # a later group of that name
+
+
 def test_bounded_queue_and_inflight_refuse_at_once():
     clock = Clock()
     ctl = controller(clock, max_queue=2, max_inflight=3,
