@@ -13,7 +13,7 @@ export DO_NOT_TRACK := 1
 export RAY_AUTH_MODE ?= disabled
 export RAY_USAGE_STATS_ENABLED := 0
 
-.PHONY: run test bench bench-peer eval-check lint protos setup redis clean help
+.PHONY: run test bench bench-peer eval-check lint openapi protos setup redis clean help
 
 help:
 	@echo "make run    - set up and run Tandem on the embedded default model"
@@ -21,6 +21,7 @@ help:
 	@echo "make bench  - run the benchmarks (JSON lines on stdout)"
 	@echo "make bench-peer - Tandem side by side with vLLM's CPU server (installs it in .venv-peer)"
 	@echo "make eval-check - lm-evaluation-harness against Tandem equals its hf model (installs it in .venv-eval)"
+	@echo "make openapi - regenerate router/http/openapi.json from the request models"
 
 setup: $(STAMP)/project redis
 
@@ -67,6 +68,9 @@ bench-peer: setup
 # lm-evaluation-harness against `tandem serve` vs its hf model (installs lm-eval in .venv-eval).
 eval-check: setup
 	$(PY) -m benchmarks.lm_eval_check $(EVAL_CHECK_ARGS)
+
+openapi: setup   # regenerate router/http/openapi.json from the request models (a test checks it)
+	$(PY) -m router.http.openapi
 
 protos: setup
 	$(PY) -m protos.build

@@ -22,6 +22,8 @@ from typing import Any
 from router.convert import RawRequest
 from router.http.chat import ChatMessage, render_chat
 from router.http.errors import HttpError
+from router.http.request_models import (CHAT, CHAT_MESSAGE, COMPLETION, DETOKENIZE, MAX_N, TOKENIZE,
+                                        RequestModel)
 
 _NEUTRAL = {  # parameter: values that mean "not used"
     "suffix": (None, ""),
@@ -30,7 +32,6 @@ _NEUTRAL = {  # parameter: values that mean "not used"
 }
 _ROLES = {"system", "developer", "user", "assistant", "tool"}
 MAX_MESSAGES = 1024
-MAX_N = 16                 # samples of one request (n, best_of)
 
 
 @dataclass(slots=True)
@@ -48,20 +49,36 @@ def _bad(param: str, message: str) -> HttpError:
     return HttpError(400, f"{param}: {message}", param=param)
 
 
-def _get(body: dict, name: str, kind: str) -> Any:
-    value = body.get(name)
-    if value is None:
-        return None
-    ok = {"int": isinstance(value, int) and not isinstance(value, bool),
-          "number": isinstance(value, (int, float)) and not isinstance(value, bool),
-          "bool": isinstance(value, bool), "str": isinstance(value, str),
-          "dict": isinstance(value, dict)}[kind]
-    if not ok:
-        article = "an" if kind == "int" else "a"
-        raise _bad(name, f"must be {article} {kind}, got {type(value).__name__}")
-    if kind == "int" and not -(1 << 63) <= value < (1 << 63):
-        raise _bad(name, "out of range")
-    return float(value) if kind == "number" else value
+class _Body:
+    """A JSON request body read through its declared model (``router.http.request_models``):
+    an undeclared name is a KeyError (a parameter the published document would miss), and
+    ``get`` checks the declared JSON type."""
+
+    def __init__(self, body: Any, model: RequestModel) -> None:
+        if not isinstance(body, dict):
+            raise HttpError(400, "the request body must be a JSON object")
+        self.body, self.model = body, model
+
+    def raw(self, name: str) -> Any:
+        """The value as sent (the caller checks its shape)."""
+        self.model[name]
+        return self.body.get(name)
+
+    def get(self, name: str) -> Any:
+        kind = self.model[name].kind
+        value = self.body.get(name)
+        if value is None or kind is None:
+            return value
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool),
+              "number": isinstance(value, (int, float)) and not isinstance(value, bool),
+              "bool": isinstance(value, bool), "str": isinstance(value, str),
+              "dict": isinstance(value, dict)}[kind]
+        if not ok:
+            article = "an" if kind == "int" else "a"
+            raise _bad(name, f"must be {article} {kind}, got {type(value).__name__}")
+        if kind == "int" and not -(1 << 63) <= value < (1 << 63):
+            raise _bad(name, "out of range")
+        return float(value) if kind == "number" else value
 
 
 def _int_list(value: Any, param: str, limit: int = 1 << 20) -> list[int]:
@@ -89,38 +106,35 @@ def _logit_bias(value: dict) -> dict[int, float]:
     return out
 
 
-def _common(body: Any, served_model: str) -> tuple[RawRequest, bool, bool]:
-    if not isinstance(body, dict):
-        raise HttpError(400, "the request body must be a JSON object")
+def _common(b: _Body, served_model: str) -> tuple[RawRequest, bool, bool]:
     for name, neutral in _NEUTRAL.items():
-        value = body.get(name)
+        value = b.raw(name)
         if value is not None and not any(value == n and type(value) is type(n)
                                          for n in neutral if n is not None):
             raise _bad(name, "is not supported by this server")
-    model = _get(body, "model", "str")
+    model = b.get("model")
     if model is not None and model != served_model:
         raise HttpError(404, f"model {model[:128]!r} does not exist; this server serves "
                         f"{served_model!r}", param="model", code="model_not_found")
-    raw = RawRequest(temperature=_get(body, "temperature", "number"),
-                     top_p=_get(body, "top_p", "number"), top_k=_get(body, "top_k", "int"),
-                     seed=_get(body, "seed", "int"))
-    stop = body.get("stop")
+    raw = RawRequest(temperature=b.get("temperature"), top_p=b.get("top_p"), top_k=b.get("top_k"),
+                     seed=b.get("seed"))
+    stop = b.raw("stop")
     if isinstance(stop, str):
         raw.stop = [stop]
     elif isinstance(stop, list) and all(isinstance(s, str) for s in stop):
         raw.stop = list(stop)
     elif stop is not None:
         raise _bad("stop", "must be a string or a list of strings")
-    if body.get("stop_token_ids") is not None:
-        raw.stop_token_ids = _int_list(body["stop_token_ids"], "stop_token_ids", 1024)
-    raw.ignore_eos = bool(_get(body, "ignore_eos", "bool"))
-    raw.presence_penalty = _get(body, "presence_penalty", "number")
-    raw.frequency_penalty = _get(body, "frequency_penalty", "number")
-    raw.repetition_penalty = _get(body, "repetition_penalty", "number")
-    raw.min_tokens = _get(body, "min_tokens", "int")
-    raw.logit_bias = _logit_bias(_get(body, "logit_bias", "dict") or {})
-    stream = bool(_get(body, "stream", "bool"))
-    options = _get(body, "stream_options", "dict") or {}
+    if b.raw("stop_token_ids") is not None:
+        raw.stop_token_ids = _int_list(b.raw("stop_token_ids"), "stop_token_ids", 1024)
+    raw.ignore_eos = bool(b.get("ignore_eos"))
+    raw.presence_penalty = b.get("presence_penalty")
+    raw.frequency_penalty = b.get("frequency_penalty")
+    raw.repetition_penalty = b.get("repetition_penalty")
+    raw.min_tokens = b.get("min_tokens")
+    raw.logit_bias = _logit_bias(b.get("logit_bias") or {})
+    stream = bool(b.get("stream"))
+    options = b.get("stream_options") or {}
     include_usage = options.get("include_usage")
     if include_usage is not None and not isinstance(include_usage, bool):
         raise _bad("stream_options.include_usage", "must be a bool")
@@ -129,8 +143,8 @@ def _common(body: Any, served_model: str) -> tuple[RawRequest, bool, bool]:
     return raw, stream, bool(include_usage)
 
 
-def _samples(body: dict, name: str, low: int = 1) -> int | None:
-    value = _get(body, name, "int")
+def _samples(b: _Body, name: str, low: int = 1) -> int | None:
+    value = b.get(name)
     if value is not None and not low <= value <= MAX_N:
         raise _bad(name, f"must be in [{low}, {MAX_N}], got {value}")
     return value
@@ -138,21 +152,22 @@ def _samples(body: dict, name: str, low: int = 1) -> int | None:
 
 def parse_completion(body: Any, served_model: str) -> OpenAIRequest:
     """A ``/v1/completions`` body; HttpError(400/404) names the parameter."""
-    raw, stream, usage = _common(body, served_model)
-    raw.max_tokens = _get(body, "max_tokens", "int")
-    raw.logprobs = _get(body, "logprobs", "int")      # top alternatives per token
-    echo = bool(_get(body, "echo", "bool"))
+    b = _Body(body, COMPLETION)
+    raw, stream, usage = _common(b, served_model)
+    raw.max_tokens = b.get("max_tokens")
+    raw.logprobs = b.get("logprobs")      # top alternatives per token
+    echo = bool(b.get("echo"))
     if echo and stream:
         raise _bad("echo", "is supported without stream only")
     if echo:
         raw.prompt_logprobs = raw.logprobs            # the prompt's, as vLLM's echo does
-    n = _samples(body, "n") or 1
-    best_of = _samples(body, "best_of") or 0
+    n = _samples(b, "n") or 1
+    best_of = _samples(b, "best_of") or 0
     if best_of and best_of < n:
         raise _bad("best_of", f"must be >= n ({n}), got {best_of}")
     if best_of > n and stream:
         raise _bad("best_of", "cannot be streamed (the best are known at the end)")
-    prompt = body.get("prompt")
+    prompt = b.raw("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
         prompt = prompt[0]                  # a batch of one
     if isinstance(prompt, str):
@@ -168,22 +183,23 @@ def parse_completion(body: Any, served_model: str) -> OpenAIRequest:
 
 def parse_chat(body: Any, served_model: str, template: str | None) -> OpenAIRequest:
     """A ``/v1/chat/completions`` body, its messages rendered to the prompt text."""
-    raw, stream, usage = _common(body, served_model)
-    response_format = _get(body, "response_format", "dict")
+    b = _Body(body, CHAT)
+    raw, stream, usage = _common(b, served_model)
+    response_format = b.get("response_format")
     if response_format and response_format.get("type") not in (None, "text"):
         raise _bad("response_format", "only {'type': 'text'} is supported")
-    top = _get(body, "top_logprobs", "int")
-    if _get(body, "logprobs", "bool"):
+    top = b.get("top_logprobs")
+    if b.get("logprobs"):
         raw.logprobs = 0 if top is None else top
     elif top is not None:
         raise _bad("top_logprobs", "needs logprobs: true")
-    max_tokens = _get(body, "max_completion_tokens", "int")
-    raw.max_tokens = max_tokens if max_tokens is not None else _get(body, "max_tokens", "int")
-    raw.prompt_text = render_chat(_messages(body.get("messages")), template)
-    if body.get("best_of") is not None:
+    max_tokens = b.get("max_completion_tokens")
+    raw.max_tokens = max_tokens if max_tokens is not None else b.get("max_tokens")
+    raw.prompt_text = render_chat(_messages(b.raw("messages")), template)
+    if b.raw("best_of") is not None:
         raise _bad("best_of", "is a completions parameter, not a chat one")
     return OpenAIRequest(raw, stream, usage, fill_max_tokens=raw.max_tokens is None,
-                         n=_samples(body, "n") or 1)
+                         n=_samples(b, "n") or 1)
 
 
 def _messages(value: Any) -> list[ChatMessage]:
@@ -196,10 +212,11 @@ def _messages(value: Any) -> list[ChatMessage]:
         where = f"messages[{i}]"
         if not isinstance(msg, dict):
             raise _bad(where, "must be an object with 'role' and 'content'")
-        role = msg.get("role")
+        m = _Body(msg, CHAT_MESSAGE)
+        role = m.raw("role")
         if role not in _ROLES:
             raise _bad(f"{where}.role", f"must be one of {', '.join(sorted(_ROLES))}")
-        out.append(ChatMessage(role, _content(msg.get("content"), f"{where}.content")))
+        out.append(ChatMessage(role, _content(m.raw("content"), f"{where}.content")))
     return out
 
 
@@ -225,15 +242,14 @@ MAX_DETOKENIZE_IDS = 1 << 20
 def parse_tokenize(body: Any, template: str | None) -> tuple[str, bool]:
     """vLLM's ``/tokenize`` body: (text, add BOS). ``prompt`` is a string; ``messages`` are
     rendered with the chat template, as ``/v1/chat/completions`` does."""
-    if not isinstance(body, dict):
-        raise HttpError(400, "the request body must be a JSON object")
-    add = _get(body, "add_special_tokens", "bool")
+    b = _Body(body, TOKENIZE)
+    add = b.get("add_special_tokens")
     add = True if add is None else add
-    if body.get("messages") is not None:
-        if body.get("prompt") is not None:
+    if b.raw("messages") is not None:
+        if b.raw("prompt") is not None:
             raise _bad("prompt", "send prompt or messages, not both")
-        return render_chat(_messages(body["messages"]), template), add
-    prompt = body.get("prompt")
+        return render_chat(_messages(b.raw("messages")), template), add
+    prompt = b.raw("prompt")
     if not isinstance(prompt, str) or not prompt:
         raise _bad("prompt", "must be a non-empty string (or send messages)")
     return prompt, add
@@ -241,9 +257,8 @@ def parse_tokenize(body: Any, template: str | None) -> tuple[str, bool]:
 
 def parse_detokenize(body: Any, vocab_size: int) -> list[int]:
     """vLLM's ``/detokenize`` body: ``tokens``, ids in the vocabulary."""
-    if not isinstance(body, dict):
-        raise HttpError(400, "the request body must be a JSON object")
-    ids = _int_list(body.get("tokens"), "tokens", MAX_DETOKENIZE_IDS)
+    b = _Body(body, DETOKENIZE)
+    ids = _int_list(b.raw("tokens"), "tokens", MAX_DETOKENIZE_IDS)
     for i, tok in enumerate(ids):
         if not 0 <= tok < vocab_size:
             raise _bad("tokens", f"token id {tok} at {i} is outside 0..{vocab_size - 1}")

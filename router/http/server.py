@@ -16,7 +16,6 @@ import json
 import logging
 import re
 import ssl
-from pathlib import Path
 
 from aiohttp import web
 
@@ -24,6 +23,7 @@ from router.auth import Principal, bearer_token
 from router.errors import RequestTimedOut, RouterError
 from router.gateway import Gateway
 from router.http.errors import HttpError, error_body, response_for
+from router.http import openapi
 from router.http.generation import Generation
 from router.http.openai_api import (OpenAIRequest, parse_chat, parse_completion, parse_detokenize,
                                     parse_tokenize)
@@ -31,7 +31,7 @@ from router.metrics import CONTENT_TYPE, RouterMetrics
 
 logger = logging.getLogger(__name__)
 
-OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+OPENAPI_PATH = openapi.PATH          # the committed copy of what openapi.build() generates
 _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 _HEALTH_TIMEOUT_S = 2.0
 _STATUS_NAMES = {400: "invalid_argument", 401: "unauthenticated", 403: "permission_denied",
@@ -61,7 +61,7 @@ class HttpServer(_Site):
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.gateway, self.max_body_bytes = gateway, max_body_bytes
         self.chat_template, self.ssl_context = chat_template, ssl_context
-        self.openapi = json.loads(OPENAPI_PATH.read_text())
+        self.openapi = openapi.build()
         app = web.Application(client_max_size=max_body_bytes, middlewares=[self._errors])
         app.router.add_get("/health", self.health)
         app.router.add_get("/openapi.json", self.openapi_doc)
