@@ -164,7 +164,12 @@ class Generation:
             async def send(event) -> None:
                 nonlocal started
                 builder = sample.builder
-                chunks = [] if started or not self.chat else [sse(builder.role_chunk())]
+                chunks = []
+                if not started and self.chat:
+                    chunks.append(sse(builder.role_chunk()))
+                elif not started and self.parsed.echo:
+                    sample.collect(event)          # the prompt's logprobs come with the first token
+                    chunks.append(sse(builder.echo_chunk(*await self._echo(sample))))
                 started = True
                 if isinstance(event, Finished):
                     sample.finished = event

@@ -9,8 +9,8 @@ Parameters: ``model``, ``max_tokens`` (chat: also ``max_completion_tokens``), ``
 ``presence_penalty``, ``frequency_penalty``, ``logit_bias`` (token id strings to numbers), and
 vLLM's extensions ``top_k``, ``ignore_eos``, ``stop_token_ids``, ``repetition_penalty``,
 ``min_tokens``; ``logprobs`` (completions: the number of alternatives; chat: a bool with
-``top_logprobs``); ``echo`` (completions, not streamed: the prompt and, with ``logprobs``,
-its logprobs first). Parameters Tandem cannot honour (``suffix``,
+``top_logprobs``); ``echo`` (completions: the prompt and, with ``logprobs``, its logprobs
+first; streamed, as a first chunk of its own). Parameters Tandem cannot honour (``suffix``,
 ``tools``...) are refused with 400 when set to anything but their neutral value, never
 silently ignored. Unknown keys are ignored.
 """
@@ -157,8 +157,6 @@ def parse_completion(body: Any, served_model: str) -> OpenAIRequest:
     raw.max_tokens = b.get("max_tokens")
     raw.logprobs = b.get("logprobs")      # top alternatives per token
     echo = bool(b.get("echo"))
-    if echo and stream:
-        raise _bad("echo", "is supported without stream only")
     if echo:
         raw.prompt_logprobs = raw.logprobs            # the prompt's, as vLLM's echo does
     n = _samples(b, "n") or 1

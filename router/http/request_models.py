@@ -107,7 +107,7 @@ COMPLETION = RequestModel("CompletionRequest", COMMON + (
         {"type": "array", "minItems": 1, "items": {"type": "integer", "minimum": 0}},
         {"type": "array", "minItems": 1, "maxItems": 1, "items": {"type": "string", "minLength": 1}}]},
         required=True),
-    Field("echo", _opt("boolean"), "the prompt first in text and, with logprobs, its logprobs (not with stream)"),
+    Field("echo", _opt("boolean"), "the prompt first in text and, with logprobs, its logprobs (streamed: a first chunk)"),
     Field("logprobs", _opt("integer", minimum=0, maximum=MAX_LOGPROBS),
           "each generated token's logprob and this many most likely alternatives (raw model logits, as vLLM)"),
     Field("best_of", _opt("integer", minimum=1, maximum=MAX_N),

@@ -117,6 +117,15 @@ class ResponseBuilder:
                     "finish_reason": reason, "logprobs": lp}
         return {"index": self.index, "text": text, "finish_reason": reason, "logprobs": lp}
 
+    def echo_chunk(self, prompt_ids: list[int], prompt_text: str, prompt_logprobs: list | None) -> dict:
+        """A completion stream's first chunk with ``echo``: the prompt's text and, when asked,
+        its logprobs (no ``token_ids``: they count generated tokens)."""
+        self._ids = []
+        lp = self._logprobs(prompt_ids, prompt_logprobs or [None] * len(prompt_ids)) \
+            if prompt_logprobs is not None else None
+        return self._envelope([{"index": self.index, "text": prompt_text, "token_ids": [],
+                                "finish_reason": None, "logprobs": lp}], chunk=True)
+
     def role_chunk(self) -> dict:
         """The first chunk of a chat stream."""
         return self._envelope([{"index": self.index, "delta": {"role": "assistant", "content": ""},

@@ -181,7 +181,6 @@ def _raw(router, method: str, path: str, body=None, headers=None, data=None):
     ({"prompt": "Hi", "n": 2, "best_of": 3, "stream": True}, "best_of"),
     ({"prompt": "Hi", "logprobs": 21}, "logprobs"),
     ({"prompt": "Hi", "logprobs": True}, "logprobs"),
-    ({"prompt": "Hi", "echo": True, "stream": True}, "echo"),
     ({"prompt": "Hi", "presence_penalty": 2.5}, "presence_penalty"),
     ({"prompt": "Hi", "frequency_penalty": "1"}, "frequency_penalty"),
     ({"prompt": "Hi", "repetition_penalty": 0}, "repetition_penalty"),

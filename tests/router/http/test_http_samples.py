@@ -114,3 +114,22 @@ def test_one_refused_sample_fails_the_request_and_leaves_nothing_running():
         assert r.server.gateway.inflight == 0
     finally:
         r.stop()
+
+
+@pytest.mark.parametrize("logprobs", [None, 2])
+def test_a_streamed_echo_gives_the_whole_responses_text_and_logprobs(oai, logprobs):
+    kw = dict(model="stories260K", prompt=PROMPT, max_tokens=6, temperature=0, echo=True, logprobs=logprobs)
+    whole = oai.completions.create(**kw).choices[0]
+    chunks = list(oai.completions.create(**kw, stream=True))
+    text = "".join(c.choices[0].text for c in chunks if c.choices)
+    assert text == whole.text and text.startswith(PROMPT)
+    first = chunks[0].choices[0]
+    assert first.text == PROMPT and first.model_extra.get("token_ids") == []     # echo counts no tokens
+    if logprobs is None:
+        assert all(c.choices[0].logprobs is None for c in chunks if c.choices)
+        return
+    tokens = [t for c in chunks if c.choices and c.choices[0].logprobs for t in c.choices[0].logprobs.tokens]
+    lps = [v for c in chunks if c.choices and c.choices[0].logprobs for v in c.choices[0].logprobs.token_logprobs]
+    assert tokens == whole.logprobs.tokens
+    assert lps[0] is None and whole.logprobs.token_logprobs[0] is None
+    assert all(abs(a - b) <= 1e-4 for a, b in zip(lps[1:], whole.logprobs.token_logprobs[1:]))
