@@ -64,6 +64,7 @@ class DecodeWorker:
         # The prefix-cache index is reported in the colocated role only (routing by prefix).
         self.reporter = LoadReporter(worker_id, self.incarnation, role, with_hashes=role == "colocated")
         self.deadlines: dict[str, float] = {}
+        self._handed_over: set[str] = set()     # imported, no token decoded here yet
         self.driver.add_observer(self._on_step)
         self._reaper: asyncio.Task | None = None
         logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)
@@ -74,13 +75,18 @@ class DecodeWorker:
             self._reaper = asyncio.get_running_loop().create_task(self._reap_expired())
 
     def _on_step(self, outputs: list[RequestOutput]) -> None:
-        # Urgent (a lingering poll returns at once): a request's first tokens, or its end.
+        # Urgent (a lingering poll returns at once): a request's first tokens, the first this
+        # worker decodes after a hand-off (the client waits on the KV hand-off for it), or its end.
         urgent = False
         for o in outputs:
             if o.finished:
                 self.deadlines.pop(o.request_id, None)
+                self._handed_over.discard(o.request_id)
                 urgent = True
             elif len(o.new_token_ids) == len(o.token_ids):
+                urgent = True
+            elif o.request_id in self._handed_over:
+                self._handed_over.discard(o.request_id)
                 urgent = True
         self.outbox.put([StreamEvent(o.request_id, o.new_token_ids, o.new_text, o.finish_reason,
                                      o.num_cached_tokens, o.new_logprobs,
@@ -94,7 +100,12 @@ class DecodeWorker:
         seq_kv, nbytes = await asyncio.to_thread(self.receiver.receive, req.kv_handle, req.deadline)
         if req.deadline is not None:
             self.deadlines[req.request_id] = req.deadline
-        await self.driver.call(lambda e: e.import_kv(seq_kv))
+        self._handed_over.add(req.request_id)
+        try:
+            await self.driver.call(lambda e: e.import_kv(seq_kv))
+        except BaseException:
+            self._handed_over.discard(req.request_id)
+            raise
         return nbytes
 
     async def submit(self, req: FullRequest) -> None:
@@ -124,6 +135,7 @@ class DecodeWorker:
         """Queue the abort on the engine thread (ahead of any later call); the future says
         whether the request was still held."""
         self.deadlines.pop(request_id, None)
+        self._handed_over.discard(request_id)
         return self.driver.submit(lambda e: self._abort_on_engine(e, request_id))
 
     def _abort_on_engine(self, engine: LLMEngine, request_id: str) -> bool:

@@ -14,3 +14,6 @@ class KVTransferConfig:
     transport: str = setting("ray", name)             # kv_transfer.transports registry name
     deadline_s: float = setting(10.0, gt(0))
     max_bytes: int = setting(1 << 30, ge(1))
+    # Raw KV bytes per section (whole layers, at least one): a section is one transport frame
+    # (one object-store put and get), so small KVs go as one section and large ones stream.
+    section_bytes: int = setting(4 << 20, ge(1))

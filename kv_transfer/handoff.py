@@ -35,13 +35,21 @@ class KVSender:
     actor the receiver can pull from): layer groups flow while later ones are encoded."""
 
     def __init__(self, layout: KVLayout, config: KVTransferConfig | None = None, *,
-                 streaming: bool = False, layers_per_section: int = 1):
+                 streaming: bool = False, layers_per_section: int | None = None):
         config = config or KVTransferConfig()
         self.layout, self.codec, self.entropy = layout, config.codec, config.entropy
         self.streaming = streaming
         self.transport = get_transport(config.transport, **({"streaming": True} if streaming else {}))
         self.deadline_s, self.max_bytes = config.deadline_s, config.max_bytes
-        self.layers_per_section = layers_per_section
+        self.layers_per_section, self.section_bytes = layers_per_section, config.section_bytes
+
+    def section_layers(self, kv) -> int:
+        """Layers per section for this KV: ``layers_per_section`` if given, else as many whole
+        layers as fit ``section_bytes`` (at least one)."""
+        if self.layers_per_section is not None:
+            return self.layers_per_section
+        per_layer = kv[0].numel() * kv.element_size()
+        return max(1, min(int(kv.shape[0]), self.section_bytes // max(1, per_layer)))
 
     def open(self, seq: SequenceKV, codec: str | None = None, deadline: float | None = None) -> Handoff:
         # A recovered request is re-sent under the same request id: each attempt gets its own transfer.
@@ -50,7 +58,7 @@ class KVSender:
 
         def run() -> int:
             stats = send_kv(stream, seq.kv, self.layout, codec or self.codec, entropy=self.entropy,
-                            layers_per_section=self.layers_per_section, seq=seq)
+                            layers_per_section=self.section_layers(seq.kv), seq=seq)
             return stats.bytes_moved
 
         if self.streaming:

@@ -148,13 +148,15 @@ class _RayReceive(ReceiveStream):
                     self.stats.seconds = time.perf_counter() - t0
                     yield memoryview(frame)
             return
-        for ref, size in self._poll():
-            self._limits.charge(self.stats, size)
-            value = self._get(ref)
-            self.stats.seconds = time.perf_counter() - t0
-            yield value if not isinstance(value, np.ndarray) else memoryview(value)
+        for refs, sizes in self._poll():
+            for size in sizes:
+                self._limits.charge(self.stats, size)
+            # Every frame published since the last poll in one get: one object-store round trip.
+            for value in self._get(refs):
+                self.stats.seconds = time.perf_counter() - t0
+                yield value if not isinstance(value, np.ndarray) else memoryview(value)
 
-    def _poll(self) -> Iterator[tuple[Any, int]]:
+    def _poll(self) -> Iterator[tuple[list, list[int]]]:
         source, tid, have = self._descriptor.source, self._limits.transfer_id, 0
         try:
             while True:
@@ -164,7 +166,8 @@ class _RayReceive(ReceiveStream):
                     raise KVTransferNotFound(f"sender has no streamed KV transfer {tid!r} (expired?)")
                 if result.error is not None:
                     raise KVTransferFailed(f"KV transfer {tid} failed at the sender: {result.error}")
-                yield from zip(result.refs, result.sizes)
+                if result.refs:
+                    yield list(result.refs), list(result.sizes)
                 have += len(result.refs)
                 if result.done:
                     return
