@@ -11,7 +11,8 @@ at 512 and 2,048 tokens, plus a 128 MiB one. For each size, in one run:
 * ``ray``: a sender actor ``ray.put``s the frames, a receiver actor ``ray.get``s them
   (zero-copy, read-only numpy views), in three modes: ``complete-1`` (one frame),
   ``complete-L`` (one frame per layer), ``streamed-L`` (one frame per layer, the receiver
-  long-polling the sender while it publishes). ``gbps`` counts the data plane: the
+  long-polling the sender while it publishes), and ``streamed-S`` (as the hand-off sends:
+  ``kv_transfer.section_bytes`` of 4 MiB a frame, in whole layers). ``gbps`` counts the data plane: the
   sender's puts plus the receiver's gets; ``end_to_end_gbps`` also counts handing the
   descriptor through the driver (two actor calls), from the first put to the receiver
   holding every frame (``time.perf_counter`` is system-wide on Linux);
@@ -36,6 +37,7 @@ import numpy as np
 
 BENCH = "kv_transport"
 LAYERS = 12
+SECTION_BYTES = 4 << 20        # kv_transfer.section_bytes' default: whole layers up to 4 MiB a frame
 STORE_BYTES = 768 << 20
 
 
@@ -185,7 +187,9 @@ def main(argv: list[str] | None = None) -> None:
         for label, size in sizes.items():
             mem = memcpy_gbps(size, reps)
             emit(kind="memcpy", payload=label, bytes=size, **{f"{k}_gbps": round(v, 3) for k, v in mem.items()})
-            for mode, frames in (("complete", 1), ("complete", LAYERS), ("streamed", LAYERS)):
+            by_bytes = max(1, min(LAYERS, -(-size // SECTION_BYTES)))   # the hand-off's sections
+            for mode, frames in (("complete", 1), ("complete", LAYERS), ("streamed", LAYERS),
+                                 ("streamed", by_bytes)):
                 plane, whole, tail = ray_gbps(sender, receiver, size, frames, mode, reps)
                 emit(kind="ray", mode=f"{mode}-{frames}", payload=label, bytes=size, gbps=round(plane, 3),
                      end_to_end_gbps=round(whole, 3), tail_ms=round(tail, 3),
