@@ -63,7 +63,8 @@ class Cluster:
             self.backend = RayPoolsBackend(
                 cfg.router, cfg.model, {r: p.handles for r, p in self.pools.items()}, available_codecs(),
                 default_codec=cfg.kv_transfer.codec, colocated=cfg.mode == "colocated",
-                tenant_sharing=cfg.store.tenant_sharing)
+                tenant_sharing=cfg.store.tenant_sharing,
+                early_decode=cfg.kv_transfer.transport == "ray")
             self.server = RouterServer(self.backend, cfg.router, slo=cfg.slo)
             self.port = await self.server.start()
         except BaseException:

@@ -12,8 +12,9 @@ import asyncio
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from decode_worker.messages import DecodeStart, FullRequest, StreamEvent
 from decode_worker.outbox import Outbox
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REAP_INTERVAL_S = 0.25
+RECEIVE_THREADS = 64      # KV receives waiting for a prefill (blocked, not computing)
+ABORTED_KEPT = 4096       # recently aborted request ids (a KV arriving for one is dropped)
 
 
 class DecodeWorker:
@@ -65,6 +68,9 @@ class DecodeWorker:
         self.reporter = LoadReporter(worker_id, self.incarnation, role, with_hashes=role == "colocated")
         self.deadlines: dict[str, float] = {}
         self._handed_over: set[str] = set()     # imported, no token decoded here yet
+        self._aborted: OrderedDict[str, float] = OrderedDict()   # request -> when (recent ones)
+        self._receive_pool = ThreadPoolExecutor(RECEIVE_THREADS, thread_name_prefix="kv-receive")
+        self.receiving = 0                      # KV receives in flight (waiting or moving)
         self.driver.add_observer(self._on_step)
         self._reaper: asyncio.Task | None = None
         logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)
@@ -95,9 +101,22 @@ class DecodeWorker:
 
     # -- requests ------------------------------------------------------------------------
     async def start(self, req: DecodeStart) -> int:
-        """Receive and import a request's KV; returns the KV bytes received."""
+        """Receive and import a request's KV; returns the KV bytes received. The router may
+        call this at admission, with a descriptor of a transfer the prefill worker opens only
+        when its prompt is computed: the receive waits for it on a thread of its own pool
+        (a blocked wait, no CPU). If the router aborted the request meanwhile, the KV that
+        arrives is dropped (0 is returned)."""
         self._ensure_loop()
-        seq_kv, nbytes = await asyncio.to_thread(self.receiver.receive, req.kv_handle, req.deadline)
+        began = time.monotonic()
+        self.receiving += 1
+        try:
+            seq_kv, nbytes = await asyncio.get_running_loop().run_in_executor(
+                self._receive_pool, self.receiver.receive, req.kv_handle, req.deadline)
+        finally:
+            self.receiving -= 1
+        if self._aborted.get(req.request_id, -1.0) >= began:
+            logger.debug("request %s was aborted while its KV was on its way; dropped", req.request_id)
+            return 0
         if req.deadline is not None:
             self.deadlines[req.request_id] = req.deadline
         self._handed_over.add(req.request_id)
@@ -136,6 +155,10 @@ class DecodeWorker:
         whether the request was still held."""
         self.deadlines.pop(request_id, None)
         self._handed_over.discard(request_id)
+        self._aborted[request_id] = time.monotonic()
+        self._aborted.move_to_end(request_id)
+        while len(self._aborted) > ABORTED_KEPT:
+            self._aborted.popitem(last=False)
         return self.driver.submit(lambda e: self._abort_on_engine(e, request_id))
 
     def _abort_on_engine(self, engine: LLMEngine, request_id: str) -> bool:
@@ -159,6 +182,10 @@ class DecodeWorker:
         ``since_version`` (see ``PrefillWorker.load``)."""
         return await self.reporter.report(self.driver, since_incarnation, since_version)
 
+    async def receives_in_flight(self) -> int:
+        """KV receives started and not ended (an early one waits for its prefill)."""
+        return self.receiving
+
     async def ping(self) -> str:
         return self.incarnation
 
@@ -166,4 +193,5 @@ class DecodeWorker:
         """Stop the engine thread and the deadline reaper (callable from any thread)."""
         if self._reaper is not None:
             self._reaper.get_loop().call_soon_threadsafe(self._reaper.cancel)
+        self._receive_pool.shutdown(wait=False, cancel_futures=True)
         self.driver.stop()

@@ -9,7 +9,6 @@ before it reaches its engine.
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -17,6 +16,7 @@ from typing import Any
 from engine.kv_export import KVLayout, SequenceKV
 from kv_transfer.config import KVTransferConfig
 from kv_transfer.transports import get_transport
+from kv_transfer.transports.base import new_transfer_id
 from kv_transfer.transports.kv_stream import receive_sequence, send_kv
 
 logger = logging.getLogger(__name__)
@@ -51,9 +51,12 @@ class KVSender:
         per_layer = kv[0].numel() * kv.element_size()
         return max(1, min(int(kv.shape[0]), self.section_bytes // max(1, per_layer)))
 
-    def open(self, seq: SequenceKV, codec: str | None = None, deadline: float | None = None) -> Handoff:
-        # A recovered request is re-sent under the same request id: each attempt gets its own transfer.
-        transfer_id = f"{seq.request_id}/{uuid.uuid4().hex[:8]}"
+    def open(self, seq: SequenceKV, codec: str | None = None, deadline: float | None = None,
+             transfer_id: str = "") -> Handoff:
+        """``transfer_id``: the one the receiver was already told (``early_descriptor``);
+        by default a fresh one (a recovered request is re-sent under the same request id:
+        each attempt gets its own transfer)."""
+        transfer_id = transfer_id or new_transfer_id(seq.request_id)
         stream = self.transport.open_send(transfer_id, _deadline(deadline, self.deadline_s), self.max_bytes)
 
         def run() -> int:
@@ -77,8 +80,12 @@ class KVReceiver:
         self.deadline_s, self.max_bytes = config.deadline_s, config.max_bytes
 
     def receive(self, descriptor: Any, deadline: float | None = None) -> tuple[SequenceKV, int]:
-        """Fetch, verify and decode; raises the kv_transfer typed errors."""
-        stream = self.transport.open_receive(descriptor, _deadline(deadline, self.deadline_s), self.max_bytes)
+        """Fetch, verify and decode; raises the kv_transfer typed errors. A descriptor made
+        before its transfer opened (``early``) waits for it until the request's ``deadline``:
+        how long prefill takes is not the transfer's time."""
+        early = getattr(descriptor, "early", False) and deadline is not None
+        stream = self.transport.open_receive(descriptor, deadline if early else _deadline(deadline, self.deadline_s),
+                                             self.max_bytes)
         seq = receive_sequence(stream, self.layout)
         return seq, stream.stats.bytes_moved
 

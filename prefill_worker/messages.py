@@ -18,6 +18,7 @@ class PrefillRequest:
     output_text_offset: int = 0           # ... of whose text this many chars were streamed
     fork_group: str = ""                  # samples of one request prefill once (engine.fork)
     fork_size: int = 1
+    transfer_id: str = ""                 # the KV transfer the decode worker already waits for
 
 
 @dataclass(slots=True)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 _GROUP_FETCH_KEEP_S = 5.0     # a fork group's shared prefix fetch stays this long for late samples
+_CANCELLED_KEEP_S = 30.0      # a cancelled transfer's tombstone, when the request has no deadline
 
 
 class PrefillWorker(AsyncRayKVSource):
@@ -59,6 +60,25 @@ class PrefillWorker(AsyncRayKVSource):
         return self.prefill_tokens / self.prefill_s if self.prefill_s > 0 else 0.0
 
     async def prefill(self, req: PrefillRequest) -> PrefillResult:
+        """Prefill, and ship the KV to ``req.decode_worker``. With ``req.transfer_id`` the
+        decode worker was told at admission and already waits for that transfer: when no KV
+        will be sent (the request ended at its first token, or this failed), the transfer is
+        cancelled so the wait ends at once."""
+        try:
+            result = await self._prefill(req)
+        except BaseException as exc:
+            self._cancel_transfer(req, f"prefill failed: {type(exc).__name__}")
+            raise
+        if result.kv_handle is None:
+            self._cancel_transfer(req, "the request ended at its first token")
+        return result
+
+    def _cancel_transfer(self, req: PrefillRequest, reason: str) -> None:
+        if req.transfer_id:
+            from kv_transfer.transports.ray_source import BOARD
+            BOARD.cancel(req.transfer_id, reason, req.deadline or time.time() + _CANCELLED_KEEP_S)
+
+    async def _prefill(self, req: PrefillRequest) -> PrefillResult:
         rid = req.request_id
         params = SamplingParams.from_dict(req.sampling)
         t0 = time.perf_counter()
@@ -103,7 +123,8 @@ class PrefillWorker(AsyncRayKVSource):
         seq_kv = await self.driver.call(lambda e: _export_and_release(e, rid))
         self.prefix.write_back(req.prompt_token_ids, seq_kv.kv, req.cache_salt)
         t1 = time.perf_counter()
-        handoff = await asyncio.to_thread(self.sender.open, seq_kv, req.codec or None, req.deadline)
+        handoff = await asyncio.to_thread(self.sender.open, seq_kv, req.codec or None, req.deadline,
+                                          req.transfer_id)
         if handoff.streaming:   # the decode worker starts receiving while we encode
             task = asyncio.get_running_loop().create_task(self._send_in_background(rid, handoff))
             self._sending.add(task)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib
 import logging
 import time
+import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -24,6 +25,11 @@ logger = logging.getLogger(__name__)
 DEFAULT_DEADLINE_S = 30.0
 DEFAULT_MAX_BYTES = 1 << 30
 
+
+
+def new_transfer_id(request_id: str) -> str:
+    """A transfer id of its own for each attempt to send a request's KV."""
+    return f"{request_id}/{uuid.uuid4().hex[:8]}"
 
 @dataclass(slots=True)
 class TransferStats:

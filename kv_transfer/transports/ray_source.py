@@ -23,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 #: how long past its deadline an uncollected transfer keeps its objects alive
 GRACE_S = 5.0
+#: once new frames are there, how long a poll waits for more of the same burst
+LINGER_S = 0.003
 
 
 @dataclass(slots=True)
@@ -57,6 +59,7 @@ class SectionBoard:
             if transfer_id in self._entries:
                 raise ValueError(f"KV transfer {transfer_id!r} is already open")
             self._entries[transfer_id] = _Entry(deadline)
+            self._cv.notify_all()           # an early receiver may be waiting for it
 
     def append(self, transfer_id: str, ref: Any, size: int) -> bool:
         """Publish a frame; False when the receiver already gave up (released) or it expired."""
@@ -69,26 +72,50 @@ class SectionBoard:
             self._cv.notify_all()
             return True
 
+    def cancel(self, transfer_id: str, reason: str, deadline: float) -> None:
+        """This transfer will not (or no longer) send: a receiver waiting for it, opened or
+        not yet, gets ``reason`` as the sender's error (kept until ``deadline`` + grace)."""
+        with self._cv:
+            entry = self._entries.setdefault(transfer_id, _Entry(deadline))
+            entry.closed, entry.error = True, reason
+            self._cv.notify_all()
+
     def close(self, transfer_id: str, error: str | None = None) -> None:
         with self._cv:
             entry = self._entries.get(transfer_id)
-            if entry is not None:
-                entry.closed, entry.error = True, error
+            if entry is not None:          # a cancel's error stays
+                entry.closed, entry.error = True, entry.error or error
                 self._cv.notify_all()
 
-    def wait(self, transfer_id: str, start: int, wait_s: float) -> PollResult:
-        """Frames from index ``start`` on, waiting up to ``wait_s`` for at least one."""
+    def wait(self, transfer_id: str, start: int, wait_s: float, early: bool = False) -> PollResult:
+        """Frames from index ``start`` on, waiting up to ``wait_s`` for at least one.
+        ``early``: the receiver was told before the sender opened the transfer, so an unknown
+        id is waited for (``known=False`` only when the wait ends without it)."""
         end = time.monotonic() + max(0.0, wait_s)
+        linger_until = None
         with self._cv:
             while True:
                 entry = self._entries.get(transfer_id)
-                if entry is None:
+                if entry is None and not early:
                     return PollResult([], [], True, None, known=False)
+                if entry is None:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        return PollResult([], [], False, None, known=False)
+                    self._cv.wait(left)
+                    continue
                 if entry.error is not None:
                     return PollResult([], [], True, entry.error)
-                if len(entry.refs) > start or entry.closed:
+                if len(entry.refs) > start and not entry.closed and linger_until is None:
+                    # Frames come in bursts (a whole KV is encoded in one go): wait a moment
+                    # for the rest, so one reply (and one get) carries them all.
+                    linger_until = time.monotonic() + LINGER_S
+                if entry.closed or linger_until is not None and time.monotonic() >= linger_until:
                     return PollResult(entry.refs[start:], entry.sizes[start:],
                                       entry.closed, None)
+                if linger_until is not None:
+                    self._cv.wait(max(0.0, linger_until - time.monotonic()))
+                    continue
                 left = end - time.monotonic()
                 if left <= 0:
                     return PollResult([], [], False)
@@ -116,18 +143,26 @@ BOARD = SectionBoard()
 class RayKVSource:
     """Mix into a (threaded) Ray actor that streams KV with ``get_transport("ray", streaming=True)``."""
 
-    def kv_transfer_poll(self, transfer_id: str, start: int, wait_s: float) -> PollResult:
-        return BOARD.wait(transfer_id, start, wait_s)
+    def kv_transfer_poll(self, transfer_id: str, start: int, wait_s: float, early: bool = False) -> PollResult:
+        return BOARD.wait(transfer_id, start, wait_s, early)
 
     def kv_transfer_release(self, transfer_id: str) -> None:
         BOARD.release(transfer_id)
+
+    def kv_transfer_cancel(self, transfer_id: str, reason: str, deadline: float) -> None:
+        BOARD.cancel(transfer_id, reason, deadline)
 
 
 class AsyncRayKVSource:
     """Mix into an asyncio Ray actor that streams KV with ``get_transport("ray", streaming=True)``."""
 
-    async def kv_transfer_poll(self, transfer_id: str, start: int, wait_s: float) -> PollResult:
-        return await asyncio.to_thread(BOARD.wait, transfer_id, start, wait_s)
+    async def kv_transfer_poll(self, transfer_id: str, start: int, wait_s: float,
+                               early: bool = False) -> PollResult:
+        return await asyncio.to_thread(BOARD.wait, transfer_id, start, wait_s, early)
 
     async def kv_transfer_release(self, transfer_id: str) -> None:
         BOARD.release(transfer_id)
+
+    async def kv_transfer_cancel(self, transfer_id: str, reason: str, deadline: float) -> None:
+        """The transfer will not be sent (its request ended): a receiver waiting gives up."""
+        BOARD.cancel(transfer_id, reason, deadline)

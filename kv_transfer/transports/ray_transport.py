@@ -46,6 +46,7 @@ class RayKVDescriptor:
     sizes: list[int] = field(default_factory=list)
     source: Any = None                  # streaming mode: the sender actor's handle
     transport: str = "ray"
+    early: bool = False                 # streaming: made before the sender opened the transfer
 
     @property
     def total_bytes(self) -> int | None:
@@ -161,7 +162,10 @@ class _RayReceive(ReceiveStream):
         try:
             while True:
                 wait = min(POLL_S, self._limits.remaining())
-                result = self._get(source.kv_transfer_poll.remote(tid, have, wait), slack=1.0)
+                result = self._get(source.kv_transfer_poll.remote(tid, have, wait, self._descriptor.early),
+                                   slack=1.0)
+                if not result.known and self._descriptor.early:
+                    continue            # not opened yet: the deadline bounds the wait
                 if not result.known:
                     raise KVTransferNotFound(f"sender has no streamed KV transfer {tid!r} (expired?)")
                 if result.error is not None:
@@ -216,6 +220,14 @@ class RayTransport(KVTransport):
             raise ValueError("a Ray KV descriptor needs frame refs or a source actor")
         limits = TransferLimits.make(descriptor.transfer_id, deadline, max_bytes, descriptor.deadline)
         return _RayReceive(descriptor, limits)
+
+
+def early_descriptor(transfer_id: str, deadline: float, source: Any) -> RayKVDescriptor:
+    """A streaming descriptor for a transfer ``source`` (the sender actor) will open later:
+    the receiver can start waiting for it while the sender still computes (the decode worker
+    told at admission). The sender opens it under this id, or cancels it
+    (``SectionBoard.cancel``) if it will not send."""
+    return RayKVDescriptor(transfer_id, deadline, source=source, early=True)
 
 
 def _is_device_tensor(frame: Any) -> bool:

@@ -9,6 +9,7 @@ and the stream continues with no token repeated or missing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -30,10 +31,13 @@ from router.errors import BackendFailure, NoHealthyWorker, RequestTimedOut, Work
 from router.messages import (ClusterInfo, Finished, FinishReason, GenerateEvent, GenerateRequest,
                              ModelInfo, PoolInfo, TokenDelta, Usage, WorkerHealth, WorkerInfo)
 from router.policies import RoutingContext, WorkerView, create_policy
+from kv_transfer.transports.base import new_transfer_id
+from kv_transfer.transports.ray_transport import early_descriptor
 
 logger = logging.getLogger(__name__)
 
 MAX_RECOVERIES = 3
+EARLY_WAIT_S = 600.0      # an early KV wait's bound for a request with no deadline
 
 
 class _Recover(Exception):
@@ -48,11 +52,14 @@ class RayPoolsBackend(Backend):
         codecs: codec names a request may ask for; ``default_codec`` when it names none.
         colocated: one pool ("colocated") does prefill and decode.
         tenant_sharing: False salts each tenant's prefix hashes apart.
+        early_decode: tell the decode worker at admission (the KV transport streams from the
+            prefill actor, ``kv_transfer.transport: ray``), so it waits for the KV while the
+            prompt is computed.
     """
 
     def __init__(self, router: RouterConfig, model: EngineConfig, pools: dict[str, dict[str, object]],
                  codecs: list[str], *, default_codec: str = "raw", colocated: bool = False,
-                 tenant_sharing: bool = False):
+                 tenant_sharing: bool = False, early_decode: bool = False):
         self.model = model
         self.colocated = colocated
         self.mode = "colocated" if colocated else "disaggregated"
@@ -68,6 +75,8 @@ class RayPoolsBackend(Backend):
         self.block_size = model.block_size
         self.kv_bytes_sent: dict[str, int] = {}   # codec -> encoded KV bytes received by decode
         self.fork_homes = ForkHomes()             # the samples of one request go to one worker
+        self.early_decode = early_decode and not colocated
+        self._collecting: set[asyncio.Task] = set()
 
     @property
     def tokenizer(self) -> Tokenizer:
@@ -120,6 +129,7 @@ class RayPoolsBackend(Backend):
         queue = self.hub.subscribe(rid, decoder.name)
         decoder.inflight += 1
         finished = False
+        early = _EarlyStart()
         try:
             if self.colocated:
                 self.registry.expect_cached(decoder, ctx.block_hashes)
@@ -129,7 +139,7 @@ class RayPoolsBackend(Backend):
                 usage.decode_worker = usage.prefill_worker = decoder.name
             else:
                 res = await self._prefill(request, rid, prompt, params, salt, decoder, ctx, deadline,
-                                          progress, fork)
+                                          progress, fork, early)
                 usage.prefill_worker, usage.decode_worker = res.worker_id, decoder.name
                 if not generated:
                     usage.cached_prompt_tokens = res.num_cached_tokens
@@ -139,8 +149,10 @@ class RayPoolsBackend(Backend):
                 if res.finish_reason is not None:
                     finished = True
                     return
-                nbytes = await self._call(request, decoder, decoder.handle.start.remote(
-                    DecodeStart(rid, res.kv_handle, deadline)), recover=True)
+                started, early.ref = early.ref, None     # told at admission, or now
+                if started is None:
+                    started = decoder.handle.start.remote(DecodeStart(rid, res.kv_handle, deadline))
+                nbytes = await self._call(request, decoder, started, recover=True)
                 codec = request.codec or self.default_codec
                 self.kv_bytes_sent[codec] = self.kv_bytes_sent.get(codec, 0) + int(nbytes or 0)
             while True:
@@ -160,24 +172,41 @@ class RayPoolsBackend(Backend):
             if group and self.colocated:
                 self.fork_homes.release(self.stream_role, group)
             self.hub.unsubscribe(rid)
+            if early.ref is not None:
+                self._abandon(early, "the request ended before its KV was sent")
             if not finished:
                 _fire_and_forget(decoder.handle.abort.remote(rid))
 
     async def _prefill(self, request, rid, prompt, params, salt, decoder: WorkerView, ctx, deadline,
-                       progress: _Progress, fork: dict) -> PrefillResult:
+                       progress: _Progress, fork: dict, early: _EarlyStart) -> PrefillResult:
+        """The first token from a prefill worker (a failed one is retried on another). With
+        ``early_decode`` the decode worker is told at the same time (``early``): it waits for
+        the KV transfer while the prompt is computed, so the hand-off adds no router round
+        trips after prefill."""
         tried: set[str] = set()
         group = fork["fork_group"]
         while True:
             worker = self._pick("prefill", self.prefill_policy, ctx, exclude=tried, group=group)
             self.registry.expect_cached(worker, ctx.block_hashes)
             worker.inflight += 1
+            transfer_id = ""
+            if self.early_decode:
+                transfer_id = new_transfer_id(rid)
+                descriptor = early_descriptor(transfer_id, deadline or time.time() + EARLY_WAIT_S, worker.handle)
+                early.ref = decoder.handle.start.remote(DecodeStart(rid, descriptor, deadline))
+                early.worker, early.transfer_id, early.deadline = worker, transfer_id, descriptor.deadline
             ref = worker.handle.prefill.remote(PrefillRequest(
                 rid, prompt, params, salt, request.codec, decoder.name, deadline,
-                len(progress.token_ids), progress.text_chars, **fork))
+                len(progress.token_ids), progress.text_chars, **fork, transfer_id=transfer_id))
             try:
-                return await self._call(request, worker, ref, recover=False)
+                res = await self._call(request, worker, ref, recover=False)
+                if res.finish_reason is not None and early.ref is not None:
+                    self._abandon(early, "the request ended at its first token")
+                return res
             except WorkerFailed as exc:
                 tried.add(worker.name)
+                if early.ref is not None:
+                    self._abandon(early, "prefill failed")
                 logger.warning("request %s: prefill on %s failed (%s); retrying elsewhere", rid, worker.name, exc)
             finally:
                 worker.inflight -= 1
@@ -234,6 +263,25 @@ class RayPoolsBackend(Backend):
         if finish_reason is not None:
             usage.completion_tokens = len(generated)
             yield Finished(FinishReason(finish_reason), usage)
+
+    def _abandon(self, early: _EarlyStart, reason: str) -> None:
+        """An early start that will get no KV: the prefill worker's board cancels the transfer
+        (the decode worker's wait ends at once; a no-op if prefill already did), and the
+        start's result is collected in the background."""
+        ref, early.ref = early.ref, None
+        if early.worker is not None:
+            with contextlib.suppress(Exception):      # the prefill worker may be gone
+                _fire_and_forget(early.worker.handle.kv_transfer_cancel.remote(
+                    early.transfer_id, reason, early.deadline))
+
+        async def collect() -> None:
+            try:
+                await ref
+            except Exception as exc:                   # the expected end of an abandoned wait
+                logger.debug("abandoned KV start ended: %s", type(exc).__name__)
+        task = asyncio.get_running_loop().create_task(collect())
+        self._collecting.add(task)
+        task.add_done_callback(self._collecting.discard)
 
     def _pick(self, role: str, policy, ctx: RoutingContext, exclude: set[str] = frozenset(),
               group: str = "") -> WorkerView:
@@ -302,6 +350,16 @@ def _remaining(request: GenerateRequest) -> float | None:
 
 def _epoch(deadline_monotonic: float | None) -> float | None:
     return None if deadline_monotonic is None else time.time() + (deadline_monotonic - time.monotonic())
+
+
+@dataclass(slots=True)
+class _EarlyStart:
+    """A decode worker's ``start`` sent at admission, not yet awaited, and the transfer it
+    waits for on ``worker`` (the prefill worker)."""
+    ref: object = None
+    worker: WorkerView | None = None
+    transfer_id: str = ""
+    deadline: float = 0.0
 
 
 def _fire_and_forget(ref) -> None:

@@ -153,6 +153,27 @@ def test_cancelling_100_streams_mid_flight_returns_every_kv_block(cluster, clien
     assert _wait_blocks_back(cluster, start) == start
 
 
+def test_decode_workers_told_at_admission_stop_waiting_when_no_kv_will_come(cluster, client):
+    """The decode worker is told at admission and waits for the KV while prefill runs. When
+    none will come (the request ends at its first token, or the client cancels it during
+    prefill), the prefill side cancels the transfer and the wait ends at once: no receive is
+    left waiting out the request's deadline (120 s here), and streamed requests still work."""
+    import ray
+
+    handles = cluster.cluster.pools["decode"].handles
+    for i in range(12):                                     # ended by prefill: max_tokens 1
+        out = client.generate(PROMPTS[i % len(PROMPTS)] + f" {i}", max_tokens=1, temperature=0)
+        assert out.finish_reason == "length" and len(out.token_ids) == 1
+    streams = [client.stream(PROMPTS[i % len(PROMPTS)] * 8, max_tokens=50, temperature=0)
+               for i in range(12)]
+    for s in streams:                                       # cancelled while prefills queue
+        s.cancel()
+    wait_until(lambda: sum(ray.get([h.receives_in_flight.remote() for h in handles.values()])) == 0,
+               20, "every early KV receive to end")
+    full = client.generate(PROMPTS[0], max_tokens=8, temperature=0)
+    assert len(full.token_ids) == 8
+
+
 def test_killing_a_decode_actor_mid_stream_recovers_exactly_the_requests_it_held(cluster, client, offline,
                                                                                  caplog):
     """The victim's engine is wedged mid-stream (so which requests it holds cannot change),
