@@ -59,9 +59,10 @@ class ResponseBuilder:
         self._ids = list(context_ids or [])[-_CONTEXT:]   # what the next token's text follows
         self._offset = 0                  # completion text_offset of the next token
 
-    def _piece(self, prev: list[int], tok: int) -> str:
-        """The text ``tok`` adds after ``prev`` (so leading spaces come out right)."""
-        return self.decode(prev + [tok])[len(self.decode(prev)):] if prev else self.decode([tok])
+    def _piece(self, prev: list[int], tok: int, base: str) -> str:
+        """The text ``tok`` adds after ``prev`` (whose text is ``base``), so leading spaces
+        come out right."""
+        return self.decode(prev + [tok])[len(base):] if prev else self.decode([tok])
 
     def _logprobs(self, token_ids: list[int], logprobs: list | None) -> dict | None:
         """OpenAI's logprobs object; an entry may be None (an echoed prompt's first token)."""
@@ -70,9 +71,10 @@ class ResponseBuilder:
         entries = []
         for tok, entry in zip(token_ids, logprobs):
             prev = self._ids[-_CONTEXT:]
+            base = self.decode(prev) if prev else ""      # once per token, not per alternative
             lp, top = entry if entry is not None else (None, None)
-            alts = None if top is None else [(self._piece(prev, t), v) for t, v in top]
-            entries.append((self._piece(prev, tok), lp, alts))
+            alts = None if top is None else [(self._piece(prev, t, base), v) for t, v in top]
+            entries.append((self._piece(prev, tok, base), lp, alts))
             self._ids.append(tok)
         if self.chat:
             def one(s: str, v: float) -> dict:
