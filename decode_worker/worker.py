@@ -25,6 +25,7 @@ from engine.driver import EngineDriver, exit_on_fatal
 from engine.load import LoadReporter
 from engine.sampling_params import SamplingParams
 from kv_transfer.config import KVTransferConfig
+from kv_transfer.errors import KVTransferFailed
 from tandem_common.worker_load import WorkerLoad
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 REAP_INTERVAL_S = 0.25
-RECEIVE_THREADS = 64      # KV receives waiting for a prefill (blocked, not computing)
+RECEIVE_THREADS = 256     # KV receives waiting for a prefill (blocked, not computing)
 ABORTED_KEPT = 4096       # recently aborted request ids (a KV arriving for one is dropped)
 
 
@@ -105,7 +106,7 @@ class DecodeWorker:
         call this at admission, with a descriptor of a transfer the prefill worker opens only
         when its prompt is computed: the receive waits for it on a thread of its own pool
         (a blocked wait, no CPU). If the router aborted the request meanwhile, the KV that
-        arrives is dropped (0 is returned)."""
+        arrives is dropped (``KVTransferFailed``)."""
         self._ensure_loop()
         began = time.monotonic()
         self.receiving += 1
@@ -115,8 +116,8 @@ class DecodeWorker:
         finally:
             self.receiving -= 1
         if self._aborted.get(req.request_id, -1.0) >= began:
-            logger.debug("request %s was aborted while its KV was on its way; dropped", req.request_id)
-            return 0
+            raise KVTransferFailed(f"request {req.request_id} was aborted while its KV was on its "
+                                   "way; the KV is dropped")
         if req.deadline is not None:
             self.deadlines[req.request_id] = req.deadline
         self._handed_over.add(req.request_id)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
+from collections import OrderedDict
 
 from engine.block_pool import BlockPool
 from engine.sequence import Sequence, SequenceStatus
@@ -29,6 +30,7 @@ from engine.sequence import Sequence, SequenceStatus
 logger = logging.getLogger(__name__)
 
 FORK_WAIT_S = 0.05        # longest a leader waits for its siblings before computing its prompt
+_CLOSED_KEPT = 4096       # closed groups remembered for samples still to come
 
 
 def _same_but_seed(a, b) -> bool:
@@ -42,11 +44,17 @@ class ForkGroups:
         self.clock = clock
         self.leaders: dict[str, Sequence] = {}
         self.held: dict[str, tuple[int, float]] = {}     # group -> (its size, release time)
+        # Groups whose prompt is computed, and how many samples may still come: those are
+        # scheduled at once (nothing is left to share), not held as a new leader.
+        self.closed: OrderedDict[str, int] = OrderedDict()
 
     def add(self, seq: Sequence, size: int) -> Sequence | None:
         """Take in a new request: the sequence to schedule now (``seq`` itself, or a held leader
         whose group is now complete), or None while it waits (a follower, or a held leader)."""
         if not seq.fork_group:
+            return seq
+        if seq.fork_group in self.closed:
+            self._arrived_late(seq.fork_group)
             return seq
         leader = self.leaders.get(seq.fork_group)
         if leader is None:
@@ -75,6 +83,11 @@ class ForkGroups:
         if not self.held:
             return None
         return max(0.0, min(until for _, until in self.held.values()) - self.clock())
+
+    def _arrived_late(self, group: str) -> None:
+        left = self.closed.pop(group) - 1
+        if left > 0:
+            self.closed[group] = left
 
     def _attach(self, leader: Sequence, seq: Sequence) -> bool:
         if (leader.num_output_tokens or leader.prompt_len != seq.prompt_len
@@ -108,9 +121,15 @@ class ForkGroups:
         return heir
 
     def take_followers(self, leader: Sequence) -> list[Sequence]:
-        """The followers to fork now that ``leader``'s prompt is computed (the group closes)."""
+        """The followers to fork now that ``leader``'s prompt is computed (the group closes;
+        samples of it still to come are then scheduled at once, not held)."""
         if self.leaders.get(leader.fork_group) is leader:
             del self.leaders[leader.fork_group]
+            missing = leader.fork_size - 1 - len(leader.followers)
+            if missing > 0:
+                self.closed[leader.fork_group] = missing
+                while len(self.closed) > _CLOSED_KEPT:
+                    self.closed.popitem(last=False)
         out, leader.followers = leader.followers, []
         for f in out:
             f.leader = None

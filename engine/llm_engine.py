@@ -97,7 +97,7 @@ class LLMEngine:
         seq = Sequence(request_id, list(prompt_token_ids), len(prompt), sampling_params, detok,
                        generator=self._generator_for(sampling_params), cache_salt=cache_salt,
                        prefill_only=prefill_only, pending_prefix_kv=cached_prefix_kv,
-                       fork_group="" if output_len else fork_group)
+                       fork_group="" if output_len else fork_group, fork_size=1 if output_len else fork_size)
         if output_len:
             detok.step(seq.token_ids)
             seq.emitted_text_len = min(max(0, int(output_text_offset)), len(detok.text))
@@ -209,10 +209,13 @@ class LLMEngine:
         """The leader's prompt is computed: its followers take its KV and sample their first
         token from the same (processed) logits row, each with its own generator."""
         ready = []
+        room = self.scheduler.max_num_seqs - len(self.scheduler.running)
         for f in self.forks.take_followers(leader):
-            if fork_blocks(self.pool, leader, f, self.runner.copy_block):
+            # Within the running cap, and a block to copy into; else it waits its turn and
+            # computes on its own (the prefix cache still serves the prompt's full blocks).
+            if len(ready) < room and fork_blocks(self.pool, leader, f, self.runner.copy_block):
                 ready.append(f)
-            else:                  # no block to copy into: computes on its own (prefix cache)
+            else:
                 self.scheduler.add(f)
         if not ready:
             return []

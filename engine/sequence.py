@@ -45,6 +45,7 @@ class Sequence:
     logprobs: list = field(default_factory=list)   # per generated token, when asked (engine.logprobs)
     prompt_logprobs: list = field(default_factory=list)   # per prompt token (None for the first)
     fork_group: str = ""                # samples of one request share its prefill (engine.fork)
+    fork_size: int = 1                  # ... how many samples the group has
     leader: Sequence | None = None      # while a follower waits for its leader's prefill
     followers: list[Sequence] = field(default_factory=list)
 

@@ -83,9 +83,11 @@ class KVReceiver:
         """Fetch, verify and decode; raises the kv_transfer typed errors. A descriptor made
         before its transfer opened (``early``) waits for it until the request's ``deadline``:
         how long prefill takes is not the transfer's time."""
-        early = getattr(descriptor, "early", False) and deadline is not None
-        stream = self.transport.open_receive(descriptor, deadline if early else _deadline(deadline, self.deadline_s),
-                                             self.max_bytes)
+        if getattr(descriptor, "early", False):
+            limit = deadline if deadline is not None else descriptor.deadline
+        else:
+            limit = _deadline(deadline, self.deadline_s)
+        stream = self.transport.open_receive(descriptor, limit, self.max_bytes)
         seq = receive_sequence(stream, self.layout)
         return seq, stream.stats.bytes_moved
 

@@ -52,7 +52,7 @@ class PrefillWorker(AsyncRayKVSource):
         self.prefix = PrefixFetcher(self.engine, store)
         self.reporter = LoadReporter(worker_id, self.incarnation, "prefill", with_hashes=True)
         self._sending: set[asyncio.Task] = set()
-        self._group_fetches: dict[str, asyncio.Future] = {}
+        self._group_fetches: dict[tuple, list] = {}     # fork group's fetch -> [future, samples left]
         logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)
 
     @property
@@ -111,7 +111,7 @@ class PrefillWorker(AsyncRayKVSource):
             self.driver.unsubscribe(rid)
         compute_s = time.perf_counter() - t0
         computed = len(req.prompt_token_ids) - out.num_cached_tokens
-        if computed > 0:     # a forked sample (n > 1) computed nothing: no speed to learn
+        if computed > 0 and req.fork_size <= 1:   # a fork group's time includes its gathering wait
             self.prefill_tokens += computed
             self.prefill_s += compute_s
         timings = {"store_ms": store.store_ms, "prefill_ms": 1000 * compute_s}
@@ -141,16 +141,22 @@ class PrefillWorker(AsyncRayKVSource):
         group computes their prompt once."""
         if req.fork_size <= 1:
             return await self.prefix.fetch(req.prompt_token_ids, req.cache_salt, self.prefill_tokens_per_s)
-        group = req.fork_group
-        fut = self._group_fetches.get(group)
-        if fut is None:
+        # Keyed by what the fetch depends on too: only the same prompt and salt may share it.
+        key = (req.fork_group, req.cache_salt, hash(tuple(req.prompt_token_ids)))
+        entry = self._group_fetches.get(key)
+        if entry is None:
             fut = asyncio.ensure_future(self.prefix.fetch(req.prompt_token_ids, req.cache_salt,
                                                           self.prefill_tokens_per_s))
-            self._group_fetches[group] = fut
-            loop = asyncio.get_running_loop()
-            fut.add_done_callback(lambda _: loop.call_later(_GROUP_FETCH_KEEP_S, self._group_fetches.pop,
-                                                            group, None))
-        return await asyncio.shield(fut)
+            entry = self._group_fetches[key] = [fut, req.fork_size]
+            # Dropped once every sample has it, at once if it failed (a retry fetches afresh),
+            # and after a while regardless (a sample that never comes must not keep it).
+            fut.add_done_callback(lambda f: (f.cancelled() or f.exception() is not None)
+                                  and self._group_fetches.pop(key, None))
+            asyncio.get_running_loop().call_later(_GROUP_FETCH_KEEP_S, self._group_fetches.pop, key, None)
+        entry[1] -= 1
+        if entry[1] <= 0:
+            self._group_fetches.pop(key, None)
+        return await asyncio.shield(entry[0])
 
     async def _send_in_background(self, request_id: str, handoff) -> None:
         try:

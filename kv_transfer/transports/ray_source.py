@@ -16,6 +16,7 @@ import asyncio
 import logging
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,10 +63,11 @@ class SectionBoard:
             self._cv.notify_all()           # an early receiver may be waiting for it
 
     def append(self, transfer_id: str, ref: Any, size: int) -> bool:
-        """Publish a frame; False when the receiver already gave up (released) or it expired."""
+        """Publish a frame; False when the receiver already gave up (released), the transfer
+        was cancelled, or it expired."""
         with self._cv:
             entry = self._entries.get(transfer_id)
-            if entry is None:
+            if entry is None or entry.error is not None:
                 return False
             entry.refs.append(ref)
             entry.sizes.append(size)
@@ -138,6 +140,15 @@ class SectionBoard:
 
 
 BOARD = SectionBoard()
+POLL_THREADS = 256          # blocked board waits an asyncio sender actor serves at once
+_POLL_POOL: ThreadPoolExecutor | None = None
+
+
+def _poll_pool() -> ThreadPoolExecutor:
+    global _POLL_POOL
+    if _POLL_POOL is None:
+        _POLL_POOL = ThreadPoolExecutor(POLL_THREADS, thread_name_prefix="kv-poll")
+    return _POLL_POOL
 
 
 class RayKVSource:
@@ -158,7 +169,10 @@ class AsyncRayKVSource:
 
     async def kv_transfer_poll(self, transfer_id: str, start: int, wait_s: float,
                                early: bool = False) -> PollResult:
-        return await asyncio.to_thread(BOARD.wait, transfer_id, start, wait_s, early)
+        # Polls block on the board's condition (early ones for as long as a prefill queues):
+        # they get threads of their own, so the actor's default pool stays free for its work.
+        return await asyncio.get_running_loop().run_in_executor(
+            _poll_pool(), BOARD.wait, transfer_id, start, wait_s, early)
 
     async def kv_transfer_release(self, transfer_id: str) -> None:
         BOARD.release(transfer_id)

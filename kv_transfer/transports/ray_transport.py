@@ -158,14 +158,16 @@ class _RayReceive(ReceiveStream):
                 yield value if not isinstance(value, np.ndarray) else memoryview(value)
 
     def _poll(self) -> Iterator[tuple[list, list[int]]]:
-        source, tid, have = self._descriptor.source, self._limits.transfer_id, 0
+        d = self._descriptor
+        source, tid, have, opened = d.source, self._limits.transfer_id, 0, False
         try:
             while True:
                 wait = min(POLL_S, self._limits.remaining())
-                result = self._get(source.kv_transfer_poll.remote(tid, have, wait, self._descriptor.early),
-                                   slack=1.0)
-                if not result.known and self._descriptor.early:
+                early = d.early and not opened
+                result = self._get(source.kv_transfer_poll.remote(tid, have, wait, early), slack=1.0)
+                if not result.known and early:
                     continue            # not opened yet: the deadline bounds the wait
+                opened = True
                 if not result.known:
                     raise KVTransferNotFound(f"sender has no streamed KV transfer {tid!r} (expired?)")
                 if result.error is not None:

@@ -66,13 +66,16 @@ class Generation:
         self.gateway, self.parsed, self.principal, self.chat = gateway, parsed, principal, chat
         raw, k = parsed.raw, parsed.best_of or parsed.n
         self.request_id = raw.request_id or (uuid.uuid4().hex if k > 1 else "")
+        # The group id is the server's own: a client's request id may repeat (another tenant,
+        # a retry), and samples of different requests must never share a prefill.
+        self.fork_group = uuid.uuid4().hex if k > 1 else ""
         self.samples = [_Sample(raw, 0)] if k == 1 else [
             _Sample(self._child(raw, i, k), i) for i in range(k)]
 
     def _child(self, raw: RawRequest, i: int, k: int) -> RawRequest:
         child = dataclasses.replace(raw, request_id=f"{self.request_id[:120]}-{i}",
                                     seed=None if raw.seed is None else raw.seed + i,
-                                    fork_group=self.request_id, fork_size=k)
+                                    fork_group=self.fork_group, fork_size=k)
         if self.parsed.best_of > self.parsed.n and child.logprobs is None:
             child.logprobs = 0           # ranking needs each sampled token's logprob
         return child

@@ -32,11 +32,17 @@ def assert_samples_prefill_once(target: str, http_url: str) -> None:
     oai = openai.OpenAI(base_url=f"{http_url}/v1", api_key="unused", max_retries=0, timeout=120)
     try:
         before = _computed(http_url)
+        rid = {"X-Request-Id": f"samples-{uuid.uuid4().hex[:8]}"}
         first = oai.completions.create(model="stories260K", prompt=prompt, max_tokens=MAX_TOKENS,
-                                       n=4, seed=21)
+                                       n=4, seed=21, extra_headers=rid)
         computed = _computed(http_url) - before
         again = oai.completions.create(model="stories260K", prompt=prompt, max_tokens=MAX_TOKENS,
                                        n=4, seed=21)
+        # The client's request id again, another prompt: samples of different requests never
+        # share a prefill (the fork group is the server's, not the client's id).
+        other_prompt = prompt.replace("dog", "cat")
+        other = oai.completions.create(model="stories260K", prompt=other_prompt, max_tokens=MAX_TOKENS,
+                                       n=2, seed=5, extra_headers=rid)
     finally:
         oai.close()
     texts = [c.text for c in first.choices]
@@ -46,5 +52,9 @@ def assert_samples_prefill_once(target: str, http_url: str) -> None:
         alone = [client.generate(prompt, max_tokens=MAX_TOKENS, temperature=1.0, seed=21 + i).text
                  for i in range(4)]
     assert texts == alone
+    with TandemClient(target, timeout=120) as client:
+        assert [c.text for c in other.choices] == [
+            client.generate(other_prompt, max_tokens=MAX_TOKENS, temperature=1.0, seed=5 + i).text
+            for i in range(2)]
     assert computed == first.usage.prompt_tokens, (computed, first.usage)
     assert first.usage.completion_tokens == 4 * MAX_TOKENS

@@ -162,3 +162,19 @@ def test_fork_size_is_a_positive_int(llm, size):
         llm.engine.add_request("x", [1, 2, 3], _params(1), fork_group="x", fork_size=size)
     with pytest.raises(ValueError, match="fork_size"):
         llm.engine.add_request("y", [1, 2, 3], _params(1), fork_size=2)    # needs a group
+
+
+def test_a_sample_arriving_after_its_groups_prefill_is_scheduled_at_once(llm):
+    """Nothing is left to share once the prompt is computed: a late sibling is not held as a
+    new leader for siblings that already came."""
+    engine = llm.engine
+    prompt = llm.tokenizer.encode(STORY)
+    for i in range(2):
+        engine.add_request(f"l-{i}", prompt, _params(40 + i), fork_group="late", fork_size=3)
+    while engine.idle_s():                                  # held until the wait ends
+        engine.step()
+    engine.step()                                           # the prompt: both have a first token
+    engine.add_request("l-2", prompt, _params(42), fork_group="late", fork_size=3)
+    assert engine.idle_s() == 0 and not engine.forks.held and "late" not in engine.forks.closed
+    final = _drain(engine, ["l-0", "l-1", "l-2"])
+    assert [final[f"l-{i}"].token_ids for i in range(3)] == _alone(prompt, [40, 41, 42])
