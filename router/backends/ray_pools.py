@@ -1,7 +1,8 @@
 """The router's backend over the Ray pools: routing, the two-phase flow, and recovery.
 
 Disaggregated: prefill on one pool (first token streamed at once), KV shipped to a decode
-worker, tokens streamed back through that worker's batched long-poll. Colocated: one
+worker (told at admission with the streaming Ray transport, so it waits for the KV while the
+prompt is computed), tokens streamed back through that worker's batched long-poll. Colocated: one
 worker does both. A prefill failure is retried on another worker; a decode worker that
 dies mid-stream has its request re-prefilled (prompt + tokens so far) on a healthy pair
 and the stream continues with no token repeated or missing.
