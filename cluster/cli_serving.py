@@ -85,7 +85,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
         print(f"pool {pool.name}:")
         for w in pool.workers:
             print(f"  {w.worker_id:<22} {w.health:<9} running={w.running_requests:<3} "
-                  f"waiting={w.waiting_requests:<3} kv_free={w.free_kv_blocks}/{w.total_kv_blocks}")
+                  f"waiting={w.waiting_requests:<3} kv_free={w.free_kv_blocks}/{w.total_kv_blocks}"
+                  f"  node={w.node[:12] or '-'}")
     return 0
 
 

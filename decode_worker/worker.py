@@ -26,7 +26,7 @@ from engine.load import LoadReporter
 from engine.sampling_params import SamplingParams
 from kv_transfer.config import KVTransferConfig
 from kv_transfer.errors import KVTransferFailed
-from tandem_common.worker_load import WorkerLoad
+from tandem_common.worker_load import WorkerLoad, current_node
 
 if TYPE_CHECKING:
     from engine.llm_engine import LLMEngine
@@ -66,7 +66,8 @@ class DecodeWorker:
             self.receiver = KVReceiver(self.engine.kv_layout, kv)
         self.outbox = Outbox()
         # The prefix-cache index is reported in the colocated role only (routing by prefix).
-        self.reporter = LoadReporter(worker_id, self.incarnation, role, with_hashes=role == "colocated")
+        self.reporter = LoadReporter(worker_id, self.incarnation, role, with_hashes=role == "colocated",
+                                     node=current_node())
         self.deadlines: dict[str, float] = {}
         self._handed_over: set[str] = set()     # imported, no token decoded here yet
         self._aborted: OrderedDict[str, float] = OrderedDict()   # request -> when (recent ones)

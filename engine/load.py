@@ -27,8 +27,8 @@ class LoadReporter:
     and, where the router routes by prefix (prefill and colocated workers), the engine's
     prefix-cache index as a delta from the version the caller holds."""
 
-    def __init__(self, worker_id: str, incarnation: str, role: str, with_hashes: bool):
-        self.worker_id, self.incarnation, self.role = worker_id, incarnation, role
+    def __init__(self, worker_id: str, incarnation: str, role: str, with_hashes: bool, node: str = ""):
+        self.worker_id, self.incarnation, self.role, self.node = worker_id, incarnation, role, node
         self.feed = CachedHashFeed() if with_hashes else None
         self.started = time.monotonic()
 
@@ -40,7 +40,7 @@ class LoadReporter:
                                                    frozenset(e.pool.by_hash) if with_hashes else None))
         load = WorkerLoad(self.worker_id, self.incarnation, self.role, fig["queue_depth"], fig["running"],
                           fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"],
-                          prefill_tokens_per_s, store=store or {})
+                          prefill_tokens_per_s, store=store or {}, node=self.node)
         if hashes is not None:
             self.feed.update(hashes)
             load.hashes_base, load.hashes_version, load.hashes_added, load.hashes_removed = \

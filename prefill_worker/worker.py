@@ -23,7 +23,7 @@ from kv_transfer.store.config import StoreConfig
 from kv_transfer.transports.ray_source import AsyncRayKVSource
 from prefill_worker.messages import PrefillRequest, PrefillResult, StoreOutcome
 from prefill_worker.prefix import PrefixFetcher
-from tandem_common.worker_load import WorkerLoad
+from tandem_common.worker_load import WorkerLoad, current_node
 
 if TYPE_CHECKING:
     from engine.llm_engine import LLMEngine
@@ -50,7 +50,8 @@ class PrefillWorker(AsyncRayKVSource):
         # Layer-wise streaming: the decode worker pulls from this actor (the Ray transport).
         self.sender = KVSender(self.engine.kv_layout, kv, streaming=kv.transport == "ray")
         self.prefix = PrefixFetcher(self.engine, store)
-        self.reporter = LoadReporter(worker_id, self.incarnation, "prefill", with_hashes=True)
+        self.reporter = LoadReporter(worker_id, self.incarnation, "prefill", with_hashes=True,
+                                     node=current_node())
         self._sending: set[asyncio.Task] = set()
         self._group_fetches: dict[tuple, list] = {}     # fork group's fetch -> [future, samples left]
         logger.info("%s ready (incarnation %s)", worker_id, self.incarnation)

@@ -25,3 +25,13 @@ class WorkerLoad:
     hashes_added: list[bytes] = field(default_factory=list)
     hashes_removed: list[bytes] = field(default_factory=list)
     store: dict[str, Any] = field(default_factory=dict)
+    node: str = ""                        # the Ray node the worker runs on (``current_node``)
+
+
+def current_node() -> str:
+    """The id of the Ray node this process runs on; "" outside a Ray worker."""
+    try:
+        import ray
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else ""
+    except Exception:      # no Ray, or no runtime context: not placed on a node
+        return ""

@@ -311,6 +311,7 @@ class RayPoolsBackend(Backend):
             workers = []
             for v in views.values():
                 workers.append(WorkerInfo(v.name, WorkerHealth.HEALTHY if v.healthy else WorkerHealth.UNHEALTHY,
+                                          node=v.last_load.node if v.last_load is not None else "",
                                           running_requests=v.running, waiting_requests=v.queue_depth,
                                           free_kv_blocks=v.free_kv_blocks, total_kv_blocks=v.total_kv_blocks,
                                           load=float(v.load), restarts=self.registry.restarts.get(v.name, 0)))
