@@ -1,13 +1,17 @@
-"""Pools on different Ray nodes: a real 3-node Ray cluster on this machine (a head that hosts
-no pool, a node that advertises the prefill pool's resource, one the decode pool's), and
-`tandem serve`'s cluster joining it by address. The prefill and decode actors land on their
-own nodes (asserted from Ray's state), the KV crosses object stores, 32 concurrent streams
-equal the offline engine's, and `tandem status` shows each worker's node."""
+"""Pools on different Ray nodes: a real Ray cluster of four nodes on this machine (a head that
+hosts no pool, a node that advertises the prefill pool's resource, two the decode pool's),
+and `tandem serve`'s cluster joining it by address. The prefill and decode actors land on
+their own nodes (asserted from Ray's state), the KV crosses object stores, 32 concurrent
+streams equal the offline engine's, and `tandem status` shows each worker's node. Then a
+whole decode node is killed mid-load (its raylet and everything on it): the requests on it
+finish exactly through the recovery path, and a node that joins in its place brings the pool
+back to full strength."""
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -22,6 +26,7 @@ from cluster.ray_runtime import POOL_RESOURCES  # noqa: E402
 from cluster.testing import BackgroundCluster  # noqa: E402
 from engine import LLM, SamplingParams  # noqa: E402
 from tandem_client import TandemClient  # noqa: E402
+from waiting import wait_until  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "Tom had a red ball", "One day, a cat"]
@@ -30,12 +35,16 @@ PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "Tom had a red b
 @pytest.fixture(scope="module")
 def ray_nodes():
     from ray.cluster_utils import Cluster
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    # Fast node-failure detection, so a dead node's actors are rescheduled within seconds.
+    nodes = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 1, "include_dashboard": False,
+        "_system_config": {"health_check_period_ms": 500, "health_check_failure_threshold": 3,
+                           "health_check_initial_delay_ms": 0}})
     try:
         prefill = nodes.add_node(num_cpus=1, resources={POOL_RESOURCES["prefill"]: 1})
-        decode = nodes.add_node(num_cpus=1, resources={POOL_RESOURCES["decode"]: 1})
+        decode = [nodes.add_node(num_cpus=1, resources={POOL_RESOURCES["decode"]: 1}) for _ in range(2)]
         nodes.wait_for_nodes()
-        yield nodes, prefill.node_id, decode.node_id
+        yield nodes, prefill.node_id, decode
     finally:
         import ray
         ray.shutdown()              # the serving cluster joined as a driver of this process
@@ -47,17 +56,24 @@ def cluster(ray_nodes):
     nodes, _, _ = ray_nodes
     cfg = load_config(None, [f"ray.address={nodes.address}", "router.grpc_port=0", "router.http_port=0",
                              "store.enabled=false", "model.num_threads=1", "router.health_poll_s=0.2",
-                             "pools.prefill.cpus_per_worker=0.5", "pools.decode.cpus_per_worker=0.5"])
+                             "pools.prefill.cpus_per_worker=0.5", "pools.decode.cpus_per_worker=0.5",
+                             "pools.decode.workers=2"])
     with BackgroundCluster(cfg) as c:
         yield c
 
 
-def test_prefill_and_decode_run_on_their_own_nodes_and_serve_exactly(ray_nodes, cluster):
+def _placed(cluster) -> dict[str, str]:
+    """worker -> the Ray node its actor runs on, asked of the actors themselves."""
     import ray
-    _, prefill_node, decode_node = ray_nodes
-    placed = {name: ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
-              for pool in cluster.cluster.pools.values() for name, handle in pool.handles.items()}
-    assert placed == {"tandem-prefill-0": prefill_node, "tandem-decode-0": decode_node}   # Ray's placement
+    return {name: ray.get(handle.__ray_call__.remote(lambda self: ray.get_runtime_context().get_node_id()))
+            for pool in cluster.cluster.pools.values() for name, handle in pool.handles.items()}
+
+
+def test_prefill_and_decode_run_on_their_own_nodes_and_serve_exactly(ray_nodes, cluster):
+    _, prefill_node, decode_nodes = ray_nodes
+    placed = _placed(cluster)
+    assert placed["tandem-prefill-0"] == prefill_node
+    assert {placed["tandem-decode-0"], placed["tandem-decode-1"]} == {n.node_id for n in decode_nodes}
 
     want = {p: o.token_ids for p, o in zip(PROMPTS, LLM("stories260K").generate(
         PROMPTS, SamplingParams(temperature=0, max_tokens=24)))}
@@ -70,15 +86,55 @@ def test_prefill_and_decode_run_on_their_own_nodes_and_serve_exactly(ray_nodes, 
         info = client.cluster_info()
     assert all(res.token_ids == want[prompt] for prompt, res in results)
     assert {res.usage.prefill_worker for _, res in results} == {"tandem-prefill-0"}
-    nodes = {w.worker_id: w.node for p in info.pools for w in p.workers}
-    assert nodes == {"tandem-prefill-0": prefill_node, "tandem-decode-0": decode_node}
+    assert {res.usage.decode_worker for _, res in results} == {"tandem-decode-0", "tandem-decode-1"}
+    assert {w.worker_id: w.node for p in info.pools for w in p.workers} == placed
 
 
-def test_tandem_status_shows_each_workers_node(ray_nodes, cluster):
-    _, prefill_node, decode_node = ray_nodes
+def test_tandem_status_shows_each_workers_node(cluster):
+    placed = _placed(cluster)
     out = subprocess.run([sys.executable, "-m", "cluster.cli", "status", "--target", cluster.target],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if line.startswith("  tandem-")}
-    assert f"node={prefill_node[:12]}" in lines["tandem-prefill-0"]
-    assert f"node={decode_node[:12]}" in lines["tandem-decode-0"]
+    assert sorted(lines) == sorted(placed)
+    assert all(f"node={placed[w][:12]}" in line for w, line in lines.items())
+
+
+def test_a_decode_node_killed_mid_load_loses_no_request_and_a_new_node_restores_the_pool(ray_nodes, cluster,
+                                                                                        caplog):
+    import logging
+    caplog.set_level(logging.WARNING, logger="router.backends.ray_pools")
+    nodes, _, decode_nodes = ray_nodes
+    placed = _placed(cluster)
+    victim = next(n for n in decode_nodes if n.node_id == placed["tandem-decode-0"])
+    tokens = 160
+    want = {p: o.token_ids for p, o in zip(PROMPTS, LLM("stories260K").generate(
+        PROMPTS, SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)))}
+    started = threading.Barrier(17)
+    with TandemClient(cluster.target, timeout=120) as client:
+        def one(i: int):
+            prompt, got, waited = PROMPTS[i % len(PROMPTS)], [], False
+            for delta in client.stream(prompt, max_tokens=tokens, temperature=0, ignore_eos=True):
+                got += delta.token_ids
+                if not waited and len(got) >= 4:       # in flight on its decode worker
+                    waited = True
+                    started.wait(60)
+            return prompt, got
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(one, i) for i in range(16)]
+            started.wait(60)
+            nodes.remove_node(victim, allow_graceful=False)     # its raylet and every process on it
+            results = [f.result(timeout=120) for f in futures]
+        assert all(got == want[prompt] for prompt, got in results)     # none lost, none repeated
+        recovered = [r for r in caplog.records if "re-prefilling" in r.getMessage()]
+        assert 1 <= len(recovered) <= 16, "the killed node held requests, recovered elsewhere"
+        wait_until(lambda: any(w.worker_id == "tandem-decode-0" and w.health != "healthy"
+                               for p in client.cluster_info().pools for w in p.workers), 60,
+                   "the router to see decode-0 gone")
+        replacement = nodes.add_node(num_cpus=1, resources={POOL_RESOURCES["decode"]: 1})
+        wait_until(lambda: {(w.worker_id, w.health, w.node) for p in client.cluster_info().pools
+                            for w in p.workers if w.worker_id == "tandem-decode-0"}
+                   == {("tandem-decode-0", "healthy", replacement.node_id)}, 90,
+                   "decode-0 to come back on the new node")
+        again = client.generate(PROMPTS[0], max_tokens=8, temperature=0)
+        assert again.token_ids == want[PROMPTS[0]][:8]
