@@ -123,6 +123,54 @@ class Accumulator:
             raise error_for(grpc.StatusCode.INTERNAL, "stream ended without a finish message")
 
 
+def channel_target(target: str | Sequence[str], options: Sequence[tuple[str, Any]] = ()
+                   ) -> tuple[str, list[tuple[str, Any]]]:
+    """The gRPC target and channel options for one router or several.
+
+    ``target``: ``host:port``; a gRPC URI such as ``dns:///routers.example:50051`` (every
+    address the name resolves to is used); or a list of ``host:port`` (names are resolved
+    now). With several addresses the channel balances calls across them round-robin and
+    skips the ones that fail, so a call that finds its router gone is retried (before its
+    first token) on another."""
+    opts = list(options)
+    if isinstance(target, str):
+        targets = [target]
+    else:
+        targets = list(target)
+        if not targets or not all(isinstance(t, str) and t for t in targets):
+            raise ValueError("target must be a non-empty 'host:port' or a list of them")
+    if len(targets) > 1 or targets[0].startswith("dns:"):
+        if not any(name == "grpc.lb_policy_name" for name, _ in opts):
+            opts.append(("grpc.lb_policy_name", "round_robin"))
+    if isinstance(target, str):
+        return target, opts
+    addresses = [_resolve(t) for t in targets]
+    if len(addresses) == 1:
+        return addresses[0], opts
+    v6 = [a for a in addresses if a.startswith("[")]
+    if v6 and len(v6) != len(addresses):
+        raise ValueError("mix of IPv4 and IPv6 router addresses: give one family")
+    return ("ipv6:" if v6 else "ipv4:") + ",".join(addresses), opts
+
+
+def _resolve(target: str) -> str:
+    """``host:port`` as ``ip:port`` (``[ip]:port`` for IPv6)."""
+    import ipaddress
+    import socket
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"router address must be host:port, got {target!r}")
+    host = host.strip("[]")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        try:
+            ip = ipaddress.ip_address(socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)[0][4][0])
+        except OSError as exc:
+            raise ValueError(f"cannot resolve router host {host!r}: {exc}") from None
+    return f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
+
+
 @dataclass(slots=True)
 class RetryPolicy:
     """Retry UNAVAILABLE failures that happened before any token, with exponential

@@ -10,7 +10,7 @@ import grpc
 
 from protos.tandem.v1 import info_pb2, tandem_service_pb2_grpc
 from tandem_client._common import (
-    RetryPolicy, StreamState, build_request, cancelled_by_client, cluster_info_from_proto,
+    RetryPolicy, StreamState, build_request, cancelled_by_client, channel_target, cluster_info_from_proto,
     model_info_from_proto,
     remaining,
 )
@@ -73,7 +73,7 @@ class AsyncTandemClient:
     ``credentials``, ``metadata``, ``options``.
     """
 
-    def __init__(self, target: str, *, timeout: float | None = 60.0, retries: int = 3,
+    def __init__(self, target: str | Sequence[str], *, timeout: float | None = 60.0, retries: int = 3,
                  backoff_base_s: float = 0.05, backoff_max_s: float = 2.0,
                  credentials: grpc.ChannelCredentials | None = None,
                  metadata: Sequence[tuple[str, str]] = (),
@@ -82,8 +82,9 @@ class AsyncTandemClient:
         self.timeout = timeout
         self.retry = RetryPolicy(retries, backoff_base_s, backoff_max_s)
         self.metadata = tuple(metadata)
-        self._channel = (grpc.aio.secure_channel(target, credentials, options=list(options))
-                         if credentials else grpc.aio.insecure_channel(target, options=list(options)))
+        address, opts = channel_target(target, options)
+        self._channel = (grpc.aio.secure_channel(address, credentials, options=opts)
+                         if credentials else grpc.aio.insecure_channel(address, options=opts))
         self._stub = tandem_service_pb2_grpc.TandemStub(self._channel)
 
     def stream(self, prompt: str | None = None, *, token_ids: Sequence[int] | None = None,

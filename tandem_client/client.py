@@ -9,7 +9,7 @@ import grpc
 
 from protos.tandem.v1 import info_pb2, tandem_service_pb2_grpc
 from tandem_client._common import (
-    RetryPolicy, StreamState, build_request, cluster_info_from_proto,
+    RetryPolicy, StreamState, build_request, channel_target, cluster_info_from_proto,
     model_info_from_proto,
     remaining,
 )
@@ -61,7 +61,9 @@ class TandemClient:
     """Blocking client for a Tandem router.
 
     Args:
-        target: ``host:port`` of the router.
+        target: ``host:port`` of the router, a gRPC URI (``dns:///name:port``: every address
+            it resolves to), or a list of ``host:port``: calls are spread round-robin over
+            several routers and one that fails is skipped (``_common.channel_target``).
         timeout: default overall seconds per call, retries included (None: no limit; the
             router still applies its own request timeout).
         retries: retries of UNAVAILABLE failures that happen before any token arrives.
@@ -70,7 +72,7 @@ class TandemClient:
         options: extra gRPC channel options.
     """
 
-    def __init__(self, target: str, *, timeout: float | None = 60.0, retries: int = 3,
+    def __init__(self, target: str | Sequence[str], *, timeout: float | None = 60.0, retries: int = 3,
                  backoff_base_s: float = 0.05, backoff_max_s: float = 2.0,
                  credentials: grpc.ChannelCredentials | None = None,
                  metadata: Sequence[tuple[str, str]] = (),
@@ -79,8 +81,9 @@ class TandemClient:
         self.timeout = timeout
         self.retry = RetryPolicy(retries, backoff_base_s, backoff_max_s)
         self.metadata = tuple(metadata)
-        self._channel = (grpc.secure_channel(target, credentials, options=list(options))
-                         if credentials else grpc.insecure_channel(target, options=list(options)))
+        address, opts = channel_target(target, options)
+        self._channel = (grpc.secure_channel(address, credentials, options=opts)
+                         if credentials else grpc.insecure_channel(address, options=opts))
         self._stub = tandem_service_pb2_grpc.TandemStub(self._channel)
 
     def stream(self, prompt: str | None = None, *, token_ids: Sequence[int] | None = None,
