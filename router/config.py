@@ -36,6 +36,8 @@ class LimitsConfig:
     tenant_rps: float | None = setting(None, gt(0))        # requests/s per tenant; None: no limit
     tenant_burst: int | None = setting(None, ge(1))        # None: max(1, tenant_rps)
     tenant_max_concurrency: int | None = setting(None, ge(1))
+    # Redis URL where every router of the cluster keeps the tenant limits (shared); null: per router
+    shared_url: str | None = None
 
 
 @dataclass(slots=True)

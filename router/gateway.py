@@ -92,7 +92,7 @@ class Gateway:
             with request_context(rid, req.tenant):
                 if rid in self._inflight:
                     raise DuplicateRequest(f"request {rid!r} is already in flight")
-                lease = self.limiter.acquire(req.tenant, principal.limits)
+                lease = await self.limiter.acquire_async(req.tenant, principal.limits)
                 ticket = self.admission.admit(rid, len(req.prompt_token_ids), req.fork_group)
                 self._inflight.add(rid)
                 admitted = True
@@ -196,7 +196,12 @@ def build_gateway(backend: Backend, validator: RequestValidator, info: ModelInfo
                   cfg: RouterConfig, slo: SLOConfig, auth: Authenticator) -> Gateway:
     """A Gateway with its admission controller, tenant limiter and metrics from config."""
     admission = AdmissionController(cfg.admission, slo, cfg.max_inflight, capacity_of(backend))
+    limiter = TenantLimiter(cfg.limits)
+    if cfg.limits.shared_url:      # several routers: the limits hold for the cluster
+        from router.shared_limits import SharedTenantLimiter
+        limiter = SharedTenantLimiter(cfg.limits, cfg.limits.shared_url,
+                                      lease_ttl_s=cfg.request_timeout_s + 30.0)
     return Gateway(backend, validator, info, auth=auth, admission=admission,
-                   limiter=TenantLimiter(cfg.limits), limits=cfg.limits,
+                   limiter=limiter, limits=cfg.limits,
                    metrics=RouterMetrics(backend, admission),
                    request_timeout_s=cfg.request_timeout_s)

@@ -52,11 +52,19 @@ class TenantLimiter:
         state = self._state.get(tenant)
         return 0 if state is None else state.active
 
-    def acquire(self, tenant: str, overrides: TenantLimits = TenantLimits()) -> TenantLease:
-        """Take one request slot for ``tenant`` or raise AdmissionRejected."""
+    def limits_for(self, overrides: TenantLimits) -> tuple[float | None, int, int | None]:
+        """(requests/s, burst, concurrency cap) for a tenant: its key's overrides, else the defaults."""
         rps = overrides.rps or self._default.rps
         burst = overrides.burst or self._default.burst or max(1, int(rps or 1))
-        cap = overrides.concurrency or self._default.concurrency
+        return rps, burst, overrides.concurrency or self._default.concurrency
+
+    async def acquire_async(self, tenant: str, overrides: TenantLimits = TenantLimits()) -> TenantLease:
+        """``acquire`` as the gateway calls it (a shared limiter asks Redis)."""
+        return self.acquire(tenant, overrides)
+
+    def acquire(self, tenant: str, overrides: TenantLimits = TenantLimits()) -> TenantLease:
+        """Take one request slot for ``tenant`` or raise AdmissionRejected."""
+        rps, burst, cap = self.limits_for(overrides)
         if rps is None and cap is None:
             return TenantLease(None, tenant)
         now = self._clock()
@@ -76,6 +84,9 @@ class TenantLimiter:
             state.tokens -= 1.0
         state.active += 1
         return TenantLease(self, tenant)
+
+    async def close(self) -> None:
+        """Nothing to release here (a shared limiter closes its Redis connections)."""
 
     def _release(self, tenant: str) -> None:
         state = self._state.get(tenant)

@@ -125,6 +125,9 @@ class RouterServer:
             await self._health.enter_graceful_shutdown()
             await self._server.stop(grace)
             self._server = None
+        if self.gateway is not None:    # a shared limiter's Redis connections
+            with contextlib.suppress(Exception):
+                await self.gateway.limiter.close()
         await self.backend.close()
 
     async def wait(self) -> None:

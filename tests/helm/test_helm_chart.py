@@ -73,6 +73,9 @@ def test_rendered_config_loads_with_the_project_config_loader(releases, merged_v
             assert getattr(getattr(cfg.router, section), key) == value, f"router.{section}.{key}"
     assert cfg.ray.address == "auto"
     assert cfg.mode == values["config"]["mode"]
+    several = values["router"]["replicas"] > 1 or values["router"]["autoscaling"]["enabled"]
+    # Several routers keep tenant limits in the cluster's Redis (the store's), one keeps its own.
+    assert cfg.router.limits.shared_url == (cfg.store.url if several else None)
     assert cfg.store.url is not None and "@" not in cfg.store.url, "no password in the ConfigMap"
 
 

@@ -23,7 +23,7 @@ SCHEMA = json.loads((hp.CHART_DIR / "values.schema.json").read_text())
 DERIVED = {"pools", "model.device", "store.url", "store.private_maxmemory", "store.private_policy", "router.host",
            "router.grpc_port",
            "router.metrics_port", "router.http_port", "router.auth.enabled",
-           "router.auth.keys_file", "router.tls", "ray.address", "ray.include_dashboard"}
+           "router.auth.keys_file", "router.tls", "ray.address", "ray.include_dashboard", "router.limits.shared_url"}
 # Schemas that are free-form maps on purpose (Kubernetes objects, label and parameter maps).
 FREE_FORM = {"stringMap", "resourceList", "rayStartParams", "poolRayStartParams", "tolerations",
              "affinity", "envList"}
