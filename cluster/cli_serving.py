@@ -29,7 +29,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     elif cfg.router.http_port is None and not _mentions(args, "router.http_port"):
         cfg.router.http_port = DEFAULT_HTTP_PORT
     cfg.validate()
-    return asyncio.run(serve(cfg))
+    return asyncio.run(serve(cfg, attach_only=args.command == "router"))
 
 
 def _mentions(args: argparse.Namespace, key: str) -> bool:
@@ -100,7 +100,19 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, help="gRPC port (default 50051)")
     p.add_argument("--http-port", type=int, help=f"OpenAI-compatible HTTP port (default {DEFAULT_HTTP_PORT}; 0: any free port)")
     p.add_argument("--no-http", action="store_true", help="serve gRPC only")
-    p.set_defaults(func=_cmd_serve)
+    p.set_defaults(func=_cmd_serve, command="serve")
+
+    # Another router for pools `tandem serve` started: it serves from them and never stops them.
+    r = sub.add_parser("router", help="serve from the pools a running `tandem serve` created (one more router)")
+    r.add_argument("--ray-address", required=True, help="the Ray cluster that runs the pools")
+    for flag, kw in (("--config", dict(help="the cluster config YAML the pools were started with")),
+                     ("--set", dict(action="append", metavar="KEY=VALUE", help="override a config field")),
+                     ("--mode", dict(choices=["disaggregated", "colocated"])), ("--model", {}),
+                     ("--port", dict(type=int, help="gRPC port (default 50051)")),
+                     ("--http-port", dict(type=int, help=f"HTTP port (default {DEFAULT_HTTP_PORT}; 0: any)"))):
+        r.add_argument(flag, **kw)
+    r.add_argument("--no-http", action="store_true", help="serve gRPC only")
+    r.set_defaults(func=_cmd_serve, command="router")
 
     for name, fn, help_ in (("generate", _cmd_generate, "stream a generation from a running server"),
                             ("status", _cmd_status, "show pools, workers and load")):

@@ -88,6 +88,17 @@ class WorkerPool:
             names.append(name)
         return cls(role, names, handles, pg)
 
+    @classmethod
+    def attach(cls, role: str, cfg: ClusterConfig, pool_cfg: PoolConfig) -> "WorkerPool":
+        """The running pool another router created (``tandem router``); ValueError if there is
+        none of that size in the namespace. An attached pool is never stopped by this router."""
+        existing = _attach(role, cfg, pool_cfg.workers)
+        if existing is None:
+            raise ValueError(f"no running {role} pool of {pool_cfg.workers} worker(s) in Ray namespace "
+                             f"{cfg.ray.namespace!r} at {cfg.ray.address}: start one with "
+                             "`tandem serve --ray-address ...` (same pools and namespace)")
+        return cls(role, list(existing), existing, owned=False)
+
     async def wait_ready(self, timeout_s: float = 300.0) -> None:
         refs = [self.handles[n].ping.remote() for n in self.names]
         incarnations = await asyncio.wait_for(asyncio.gather(*refs), timeout_s)

@@ -32,6 +32,7 @@ class Cluster:
     redis: Any = None
     owns_ray: bool = False
     port: int | None = None
+    attach_only: bool = False       # `tandem router`: serve pools another router created, never create them
 
     @property
     def target(self) -> str:
@@ -46,7 +47,11 @@ class Cluster:
         check_choices(cfg)
         check_ports_free(cfg)
         try:
-            if cfg.store.enabled and cfg.store.url is None and cfg.mode == "disaggregated":
+            if self.attach_only and not cfg.ray.address:
+                raise ValueError("a router that attaches to running pools needs ray.address "
+                                 "(--ray-address) of the cluster that runs them")
+            if cfg.store.enabled and cfg.store.url is None and cfg.mode == "disaggregated" \
+                    and not self.attach_only:     # the workers already have their store
                 from kv_transfer.redis_server import RedisServer
                 # Started from this (the main) thread so it dies with us even on SIGKILL;
                 # supervised: restarted on the same port and password if it dies.
@@ -58,7 +63,10 @@ class Cluster:
                 self.owns_ray = await asyncio.to_thread(start_ray, cfg)
             pool_cfgs = {"prefill": cfg.pools.prefill, "decode": cfg.pools.decode, "colocated": cfg.pools.decode}
             for role in pool_sizes(cfg):
-                self.pools[role] = await asyncio.to_thread(WorkerPool.create, role, cfg, pool_cfgs[role])
+                if self.attach_only:
+                    self.pools[role] = await asyncio.to_thread(WorkerPool.attach, role, cfg, pool_cfgs[role])
+                else:
+                    self.pools[role] = await asyncio.to_thread(WorkerPool.create, role, cfg, pool_cfgs[role])
             await asyncio.gather(*(p.wait_ready() for p in self.pools.values()))
             self.backend = RayPoolsBackend(
                 cfg.router, cfg.model, {r: p.handles for r, p in self.pools.items()}, available_codecs(),
@@ -121,7 +129,7 @@ def check_ports_free(cfg: ClusterConfig) -> None:
                                   f"{exc.strerror or exc}") from None
 
 
-async def serve(cfg: ClusterConfig) -> int:
+async def serve(cfg: ClusterConfig, attach_only: bool = False) -> int:
     from cluster.reaper import start_reaper
 
     stop = asyncio.Event()
@@ -133,7 +141,7 @@ async def serve(cfg: ClusterConfig) -> int:
 
     on_signals()
     reaper = start_reaper()       # stops what we start even if this process is SIGKILLed
-    cluster = Cluster(cfg)
+    cluster = Cluster(cfg, attach_only=attach_only)
     try:
         await cluster.start()
         on_signals()              # ray.init replaced the SIGTERM handler with its own

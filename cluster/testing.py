@@ -15,8 +15,8 @@ from cluster.serve import Cluster
 
 
 class BackgroundCluster:
-    def __init__(self, cfg: ClusterConfig):
-        self.cluster = Cluster(cfg)
+    def __init__(self, cfg: ClusterConfig, attach_only: bool = False):
+        self.cluster = Cluster(cfg, attach_only=attach_only)
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="cluster-loop", daemon=True)
 

@@ -100,6 +100,24 @@ def test_tandem_status_shows_each_workers_node(cluster):
     assert all(f"node={placed[w][:12]}" in line for w, line in lines.items())
 
 
+def test_tandem_router_serves_from_the_running_pools_and_leaves_them_running(ray_nodes, cluster):
+    nodes, _, _ = ray_nodes
+    cfg = load_config(None, [f"ray.address={nodes.address}", "router.grpc_port=0", "store.enabled=false",
+                             "router.health_poll_s=0.2", "pools.decode.workers=2"])
+    with BackgroundCluster(cfg, attach_only=True) as second:
+        assert not any(p.owned for p in second.cluster.pools.values())
+        with TandemClient(second.target, timeout=120) as client:
+            assert len(client.generate(PROMPTS[0], max_tokens=6, temperature=0).token_ids) == 6
+    with TandemClient(cluster.target, timeout=120) as client:      # the pools outlived it
+        assert len(client.generate(PROMPTS[1], max_tokens=6, temperature=0).token_ids) == 6
+    # With no pools to attach to (another namespace), `tandem router` says so and exits 2.
+    out = subprocess.run([sys.executable, "-m", "cluster.cli", "router", "--ray-address", nodes.address,
+                          "--set", "ray.namespace=no-pools-here", "--port", "0", "--no-http"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert "tandem: error: no running prefill pool of 1 worker(s) in Ray namespace 'no-pools-here'" in out.stderr
+
+
 def test_a_decode_node_killed_mid_load_loses_no_request_and_a_new_node_restores_the_pool(ray_nodes, cluster,
                                                                                         caplog):
     import logging
