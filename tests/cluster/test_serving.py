@@ -1,4 +1,5 @@
-"""The disaggregated serving path end to end: real Ray pools, real redis-server, real gRPC."""
+"""The disaggregated serving path end to end: real Ray pools, real redis-server, real gRPC;
+the KV hand-off runs raw + zstd (lossless), so its outputs must equal the offline engine's."""
 from __future__ import annotations
 
 import os
@@ -47,7 +48,9 @@ def _cfg(mode: str, **extra: str):
 
 @pytest.fixture(scope="module")
 def cluster():
-    with BackgroundCluster(_cfg("disaggregated")) as c:
+    # The KV goes through an exact codec stack other than bare raw (raw + zstd): every output
+    # check below (offline equality, stop strings, logprobs, penalties, samples) covers it.
+    with BackgroundCluster(_cfg("disaggregated", **{"kv_transfer.entropy": "zstd"})) as c:
         yield c
 
 
