@@ -43,12 +43,12 @@ class ForkGroups:
     def __init__(self, clock=time.monotonic) -> None:
         self.clock = clock
         self.leaders: dict[str, Sequence] = {}
-        self.held: dict[str, tuple[int, float]] = {}     # group -> (its size, release time)
+        self.held: dict[str, float] = {}                 # group -> when its held leader is due
         # Groups whose prompt is computed, and how many samples may still come: those are
         # scheduled at once (nothing is left to share), not held as a new leader.
         self.closed: OrderedDict[str, int] = OrderedDict()
 
-    def add(self, seq: Sequence, size: int) -> Sequence | None:
+    def add(self, seq: Sequence) -> Sequence | None:
         """Take in a new request: the sequence to schedule now (``seq`` itself, or a held leader
         whose group is now complete), or None while it waits (a follower, or a held leader)."""
         if not seq.fork_group:
@@ -59,21 +59,21 @@ class ForkGroups:
         leader = self.leaders.get(seq.fork_group)
         if leader is None:
             self.leaders[seq.fork_group] = seq
-            if size <= 1:
+            if seq.fork_size <= 1:
                 return seq
-            self.held[seq.fork_group] = size, self.clock() + FORK_WAIT_S
+            self.held[seq.fork_group] = self.clock() + FORK_WAIT_S
             return None
         if not self._attach(leader, seq):
             return seq
-        size, _ = self.held.get(leader.fork_group, (0, 0.0))
-        if 1 + len(leader.followers) >= size and self.held.pop(leader.fork_group, None):
+        complete = 1 + len(leader.followers) >= leader.fork_size
+        if complete and self.held.pop(leader.fork_group, None) is not None:
             return leader
         return None
 
     def due(self) -> list[Sequence]:
         """Held leaders whose wait is over (each then computes for those that joined)."""
         now = self.clock()
-        out = [self.leaders[g] for g, (_, until) in self.held.items() if until <= now]
+        out = [self.leaders[g] for g, until in self.held.items() if until <= now]
         for seq in out:
             del self.held[seq.fork_group]
         return out
@@ -82,7 +82,7 @@ class ForkGroups:
         """Seconds until the next held leader is due; None when none is held."""
         if not self.held:
             return None
-        return max(0.0, min(until for _, until in self.held.values()) - self.clock())
+        return max(0.0, min(self.held.values()) - self.clock())
 
     def _arrived_late(self, group: str) -> None:
         left = self.closed.pop(group) - 1
@@ -90,8 +90,7 @@ class ForkGroups:
             self.closed[group] = left
 
     def _attach(self, leader: Sequence, seq: Sequence) -> bool:
-        if (leader.num_output_tokens or leader.prompt_len != seq.prompt_len
-                or leader.token_ids != seq.token_ids or leader.cache_salt != seq.cache_salt
+        if (leader.num_output_tokens or leader.token_ids != seq.token_ids or leader.cache_salt != seq.cache_salt
                 or leader.prefill_only != seq.prefill_only
                 or not _same_but_seed(leader.sampling, seq.sampling)):
             return False

@@ -102,7 +102,7 @@ class LLMEngine:
             detok.step(seq.token_ids)
             seq.emitted_text_len = min(max(0, int(output_text_offset)), len(detok.text))
         self.requests[request_id] = seq
-        ready = self.forks.add(seq, fork_size)
+        ready = self.forks.add(seq)
         if ready is not None:
             self.scheduler.add(ready)
 

@@ -50,7 +50,7 @@ def test_reading_an_undeclared_parameter_fails_loudly():
         _Body({"typo": 1}, COMPLETION).get("typo")
 
 
-def test_the_server_serves_the_generated_document(tmp_path):
+def test_the_generated_document_states_the_sample_limits_and_which_routes_are_open():
     doc = openapi.build()
     props = doc["components"]["schemas"]["CompletionRequest"]["properties"]
     assert props["n"]["maximum"] == props["best_of"]["maximum"] == 16
