@@ -103,6 +103,12 @@ class Outbox:
         new.reverse()
         return now, new
 
+    def events_of(self, request_id: str) -> list[StreamEvent]:
+        """The retained events of one request, oldest first (a scan: for resuming a stream,
+        not for the hot path)."""
+        with self._lock:
+            return [e for e in self._events if e.request_id == request_id]
+
     async def events_after(self, cursor: int, timeout_s: float,
                            linger_s: float = 0.0) -> tuple[int, list[StreamEvent]]:
         """Events newer than ``cursor``, waiting up to ``timeout_s`` for the first one, and

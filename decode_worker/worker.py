@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 REAP_INTERVAL_S = 0.25
 RECEIVE_THREADS = 256     # KV receives waiting for a prefill (blocked, not computing)
 ABORTED_KEPT = 4096       # recently aborted request ids (a KV arriving for one is dropped)
+RESUME_KEYS_KEPT = 65536  # recent requests a resuming router may find (replay)
 
 
 class DecodeWorker:
@@ -71,6 +72,7 @@ class DecodeWorker:
         self.deadlines: dict[str, float] = {}
         self._handed_over: set[str] = set()     # imported, no token decoded here yet
         self._aborted: OrderedDict[str, float] = OrderedDict()   # request -> when (recent ones)
+        self._resume_keys: OrderedDict[str, str] = OrderedDict()  # request -> key (replay)
         self._receive_pool = ThreadPoolExecutor(RECEIVE_THREADS, thread_name_prefix="kv-receive")
         self.receiving = 0                      # KV receives in flight (waiting or moving)
         self.driver.add_observer(self._on_step)
@@ -98,7 +100,8 @@ class DecodeWorker:
                 urgent = True
         self.outbox.put([StreamEvent(o.request_id, o.new_token_ids, o.new_text, o.finish_reason,
                                      o.num_cached_tokens, o.new_logprobs,
-                                     o.prompt_logprobs if len(o.new_token_ids) == len(o.token_ids) else None)
+                                     o.prompt_logprobs if len(o.new_token_ids) == len(o.token_ids) else None,
+                                     len(o.token_ids) - len(o.new_token_ids), o.text_offset)
                          for o in outputs], urgent)
 
     # -- requests ------------------------------------------------------------------------
@@ -110,6 +113,7 @@ class DecodeWorker:
         arrives is dropped (``KVTransferFailed``)."""
         self._ensure_loop()
         began = time.monotonic()
+        self._remember(req.request_id, req.resume_key)
         self.receiving += 1
         try:
             seq_kv, nbytes = await asyncio.get_running_loop().run_in_executor(
@@ -135,6 +139,7 @@ class DecodeWorker:
         params = SamplingParams.from_dict(req.sampling)
         if req.deadline is not None:
             self.deadlines[req.request_id] = req.deadline
+        self._remember(req.request_id, req.resume_key)
         await self.driver.call(lambda e: e.add_request(req.request_id, req.prompt_token_ids, params,
                                                        cache_salt=req.cache_salt, output_len=req.output_len,
                                                        output_text_offset=req.output_text_offset,
@@ -149,6 +154,23 @@ class DecodeWorker:
         cursor, events = await self.outbox.events_after(cursor, timeout_s, linger_s)
         return self.incarnation, cursor, events
 
+    def _remember(self, request_id: str, key: str) -> None:
+        if key:
+            self._resume_keys[request_id] = key
+            self._resume_keys.move_to_end(request_id)
+            while len(self._resume_keys) > RESUME_KEYS_KEPT:
+                self._resume_keys.popitem(last=False)
+
+    async def replay(self, request_id: str, key: str) -> tuple[str, list[StreamEvent]] | None:
+        """(incarnation, the request's retained events) when this worker holds or held the
+        request under ``key`` (the router's digest of its tenant, prompt and sampling, so a
+        resume must be the same request); None otherwise, or once it was aborted here. The
+        events cover what the outbox retains (``RETAIN_S``); each says where it starts in
+        the completion, so the router can tell what is missing."""
+        if not key or self._resume_keys.get(request_id) != key:
+            return None
+        return self.incarnation, self.outbox.events_of(request_id)
+
     async def abort(self, request_id: str) -> bool:
         return await asyncio.wrap_future(self.abort_nowait(request_id))
 
@@ -157,6 +179,7 @@ class DecodeWorker:
         whether the request was still held."""
         self.deadlines.pop(request_id, None)
         self._handed_over.discard(request_id)
+        self._resume_keys.pop(request_id, None)
         self._aborted[request_id] = time.monotonic()
         self._aborted.move_to_end(request_id)
         while len(self._aborted) > ABORTED_KEPT:

@@ -265,7 +265,8 @@ class LLMEngine:
                              seq.output_text, new_ids, new_text, seq.finish_reason,
                              seq.num_cached_tokens, ttft, new_logprobs,
                              seq.logprobs if seq.sampling.logprobs is not None else None,
-                             seq.prompt_logprobs if seq.sampling.prompt_logprobs is not None else None)
+                             seq.prompt_logprobs if seq.sampling.prompt_logprobs is not None else None,
+                             seq.emitted_text_len - len(new_text))
 
     # -- teacher forcing (quality measurements) -------------------------------------------
     def prompt_logits(self, token_ids: list[int], prefix_kv: torch.Tensor | None = None) -> torch.Tensor:

@@ -30,6 +30,9 @@ class RequestOutput:
     # Asked with prompt_logprobs: one entry per prompt token (None for the first), on the
     # output that carries the first generated token (and on later whole outputs).
     prompt_logprobs: list[TokenLogprob | None] | None = None
+    # Chars of output text streamed before ``new_text`` (held-back stop-string text excluded):
+    # with ``len(token_ids) - len(new_token_ids)``, where this delta sits in the completion.
+    text_offset: int = 0
 
     @property
     def finished(self) -> bool:

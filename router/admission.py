@@ -210,16 +210,21 @@ class AdmissionController:
         tpot = self.tpot.predict(len(self._decoding) / workers + 1.0)
         return Estimate(ttft, tpot, len(self._pending), self.queued_tokens)
 
-    def admit(self, request_id: str, prompt_tokens: int, group: str = "") -> Ticket:
+    def admit(self, request_id: str, prompt_tokens: int, group: str = "",
+              resumed: bool = False) -> Ticket:
         """A Ticket for the request, or AdmissionRejected with the reason and a retry hint.
-        ``group``: the request's fork group (the samples of one request share a prefill)."""
+        ``group``: the request's fork group (the samples of one request share a prefill).
+        ``resumed``: a stream that broke and comes back (its router died): work admitted
+        before, held by a worker or re-prefilled at once, so only the in-flight cap applies."""
         if self.inflight >= self.max_inflight:
             raise AdmissionRejected("inflight_full", f"{self.inflight} requests in flight, the "
                                     f"limit is {self.max_inflight}", 0.5)
-        sibling = bool(group) and self._groups.get(group, 0) > 0
+        # A later sample of a fork group, or a resumed stream: no prefill of its own to plan
+        # for or to learn from (its prompt is computed once, for the group's first).
+        sibling = resumed or (bool(group) and self._groups.get(group, 0) > 0)
         if sibling:
-            prompt_tokens = 0                       # computed once, for the group's first
-        if self.cfg.enabled:
+            prompt_tokens = 0
+        if self.cfg.enabled and not resumed:
             self._check(prompt_tokens, sibling)
         self.queued_tokens += prompt_tokens
         ticket = Ticket(self, request_id, prompt_tokens, self.queued_tokens, self._clock(), group, sibling)

@@ -52,6 +52,8 @@ class RawRequest:
     deadline_ms: int = 0
     fork_group: str = ""              # set by the router itself (n > 1), never by a client
     fork_size: int = 1
+    resume_token_ids: list[int] | None = None   # a broken stream's tokens (Resume); None: new
+    resume_text_chars: int = 0
 
 
 def raw_request_from_proto(pb: generate_pb2.GenerateRequest) -> RawRequest:
@@ -78,6 +80,9 @@ def raw_request_from_proto(pb: generate_pb2.GenerateRequest) -> RawRequest:
         codec=pb.codec,
         deadline_ms=pb.deadline_ms,
     )
+    if pb.HasField("resume"):
+        raw.resume_token_ids = list(pb.resume.token_ids)
+        raw.resume_text_chars = pb.resume.text_chars
     which = pb.WhichOneof("prompt")
     if which == "text":
         raw.prompt_text = pb.text

@@ -93,7 +93,8 @@ class Gateway:
                 if rid in self._inflight:
                     raise DuplicateRequest(f"request {rid!r} is already in flight")
                 lease = await self.limiter.acquire_async(req.tenant, principal.limits)
-                ticket = self.admission.admit(rid, len(req.prompt_token_ids), req.fork_group)
+                ticket = self.admission.admit(rid, len(req.prompt_token_ids), req.fork_group,
+                                              resumed=req.resume is not None)
                 self._inflight.add(rid)
                 admitted = True
                 logger.debug("admitted (%s, %d prompt tokens, max_tokens %d)", protocol,

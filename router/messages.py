@@ -51,6 +51,15 @@ class GenerateRequest:
     arrival_time: float = 0.0
     fork_group: str = ""              # samples of one client request (n > 1): prefill once
     fork_size: int = 1                # ... how many samples the group has
+    resume: Resume | None = None      # continue a broken stream after what the client has
+
+
+@dataclass(slots=True)
+class Resume:
+    """What the client received of a stream that broke: its tokens and the length of their
+    text (code points). The backend continues after them, repeating and skipping nothing."""
+    token_ids: list[int]
+    text_chars: int = 0
 
 
 class FinishReason(str, enum.Enum):

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from router.convert import RawRequest
 from router.errors import InvalidRequest
-from router.messages import GenerateRequest, ModelInfo, SamplingOptions
+from router.messages import GenerateRequest, ModelInfo, Resume, SamplingOptions
 
 _REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
 _TENANT = re.compile(r"[A-Za-z0-9._\-]{0,64}")
@@ -72,7 +72,24 @@ class RequestValidator:
             request_id=request_id, prompt_token_ids=prompt_ids, sampling=sampling,
             prompt_text=raw.prompt_text, tenant=raw.tenant, codec=raw.codec,
             deadline=now + raw.deadline_ms / 1000 if raw.deadline_ms else None,
-            arrival_time=now, fork_group=raw.fork_group, fork_size=raw.fork_size)
+            arrival_time=now, fork_group=raw.fork_group, fork_size=raw.fork_size,
+            resume=self._resume(raw, sampling))
+
+    def _resume(self, raw: RawRequest, sampling: SamplingOptions) -> Resume | None:
+        if raw.resume_token_ids is None:
+            return None
+        if not raw.request_id:
+            raise InvalidRequest("resume", "needs the request_id of the stream it continues")
+        if raw.fork_size > 1:
+            raise InvalidRequest("resume", "a request of several samples (n > 1) cannot be resumed")
+        ids = raw.resume_token_ids
+        if len(ids) > sampling.max_tokens:
+            raise InvalidRequest("resume.token_ids", f"{len(ids)} tokens received, more than "
+                                 f"max_tokens ({sampling.max_tokens})")
+        self._check_token_ids("resume.token_ids", ids)
+        if raw.resume_text_chars < 0:
+            raise InvalidRequest("resume.text_chars", f"must be >= 0, got {raw.resume_text_chars}")
+        return Resume(list(ids), int(raw.resume_text_chars))
 
     def _prompt(self, raw: RawRequest) -> list[int]:
         if raw.prompt_text is None and raw.prompt_token_ids is None:

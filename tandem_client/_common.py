@@ -173,11 +173,14 @@ def _resolve(target: str) -> str:
 
 @dataclass(slots=True)
 class RetryPolicy:
-    """Retry UNAVAILABLE failures that happened before any token, with exponential
-    backoff and full jitter, within the call's overall deadline."""
+    """Retry UNAVAILABLE failures, with exponential backoff and full jitter, within the
+    call's overall deadline. One that happened after the stream began is retried only with
+    ``resume``: the request is sent again with what was received (``GenerateRequest.resume``,
+    to any router), and the stream goes on after it with nothing repeated or missing."""
     retries: int = 3
     backoff_base_s: float = 0.05
     backoff_max_s: float = 2.0
+    resume: bool = True
 
     def __post_init__(self) -> None:
         if self.retries < 0:
@@ -192,7 +195,8 @@ class RetryPolicy:
     def next_delay(self, error: TandemError, attempt: int, got_tokens: bool,
                    deadline: float | None) -> float | None:
         """The wait before retrying after ``error``, or None when it must be raised."""
-        if got_tokens or attempt >= self.retries or error.code is not grpc.StatusCode.UNAVAILABLE:
+        if (got_tokens and not self.resume) or attempt >= self.retries or \
+                error.code is not grpc.StatusCode.UNAVAILABLE:
             return None
         wait = self.delay(attempt)
         if deadline is not None and time.monotonic() + wait >= deadline:
@@ -276,9 +280,22 @@ class StreamState:
         if wait is None:
             self._done = True
             raise (cancelled_by_client() if self._cancelled else error) from None
+        if self._acc.received_any:
+            self._request = self._resume_request()
         self._attempt += 1
         self._call = None
         return wait
+
+    def _resume_request(self) -> generate_pb2.GenerateRequest:
+        """The request again, carrying what this stream received, under the router's id."""
+        req = generate_pb2.GenerateRequest()
+        req.CopyFrom(self._request)
+        req.request_id = self._acc.request_id
+        req.resume.SetInParent()
+        del req.resume.token_ids[:]
+        req.resume.token_ids.extend(self._acc.token_ids)
+        req.resume.text_chars = len(self._acc.text)
+        return req
 
     def _feed(self, msg: generate_pb2.GenerateResponse) -> TokenDelta | None:
         delta = self._acc.feed(msg)

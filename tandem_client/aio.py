@@ -69,18 +69,18 @@ class AsyncTandemClient:
     """asyncio client for a Tandem router; create it inside a running event loop.
 
     Same arguments as ``TandemClient``: ``target``, ``timeout`` (overall seconds per call,
-    retries included; None: no limit), ``retries`` (of UNAVAILABLE before any token),
-    ``credentials``, ``metadata``, ``options``.
+    retries included; None: no limit), ``retries`` (of UNAVAILABLE), ``resume`` (a broken
+    stream goes on through a router), ``credentials``, ``metadata``, ``options``.
     """
 
     def __init__(self, target: str | Sequence[str], *, timeout: float | None = 60.0, retries: int = 3,
-                 backoff_base_s: float = 0.05, backoff_max_s: float = 2.0,
+                 backoff_base_s: float = 0.05, backoff_max_s: float = 2.0, resume: bool = True,
                  credentials: grpc.ChannelCredentials | None = None,
                  metadata: Sequence[tuple[str, str]] = (),
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         self.target = target
         self.timeout = timeout
-        self.retry = RetryPolicy(retries, backoff_base_s, backoff_max_s)
+        self.retry = RetryPolicy(retries, backoff_base_s, backoff_max_s, resume)
         self.metadata = tuple(metadata)
         address, opts = channel_target(target, options)
         self._channel = (grpc.aio.secure_channel(address, credentials, options=opts)

@@ -66,20 +66,24 @@ class TandemClient:
             several routers and one that fails is skipped (``_common.channel_target``).
         timeout: default overall seconds per call, retries included (None: no limit; the
             router still applies its own request timeout).
-        retries: retries of UNAVAILABLE failures that happen before any token arrives.
+        retries: retries of UNAVAILABLE failures (a router that is gone).
+        resume: a stream that breaks after it began (its router died) is sent again, with
+            what it received, to a router (another one, with several targets): it goes on
+            after the last delta received, nothing repeated or missing. False: such a
+            failure is raised.
         credentials: ``grpc.ChannelCredentials`` for TLS; None for a plaintext channel.
         metadata: extra metadata sent with every call (e.g. an authorization header).
         options: extra gRPC channel options.
     """
 
     def __init__(self, target: str | Sequence[str], *, timeout: float | None = 60.0, retries: int = 3,
-                 backoff_base_s: float = 0.05, backoff_max_s: float = 2.0,
+                 backoff_base_s: float = 0.05, backoff_max_s: float = 2.0, resume: bool = True,
                  credentials: grpc.ChannelCredentials | None = None,
                  metadata: Sequence[tuple[str, str]] = (),
                  options: Sequence[tuple[str, Any]] = ()) -> None:
         self.target = target
         self.timeout = timeout
-        self.retry = RetryPolicy(retries, backoff_base_s, backoff_max_s)
+        self.retry = RetryPolicy(retries, backoff_base_s, backoff_max_s, resume)
         self.metadata = tuple(metadata)
         address, opts = channel_target(target, options)
         self._channel = (grpc.secure_channel(address, credentials, options=opts)

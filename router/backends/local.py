@@ -18,6 +18,7 @@ from typing import Any
 
 from engine.config import EngineConfig
 from router.backend import Backend, Tokenizer, register_backend
+from router.backends.resume import complete_reason
 from router.errors import InvalidRequest, NoHealthyWorker, WorkerFailed
 from router.messages import (
     ClusterInfo, Finished, FinishReason, GenerateEvent, GenerateRequest, ModelInfo, PoolInfo,
@@ -112,17 +113,26 @@ class LocalBackend(Backend):
 
         rid = request.request_id
         salt = b"" if self._tenant_sharing else request.tenant.encode()
-        events: asyncio.Queue = asyncio.Queue()
-        self._queues[rid] = events
         usage = Usage(prompt_tokens=len(request.prompt_token_ids),
                       prefill_worker=self.worker_id, decode_worker=self.worker_id)
+        # A resumed stream (its router died) is held by no engine of this process: its prompt
+        # and the tokens the client has are computed again, and it goes on after them.
+        have = request.resume.token_ids if request.resume is not None else []
+        usage.completion_tokens = len(have)
+        reason = complete_reason(request, self._worker.engine.eos_token_ids)
+        if reason is not None:
+            yield Finished(reason, usage)
+            return
+        events: asyncio.Queue = asyncio.Queue()
+        self._queues[rid] = events
         held = False
         try:
             try:
-                await self._worker.submit(FullRequest(rid, request.prompt_token_ids,
-                                                      request.sampling.to_dict(), salt,
-                                                      fork_group=request.fork_group,
-                                                      fork_size=request.fork_size))
+                await self._worker.submit(FullRequest(
+                    rid, request.prompt_token_ids + have, request.sampling.to_dict(), salt,
+                    output_len=len(have),
+                    output_text_offset=request.resume.text_chars if have else 0,
+                    fork_group=request.fork_group, fork_size=request.fork_size))
             except ValueError as exc:   # the engine's refusal is the request's fault, not ours
                 raise InvalidRequest("request", f"rejected by the engine: {exc}") from None
             except Exception as exc:

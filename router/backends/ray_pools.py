@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from router.backends.fork_homes import ForkHomes
+from router.backends.resume import StreamGap, complete_reason, find_holder, resume_key, unseen
 from router.backends.stream_hub import StreamHub, WorkerGone
 from router.backends.worker_registry import WorkerRegistry
 from decode_worker.messages import DecodeStart, FullRequest, StreamEvent
@@ -97,16 +98,31 @@ class RayPoolsBackend(Backend):
         rid = request.request_id
         salt = b"" if self.tenant_sharing else request.tenant.encode()
         sampling = request.sampling.to_dict()
-        progress = _Progress()
+        progress = _Progress(key=resume_key(request))
         generated = progress.token_ids
         usage = Usage(prompt_tokens=len(request.prompt_token_ids))
+        holder = None
+        if request.resume is not None:     # a broken stream: go on after what the client has
+            generated.extend(request.resume.token_ids)
+            progress.text_chars = request.resume.text_chars
+            reason = complete_reason(request, self.model_cfg.eos_token_ids)
+            if reason is not None:
+                usage.completion_tokens = len(generated)
+                yield Finished(reason, usage)
+                return
+            holder = await find_holder(self.registry.healthy(self.stream_role), rid, progress.key)
+            logger.info("request %s resumes after %d tokens: %s", rid, len(generated),
+                        f"held by {holder.name}" if holder else "held nowhere; re-prefilling")
         recoveries = 0
         while True:
             # A recovery re-prefills what was generated as the tail of the prompt and tells the
             # engine so: max_tokens, stop strings and held-back text carry on where they were.
             prompt = request.prompt_token_ids + generated
             try:
-                async for event in self._attempt(request, rid, prompt, sampling, salt, usage, progress):
+                stream = (self._follow(request, holder, usage, progress) if holder is not None else
+                          self._attempt(request, rid, prompt, sampling, salt, usage, progress))
+                holder = None
+                async for event in stream:
                     yield event
                 return
             except _Recover as exc:
@@ -116,6 +132,54 @@ class RayPoolsBackend(Backend):
                 logger.warning("request %s: %s; re-prefilling %d tokens (%d prompt + %d generated; "
                                "recovery %d)", rid, exc, len(request.prompt_token_ids) + len(generated),
                                len(request.prompt_token_ids), len(generated), recoveries)
+
+    async def _follow(self, request: GenerateRequest, view: WorkerView, usage: Usage,
+                      progress: _Progress) -> AsyncIterator[GenerateEvent]:
+        """Relay a resumed request from the worker that holds it: what it retained, then its
+        live events, each cut to what the client lacks (``resume.unseen``). Subscribing
+        before reading what it retained leaves no event between the two."""
+        rid = request.request_id
+        queue = self.hub.subscribe(rid, view.name)
+        view.inflight += 1
+        usage.decode_worker = view.name
+        finished = False
+        try:
+            got = await self._call(request, view, view.handle.replay.remote(rid, progress.key), recover=True)
+            if got is None:
+                raise _Recover(f"{view.name} no longer holds it")
+            async for event in self._relay(request, usage, progress, queue, got[1]):
+                yield event
+            finished = True
+        finally:
+            view.inflight -= 1
+            self.hub.unsubscribe(rid)
+            if not finished:
+                _fire_and_forget(view.handle.abort.remote(rid))
+
+    async def _relay(self, request: GenerateRequest, usage: Usage, progress: _Progress,
+                     queue: asyncio.Queue, retained: list[StreamEvent] = ()) -> AsyncIterator[GenerateEvent]:
+        """The stream worker's events (``retained`` first, then ``queue``) as deltas, until
+        the finish. Each is cut to what was not sent yet, so an event seen twice is sent once;
+        one that starts past what was sent means a hole: the request is recovered."""
+        generated = progress.token_ids
+        pending = list(retained)
+        while True:
+            item = pending.pop(0) if pending else await self._next(request, queue)
+            if isinstance(item, WorkerGone):
+                raise _Recover(f"decode worker {item.worker} lost ({item.reason})")
+            try:
+                item = unseen(item, len(generated), progress.text_chars)
+            except StreamGap as exc:
+                raise _Recover(f"its stream has a hole ({exc})") from None
+            if item is None:
+                continue
+            if self.colocated and not generated and item.token_ids:
+                usage.cached_prompt_tokens = item.num_cached_tokens
+            for ev in self._emit(request, usage, progress, item.token_ids, item.text, item.finish_reason,
+                                 item.logprobs, item.prompt_logprobs):
+                yield ev
+            if item.finish_reason is not None:
+                return
 
     async def _attempt(self, request: GenerateRequest, rid: str, prompt: list[int], params: dict,
                        salt: bytes, usage: Usage, progress: _Progress) -> AsyncIterator[GenerateEvent]:
@@ -136,7 +200,7 @@ class RayPoolsBackend(Backend):
                 self.registry.expect_cached(decoder, ctx.block_hashes)
                 await self._call(request, decoder, decoder.handle.submit.remote(
                     FullRequest(rid, prompt, params, salt, deadline, len(generated),
-                                progress.text_chars, **fork)), recover=True)
+                                progress.text_chars, **fork, resume_key=progress.key)), recover=True)
                 usage.decode_worker = usage.prefill_worker = decoder.name
             else:
                 res = await self._prefill(request, rid, prompt, params, salt, decoder, ctx, deadline,
@@ -152,22 +216,14 @@ class RayPoolsBackend(Backend):
                     return
                 started, early.ref = early.ref, None     # told at admission, or now
                 if started is None:
-                    started = decoder.handle.start.remote(DecodeStart(rid, res.kv_handle, deadline))
+                    started = decoder.handle.start.remote(DecodeStart(rid, res.kv_handle, deadline,
+                                                                      progress.key))
                 nbytes = await self._call(request, decoder, started, recover=True)
                 codec = request.codec or self.default_codec
                 self.kv_bytes_sent[codec] = self.kv_bytes_sent.get(codec, 0) + int(nbytes or 0)
-            while True:
-                item = await self._next(request, queue)
-                if isinstance(item, WorkerGone):
-                    raise _Recover(f"decode worker {item.worker} lost ({item.reason})")
-                if self.colocated and not generated and item.token_ids:
-                    usage.cached_prompt_tokens = item.num_cached_tokens
-                for ev in self._emit(request, usage, progress, item.token_ids, item.text, item.finish_reason,
-                                     item.logprobs, item.prompt_logprobs):
-                    yield ev
-                if item.finish_reason is not None:
-                    finished = True
-                    return
+            async for ev in self._relay(request, usage, progress, queue):
+                yield ev
+            finished = True
         finally:
             decoder.inflight -= 1
             if group and self.colocated:
@@ -194,7 +250,7 @@ class RayPoolsBackend(Backend):
             if self.early_decode:
                 transfer_id = new_transfer_id(rid)
                 descriptor = early_descriptor(transfer_id, deadline or time.time() + EARLY_WAIT_S, worker.handle)
-                early.ref = decoder.handle.start.remote(DecodeStart(rid, descriptor, deadline))
+                early.ref = decoder.handle.start.remote(DecodeStart(rid, descriptor, deadline, progress.key))
                 early.worker, early.transfer_id, early.deadline = worker, transfer_id, descriptor.deadline
             ref = worker.handle.prefill.remote(PrefillRequest(
                 rid, prompt, params, salt, request.codec, decoder.name, deadline,
@@ -341,9 +397,11 @@ class RayPoolsBackend(Backend):
 
 @dataclass(slots=True)
 class _Progress:
-    """What one request has streamed so far, across recoveries."""
+    """What one request has streamed so far, across recoveries (and the key a router
+    resuming it must show its workers: ``resume.resume_key``)."""
     token_ids: list[int] = field(default_factory=list)
     text_chars: int = 0
+    key: str = ""
 
 
 def _remaining(request: GenerateRequest) -> float | None:

@@ -118,6 +118,75 @@ def test_tandem_router_serves_from_the_running_pools_and_leaves_them_running(ray
     assert "tandem: error: no running prefill pool of 1 worker(s) in Ray namespace 'no-pools-here'" in out.stderr
 
 
+def _free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_routers_one_killed_mid_stream_lose_nothing_streams_resume_through_the_other(ray_nodes, cluster,
+                                                                                       caplog):
+    """A second router (`tandem router`, its own process) beside the cluster's; 32 streams
+    spread over both; the second is SIGKILLed while every stream is mid-flight. Its streams
+    resume through the first (the decode workers still hold them), none lost, none repeated."""
+    import logging
+    import signal
+    caplog.set_level(logging.INFO, logger="router.backends.ray_pools")
+    nodes, _, _ = ray_nodes
+    port = _free_port()
+    second = subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", "router", "--ray-address", nodes.address, "--port", str(port),
+         "--no-http", "--set", "store.enabled=false", "--set", "pools.decode.workers=2",
+         "--set", "router.health_poll_s=0.2"],
+        cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        target = f"127.0.0.1:{port}"
+        with TandemClient(target, timeout=120) as probe:
+            wait_until(lambda: second.poll() is not None or _serves(probe), 120, "the second router to serve")
+        assert second.poll() is None, second.stderr.read()[-3000:]
+        tokens = 160
+        want = {p: o.token_ids for p, o in zip(PROMPTS, LLM("stories260K").generate(
+            PROMPTS, SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)))}
+        started = threading.Barrier(33)
+        options = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 200)]
+        with TandemClient([cluster.target, target], timeout=120, retries=8, backoff_base_s=0.02,
+                          backoff_max_s=0.5, options=options) as client:
+            def one(i: int):
+                prompt, got, waited = PROMPTS[i % len(PROMPTS)], [], False
+                stream = client.stream(prompt, max_tokens=tokens, temperature=0, ignore_eos=True)
+                for delta in stream:
+                    got += delta.token_ids
+                    if not waited and len(got) >= 4:       # mid-flight, on one router or the other
+                        waited = True
+                        started.wait(60)
+                return prompt, got, stream.result
+            with ThreadPoolExecutor(32) as pool:
+                futures = [pool.submit(one, i) for i in range(32)]
+                started.wait(60)
+                second.send_signal(signal.SIGKILL)
+                results = [f.result(timeout=120) for f in futures]
+            assert all(got == want[prompt] for prompt, got, _ in results)      # none lost, none repeated
+            assert all(res.token_ids == want[prompt] and res.usage.completion_tokens == tokens
+                       for prompt, _, res in results)
+            resumed = [r for r in caplog.records if "resumes after" in r.getMessage()]
+            assert 1 <= len(resumed) <= 32, "the killed router's streams resumed through this one"
+            assert all("held by tandem-decode-" in r.getMessage() for r in resumed)
+            wait_until(lambda: all(w.running_requests == 0 for p in client.cluster_info().pools
+                                   for w in p.workers), 60, "every worker to be idle again")
+    finally:
+        if second.poll() is None:
+            second.kill()
+        second.wait(30)
+
+
+def _serves(client) -> bool:
+    try:
+        return len(client.generate(PROMPTS[0], max_tokens=2, temperature=0, timeout=10).token_ids) == 2
+    except Exception:
+        return False
+
+
 def test_a_decode_node_killed_mid_load_loses_no_request_and_a_new_node_restores_the_pool(ray_nodes, cluster,
                                                                                         caplog):
     import logging

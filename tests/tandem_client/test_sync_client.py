@@ -172,13 +172,14 @@ def test_unavailable_is_retried_until_the_router_comes_up():
         router.stop()
 
 
-def test_retry_policy_retries_only_unavailable_before_any_token():
-    policy = RetryPolicy(retries=2, backoff_base_s=0.1, backoff_max_s=1.0)
+def test_retry_policy_retries_only_unavailable_and_after_tokens_only_by_resuming():
+    policy = RetryPolicy(retries=2, backoff_base_s=0.1, backoff_max_s=1.0, resume=False)
     unavailable = TandemError(grpc.StatusCode.UNAVAILABLE, "down")
     assert 0 <= policy.next_delay(unavailable, 0, False, None) <= 0.1
     assert 0 <= policy.next_delay(unavailable, 1, False, None) <= 0.2
     assert policy.next_delay(unavailable, 2, False, None) is None          # retries spent
     assert policy.next_delay(unavailable, 0, True, None) is None           # tokens already seen
+    assert 0 <= RetryPolicy(retries=2, backoff_base_s=0.1).next_delay(unavailable, 0, True, None) <= 0.1
     assert policy.next_delay(TandemError(grpc.StatusCode.INTERNAL, "x"), 0, False, None) is None
     assert policy.next_delay(unavailable, 0, False, time.monotonic()) is None  # no time left
     with pytest.raises(ValueError):
