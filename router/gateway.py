@@ -92,7 +92,8 @@ class Gateway:
             with request_context(rid, req.tenant):
                 if rid in self._inflight:
                     raise DuplicateRequest(f"request {rid!r} is already in flight")
-                lease = await self.limiter.acquire_async(req.tenant, principal.limits)
+                lease = await self.limiter.acquire_async(req.tenant, principal.limits, request_id=rid,
+                                                         resumed=req.resume is not None)
                 ticket = self.admission.admit(rid, len(req.prompt_token_ids), req.fork_group,
                                               resumed=req.resume is not None)
                 self._inflight.add(rid)

@@ -58,8 +58,11 @@ class TenantLimiter:
         burst = overrides.burst or self._default.burst or max(1, int(rps or 1))
         return rps, burst, overrides.concurrency or self._default.concurrency
 
-    async def acquire_async(self, tenant: str, overrides: TenantLimits = TenantLimits()) -> TenantLease:
-        """``acquire`` as the gateway calls it (a shared limiter asks Redis)."""
+    async def acquire_async(self, tenant: str, overrides: TenantLimits = TenantLimits(), *,
+                            request_id: str = "", resumed: bool = False) -> TenantLease:
+        """``acquire`` as the gateway calls it (a shared limiter asks Redis, where a resumed
+        request takes over its own lease; here a resume is counted like any request: the
+        router it left is gone, and its slots with it)."""
         return self.acquire(tenant, overrides)
 
     def acquire(self, tenant: str, overrides: TenantLimits = TenantLimits()) -> TenantLease:

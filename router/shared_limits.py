@@ -5,7 +5,10 @@ cluster, not per router: the token bucket and the set of in-flight leases live i
 one Lua script checks and takes both atomically (on Redis's own clock, so the routers' clocks
 do not matter). A lease is a member of the tenant's sorted set, scored with its expiry: a
 router that dies mid-request leaks no slot for longer than ``lease_ttl_s`` (the router's
-request timeout and a margin: no request runs longer). Refusals are the same
+request timeout and a margin: no request runs longer). A lease is named by its request id, so
+a stream that resumes through another router after its own died (``GenerateRequest.resume``)
+takes over its lease while it lives: neither counted twice nor charged a second rate token.
+Refusals are the same
 ``AdmissionRejected`` as the per-router ``TenantLimiter``'s, with the same reasons and
 retry-after hints.
 
@@ -30,7 +33,8 @@ _CONCURRENCY_RETRY_S = 0.25
 _BUCKET_TTL_S = 600
 _WARN_EVERY_S = 60.0
 
-# KEYS: bucket hash, leases zset. ARGV: rps (-1: none), burst, cap (-1: none), lease id, lease ttl s.
+# KEYS: bucket hash, leases zset. ARGV: rps (-1: none), burst, cap (-1: none), lease id, lease ttl s,
+# resumed ("1": a resumed stream; its live lease, if any, is taken over).
 # Returns {0, active} (over the cap), {1, wait_s as a string} (over the rate), {2} (taken).
 _ACQUIRE = """
 local t = redis.call('TIME')
@@ -39,6 +43,10 @@ local rps, burst, cap = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
 local ttl = tonumber(ARGV[5])
 if cap >= 0 then
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if ARGV[6] == '1' and redis.call('ZSCORE', KEYS[2], ARGV[4]) then
+    redis.call('ZADD', KEYS[2], now + ttl, ARGV[4])
+    return {2}
+  end
   local active = redis.call('ZCARD', KEYS[2])
   if active >= cap then return {0, active} end
 end
@@ -70,15 +78,17 @@ class SharedTenantLimiter(TenantLimiter):
         self.lease_ttl_s, self.prefix = lease_ttl_s, prefix
         self._warned = 0.0
 
-    async def acquire_async(self, tenant: str, overrides: TenantLimits = TenantLimits()) -> TenantLease:
+    async def acquire_async(self, tenant: str, overrides: TenantLimits = TenantLimits(), *,
+                            request_id: str = "", resumed: bool = False) -> TenantLease:
         rps, burst, cap = self.limits_for(overrides)
         if rps is None and cap is None:
             return TenantLease(None, tenant)
-        lease_id = uuid.uuid4().hex
+        lease_id = request_id or uuid.uuid4().hex
         keys = [f"{self.prefix}:{tenant}:bucket", f"{self.prefix}:{tenant}:leases"]
         try:
             verdict = await self._acquire(keys=keys, args=[
-                -1 if rps is None else rps, burst, -1 if cap is None else cap, lease_id, self.lease_ttl_s])
+                -1 if rps is None else rps, burst, -1 if cap is None else cap, lease_id, self.lease_ttl_s,
+                "1" if resumed else "0"])
         except Exception as exc:          # Redis down or slow: fail open (module docstring)
             self._warn(exc)
             return TenantLease(None, tenant)

@@ -102,3 +102,25 @@ def test_a_dead_routers_leases_expire_and_a_redis_outage_fails_open(redis_url):
         for limiter in (dead, live, gone):
             await limiter.close()
     asyncio.run(scenario())
+
+
+def test_a_resumed_stream_takes_over_its_live_lease_and_a_stranger_resume_is_checked_as_new(redis_url):
+
+    async def scenario():
+        limits = LimitsConfig(tenant_max_concurrency=1, tenant_rps=0.01, tenant_burst=1)
+        dead = SharedTenantLimiter(limits, redis_url, lease_ttl_s=5.0, prefix="tandem:resume")
+        await dead.acquire_async("t", request_id="r1")        # its router dies mid-stream
+        live = SharedTenantLimiter(limits, redis_url, lease_ttl_s=5.0, prefix="tandem:resume")
+        lease = await live.acquire_async("t", request_id="r1", resumed=True)   # at cap, no rate left
+        for rid, resumed in (("r2", True), ("r3", False)):   # not its lease: the cap holds
+            with pytest.raises(AdmissionRejected) as info:
+                await live.acquire_async("t", request_id=rid, resumed=resumed)
+            assert info.value.reason == "tenant_concurrency"
+        lease.release()
+        await asyncio.sleep(0.1)
+        with pytest.raises(AdmissionRejected) as info:        # the cap is free, the rate is not
+            await live.acquire_async("t", request_id="r4", resumed=True)
+        assert info.value.reason == "tenant_rate"
+        for limiter in (dead, live):
+            await limiter.close()
+    asyncio.run(scenario())
