@@ -1,4 +1,4 @@
-"""``tandem serve``, ``tandem generate`` and ``tandem status``."""
+"""``tandem serve``, ``tandem router``, ``tandem stop-pools``, ``tandem generate`` and ``tandem status``."""
 from __future__ import annotations
 
 import argparse
@@ -90,6 +90,22 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_stop_pools(args: argparse.Namespace) -> int:
+    import ray
+
+    from cluster.config import load_config
+    from cluster.pools import stop_pools
+
+    cfg = load_config(args.config, list(args.set or []) + [f"ray.address={args.ray_address}"])
+    ray.init(address=args.ray_address, namespace=cfg.ray.namespace, log_to_driver=False)
+    try:
+        stopped = stop_pools(cfg)
+    finally:
+        ray.shutdown()
+    print(f"stopped {', '.join(stopped)}" if stopped else f"no pools in Ray namespace {cfg.ray.namespace!r}")
+    return 0
+
+
 def add_commands(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start a Tandem cluster (embedded Ray and Redis by default)")
     p.add_argument("--config", help="cluster config YAML (docs/config.md)")
@@ -113,6 +129,13 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         r.add_argument(flag, **kw)
     r.add_argument("--no-http", action="store_true", help="serve gRPC only")
     r.set_defaults(func=_cmd_serve, command="router")
+
+    # The pools of a namespace, stopped whoever created them (with ray.keep_pools no router does).
+    k = sub.add_parser("stop-pools", help="stop the worker pools of a Ray namespace (their actors and placement groups)")
+    k.add_argument("--ray-address", required=True, help="the Ray cluster that runs the pools")
+    k.add_argument("--config", help="the cluster config YAML (its ray.namespace)")
+    k.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field, e.g. ray.namespace=x")
+    k.set_defaults(func=_cmd_stop_pools)
 
     for name, fn, help_ in (("generate", _cmd_generate, "stream a generation from a running server"),
                             ("status", _cmd_status, "show pools, workers and load")):

@@ -51,6 +51,9 @@ class RayConfig:
     address: str | None = None       # None: start an embedded local Ray instance
     namespace: str = setting("tandem", name)
     include_dashboard: bool = False
+    # True: no router stops the pools, not even the one that created them; they live as long
+    # as the Ray cluster, or until `tandem stop-pools`. For several routers (the Helm chart).
+    keep_pools: bool = False
 
 
 @dataclass(slots=True)
@@ -75,6 +78,9 @@ class ClusterConfig:
             raise ConfigError("model.max_num_batched_tokens",
                               f"must be >= model.block_size ({self.model.block_size})")
         self.router.check("router")
+        if self.ray.keep_pools and not self.ray.address:
+            raise ConfigError("ray.keep_pools", "needs ray.address: an embedded Ray (and its pools) "
+                              "stops with the router that started it")
 
     def require_choice(self, path: str, allowed: Iterable[str]) -> None:
         """Raise ConfigError unless the string at ``path`` is in ``allowed`` (a registry's names)."""

@@ -52,7 +52,7 @@ class WorkerPool:
     handles: dict[str, Any]
     placement_group: Any = None
     incarnations: dict[str, str] = field(default_factory=dict)
-    owned: bool = True              # False: attached to a pool another router created
+    owned: bool = True              # this router stops it (False: attached, or ray.keep_pools)
 
     @classmethod
     def create(cls, role: str, cfg: ClusterConfig, pool_cfg: PoolConfig, ready_timeout_s: float = 180.0) -> "WorkerPool":
@@ -61,17 +61,20 @@ class WorkerPool:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        existing = _attach(role, cfg, pool_cfg.workers)
+        existing = _attach(role, cfg, pool_cfg)
         if existing is not None:
             logger.info("%s pool already exists in namespace %s: attaching", role, cfg.ray.namespace)
-            return cls(role, list(existing), existing, owned=False)
+            return cls(role, list(existing[0]), existing[0], existing[1], owned=False)
         # On a shared cluster the pool must outlive the router that happened to create it.
         lifetime = "detached" if cfg.ray.address else None
         gpus = _gpus(pool_cfg)
         bundle = {"CPU": pool_cfg.cpus_per_worker, POOL_RESOURCES[role]: 1.0}
         if gpus:
             bundle["GPU"] = gpus
-        pg = placement_group([dict(bundle) for _ in range(pool_cfg.workers)], strategy="SPREAD")
+        # A placement group dies with the process that made it, and the actors in it with it:
+        # a detached pool's group is detached too, or the pool dies with its creator.
+        pg = placement_group([dict(bundle) for _ in range(pool_cfg.workers)], strategy="SPREAD",
+                             lifetime=lifetime, name=_group_name(cfg, role, pool_digest(role, cfg, pool_cfg)))
         ray.get(pg.ready(), timeout=ready_timeout_s)
         actor_cls = _actor_class(role)
         threads = max(1, int(pool_cfg.cpus_per_worker))
@@ -86,18 +89,19 @@ class WorkerPool:
             args = _actor_args(role, name, cfg, threads)
             handles[name] = actor_cls.options(**opts).remote(*args)
             names.append(name)
-        return cls(role, names, handles, pg)
+        return cls(role, names, handles, pg, owned=not cfg.ray.keep_pools)
 
     @classmethod
     def attach(cls, role: str, cfg: ClusterConfig, pool_cfg: PoolConfig) -> "WorkerPool":
         """The running pool another router created (``tandem router``); ValueError if there is
-        none of that size in the namespace. An attached pool is never stopped by this router."""
-        existing = _attach(role, cfg, pool_cfg.workers)
+        none of that size in the namespace, or it runs another config. An attached pool is
+        never stopped by this router."""
+        existing = _attach(role, cfg, pool_cfg)
         if existing is None:
             raise ValueError(f"no running {role} pool of {pool_cfg.workers} worker(s) in Ray namespace "
                              f"{cfg.ray.namespace!r} at {cfg.ray.address}: start one with "
                              "`tandem serve --ray-address ...` (same pools and namespace)")
-        return cls(role, list(existing), existing, owned=False)
+        return cls(role, list(existing[0]), existing[0], existing[1], owned=False)
 
     async def wait_ready(self, timeout_s: float = 300.0) -> None:
         refs = [self.handles[n].ping.remote() for n in self.names]
@@ -121,16 +125,77 @@ class WorkerPool:
             remove_placement_group(self.placement_group)
 
 
-def _attach(role: str, cfg: ClusterConfig, workers: int) -> dict[str, Any] | None:
+def pool_digest(role: str, cfg: ClusterConfig, pool_cfg: PoolConfig) -> str:
+    """What a pool's workers were built with (mode, engine, KV transfer, store, size), as a
+    short digest: a router attaches only to a pool that runs its own config."""
+    import hashlib
+    import json
+    threads = max(1, int(pool_cfg.cpus_per_worker))
+    parts = {"role": role, "mode": cfg.mode, "model": dataclasses.asdict(engine_config(cfg, threads)),
+             "kv_transfer": dataclasses.asdict(cfg.kv_transfer), "pool": dataclasses.asdict(pool_cfg),
+             "store": dataclasses.asdict(cfg.store_for_workers()) if role == "prefill" and cfg.store_for_workers() else None}
+    return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
+
+
+def _group_name(cfg: ClusterConfig, role: str, digest: str) -> str:
+    return f"{cfg.ray.namespace}/tandem-{role}/{digest}"
+
+
+def _groups(cfg: ClusterConfig, prefix: str = "tandem-") -> dict[str, str]:
+    """Live placement groups of this namespace's pools: name -> id (hex)."""
+    from ray.util.placement_group import placement_group_table
+    start = f"{cfg.ray.namespace}/{prefix}"
+    return {e["name"]: pid for pid, e in placement_group_table().items()
+            if e.get("name", "").startswith(start) and e.get("state") != "REMOVED"}
+
+
+def _attach(role: str, cfg: ClusterConfig, pool_cfg: PoolConfig) -> tuple[dict[str, Any], Any] | None:
+    """(handles, placement group) of the running ``role`` pool of this size, or None; a
+    ValueError when it runs another config (``pool_digest``)."""
     import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
     handles = {}
-    for i in range(workers):
+    for i in range(pool_cfg.workers):
         name = f"tandem-{role}-{i}"
         try:
             handles[name] = ray.get_actor(name, namespace=cfg.ray.namespace)
         except ValueError:
             return None
-    return handles
+    groups = _groups(cfg, f"tandem-{role}/")
+    want = _group_name(cfg, role, pool_digest(role, cfg, pool_cfg))
+    if groups and want not in groups:
+        raise ValueError(f"the running {role} pool in Ray namespace {cfg.ray.namespace!r} was started with "
+                         f"another config (model, engine, KV transfer, store or pool size differ): serve "
+                         f"with the config it runs, or stop it first (`tandem stop-pools --ray-address "
+                         f"{cfg.ray.address}`)")
+    pg = PlacementGroup(PlacementGroupID.from_hex(groups[want])) if want in groups else None
+    return handles, pg
+
+
+def stop_pools(cfg: ClusterConfig) -> list[str]:
+    """Stop every pool of ``cfg.ray.namespace`` on the Ray cluster this process is connected
+    to, whoever created them (``tandem stop-pools``): their actors and placement groups.
+    Returns the names of what was stopped."""
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    stopped = []
+    for role in ("prefill", "decode", "colocated"):
+        i = 0
+        while True:
+            name = f"tandem-{role}-{i}"
+            try:
+                handle = ray.get_actor(name, namespace=cfg.ray.namespace)
+            except ValueError:
+                break
+            ray.kill(handle, no_restart=True)
+            stopped.append(name)
+            i += 1
+    for group, pid in _groups(cfg).items():
+        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pid)))
+        stopped.append(group)
+    return stopped
 
 
 def _actor_class(role: str):

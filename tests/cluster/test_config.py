@@ -83,6 +83,7 @@ def test_unknown_key_in_yaml_names_its_path(tmp_path):
     ("model.matmul_dtype=fp8", "model.matmul_dtype", "must be one of"),
     ("kv_transfer.transport=null", "kv_transfer.transport", "non-empty string"),
     ("model=stories", "model", "must be a mapping"),
+    ("ray.keep_pools=true", "ray.keep_pools", "needs ray.address"),
 ])
 def test_bad_value_names_its_path(override, path, words):
     with pytest.raises(ConfigError) as info:

@@ -32,6 +32,10 @@ REPO = Path(__file__).resolve().parents[2]
 PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "Tom had a red ball", "One day, a cat"]
 
 
+SETTINGS = ["store.enabled=false", "model.num_threads=1", "router.health_poll_s=0.2",
+            "pools.prefill.cpus_per_worker=0.5", "pools.decode.cpus_per_worker=0.5", "pools.decode.workers=2"]
+
+
 @pytest.fixture(scope="module")
 def ray_nodes():
     from ray.cluster_utils import Cluster
@@ -54,10 +58,7 @@ def ray_nodes():
 @pytest.fixture(scope="module")
 def cluster(ray_nodes):
     nodes, _, _ = ray_nodes
-    cfg = load_config(None, [f"ray.address={nodes.address}", "router.grpc_port=0", "router.http_port=0",
-                             "store.enabled=false", "model.num_threads=1", "router.health_poll_s=0.2",
-                             "pools.prefill.cpus_per_worker=0.5", "pools.decode.cpus_per_worker=0.5",
-                             "pools.decode.workers=2"])
+    cfg = load_config(None, [f"ray.address={nodes.address}", "router.grpc_port=0", "router.http_port=0", *SETTINGS])
     with BackgroundCluster(cfg) as c:
         yield c
 
@@ -102,8 +103,7 @@ def test_tandem_status_shows_each_workers_node(cluster):
 
 def test_tandem_router_serves_from_the_running_pools_and_leaves_them_running(ray_nodes, cluster):
     nodes, _, _ = ray_nodes
-    cfg = load_config(None, [f"ray.address={nodes.address}", "router.grpc_port=0", "store.enabled=false",
-                             "router.health_poll_s=0.2", "pools.decode.workers=2"])
+    cfg = load_config(None, [f"ray.address={nodes.address}", "router.grpc_port=0", *SETTINGS])
     with BackgroundCluster(cfg, attach_only=True) as second:
         assert not any(p.owned for p in second.cluster.pools.values())
         with TandemClient(second.target, timeout=120) as client:
@@ -125,59 +125,113 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_routers_one_killed_mid_stream_lose_nothing_streams_resume_through_the_other(ray_nodes, cluster,
-                                                                                       caplog):
-    """A second router (`tandem router`, its own process) beside the cluster's; 32 streams
-    spread over both; the second is SIGKILLed while every stream is mid-flight. Its streams
-    resume through the first (the decode workers still hold them), none lost, none repeated."""
+HA = ["ray.namespace=ha", "store.enabled=false", "pools.decode.workers=1", "router.health_poll_s=0.2",
+      "model.num_threads=1", "pools.prefill.cpus_per_worker=0.5", "pools.decode.cpus_per_worker=0.5"]
+
+
+@pytest.fixture
+def ha_node(ray_nodes):
+    """A node for pools of their own (Ray namespace "ha"); at the end they are stopped and the
+    node goes (a pool left behind would take the place of the module's own)."""
+    nodes, _, _ = ray_nodes
+    node = nodes.add_node(num_cpus=1, resources={POOL_RESOURCES["prefill"]: 1, POOL_RESOURCES["decode"]: 1})
+    nodes.wait_for_nodes()
+    yield nodes.address
+    from cluster.pools import stop_pools
+    stop_pools(load_config(None, [f"ray.address={nodes.address}", *HA]))
+    nodes.remove_node(node, allow_graceful=False)
+
+
+def test_two_routers_the_one_that_made_the_pools_killed_mid_stream_lose_nothing(ha_node, caplog):
+    """`tandem serve` (its own process) creates pools on a node of their own (another Ray
+    namespace); a second router attaches; 32 streams spread over both; the first is SIGKILLed
+    while every stream is mid-flight. The pools outlive it (detached, placement group too),
+    its streams resume through the second (the decode worker still holds them): none lost,
+    none repeated."""
     import logging
     import signal
     caplog.set_level(logging.INFO, logger="router.backends.ray_pools")
-    nodes, _, _ = ray_nodes
     port = _free_port()
-    second = subprocess.Popen(
-        [sys.executable, "-m", "cluster.cli", "router", "--ray-address", nodes.address, "--port", str(port),
-         "--no-http", "--set", "store.enabled=false", "--set", "pools.decode.workers=2",
-         "--set", "router.health_poll_s=0.2"],
+    first = subprocess.Popen(
+        [sys.executable, "-m", "cluster.cli", "serve", "--ray-address", ha_node, "--port", str(port),
+         "--no-http", *sum((["--set", s] for s in HA), [])],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         target = f"127.0.0.1:{port}"
         with TandemClient(target, timeout=120) as probe:
-            wait_until(lambda: second.poll() is not None or _serves(probe), 120, "the second router to serve")
-        assert second.poll() is None, second.stderr.read()[-3000:]
-        tokens = 160
-        want = {p: o.token_ids for p, o in zip(PROMPTS, LLM("stories260K").generate(
-            PROMPTS, SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)))}
-        started = threading.Barrier(33)
-        options = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 200)]
-        with TandemClient([cluster.target, target], timeout=120, retries=8, backoff_base_s=0.02,
-                          backoff_max_s=0.5, options=options) as client:
-            def one(i: int):
-                prompt, got, waited = PROMPTS[i % len(PROMPTS)], [], False
-                stream = client.stream(prompt, max_tokens=tokens, temperature=0, ignore_eos=True)
-                for delta in stream:
-                    got += delta.token_ids
-                    if not waited and len(got) >= 4:       # mid-flight, on one router or the other
-                        waited = True
-                        started.wait(60)
-                return prompt, got, stream.result
-            with ThreadPoolExecutor(32) as pool:
-                futures = [pool.submit(one, i) for i in range(32)]
-                started.wait(60)
-                second.send_signal(signal.SIGKILL)
-                results = [f.result(timeout=120) for f in futures]
-            assert all(got == want[prompt] for prompt, got, _ in results)      # none lost, none repeated
-            assert all(res.token_ids == want[prompt] and res.usage.completion_tokens == tokens
-                       for prompt, _, res in results)
-            resumed = [r for r in caplog.records if "resumes after" in r.getMessage()]
-            assert 1 <= len(resumed) <= 32, "the killed router's streams resumed through this one"
-            assert all("held by tandem-decode-" in r.getMessage() for r in resumed)
-            wait_until(lambda: all(w.running_requests == 0 for p in client.cluster_info().pools
-                                   for w in p.workers), 60, "every worker to be idle again")
+            wait_until(lambda: first.poll() is not None or _serves(probe), 180, "`tandem serve` to serve")
+        assert first.poll() is None, first.stderr.read()[-3000:]
+        cfg = load_config(None, [f"ray.address={ha_node}", "router.grpc_port=0", *HA])
+        with BackgroundCluster(cfg, attach_only=True) as second:
+            tokens = 160
+            want = {p: o.token_ids for p, o in zip(PROMPTS, LLM("stories260K").generate(
+                PROMPTS, SamplingParams(temperature=0, max_tokens=tokens, ignore_eos=True)))}
+            started = threading.Barrier(33)
+            options = [("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 200)]
+            with TandemClient([target, second.target], timeout=120, retries=8, backoff_base_s=0.02,
+                              backoff_max_s=0.5, options=options) as client:
+                def one(i: int):
+                    prompt, got, waited = PROMPTS[i % len(PROMPTS)], [], False
+                    stream = client.stream(prompt, max_tokens=tokens, temperature=0, ignore_eos=True)
+                    for delta in stream:
+                        got += delta.token_ids
+                        if not waited and len(got) >= 4:       # mid-flight, on one router or the other
+                            waited = True
+                            started.wait(60)
+                    return prompt, got, stream.result
+                with ThreadPoolExecutor(32) as pool:
+                    futures = [pool.submit(one, i) for i in range(32)]
+                    started.wait(60)
+                    first.send_signal(signal.SIGKILL)
+                    results = [f.result(timeout=120) for f in futures]
+                assert all(got == want[prompt] for prompt, got, _ in results)      # none lost, none repeated
+                assert all(res.token_ids == want[prompt] and res.usage.completion_tokens == tokens
+                           for prompt, _, res in results)
+                resumed = [r for r in caplog.records if "resumes after" in r.getMessage()]
+                assert 1 <= len(resumed) <= 32, "the killed router's streams resumed through this one"
+                assert all("held by tandem-decode-0" in r.getMessage() for r in resumed)
+                again = client.generate(PROMPTS[1], max_tokens=8, temperature=0)   # the pools live on
+                assert again.token_ids == want[PROMPTS[1]][:8]
+                wait_until(lambda: all(w.running_requests == 0 for p in client.cluster_info().pools
+                                       for w in p.workers), 60, "every worker to be idle again")
     finally:
-        if second.poll() is None:
-            second.kill()
-        second.wait(30)
+        if first.poll() is None:
+            first.kill()
+        first.wait(30)
+
+
+def test_kept_pools_outlive_their_router_refuse_another_config_and_stop_on_request(ha_node):
+    import ray
+    from cluster.pools import stop_pools
+    cfg = load_config(None, [f"ray.address={ha_node}", "router.grpc_port=0", "ray.keep_pools=true", *HA])
+    stop_pools(cfg)                                      # a clean slate in this namespace
+    with BackgroundCluster(cfg) as first, TandemClient(first.target, timeout=120) as client:
+        assert all(p.owned is False for p in first.cluster.pools.values())
+        assert len(client.generate(PROMPTS[0], max_tokens=4, temperature=0).token_ids) == 4
+    pools = {n: ray.get_actor(n, namespace="ha") for n in ("tandem-prefill-0", "tandem-decode-0")}
+    assert all(ray.get(h.ping.remote(), timeout=60) for h in pools.values())    # they outlived it
+    base = [sys.executable, "-m", "cluster.cli"]
+    other = subprocess.run(base + ["router", "--ray-address", ha_node, "--port", "0", "--no-http",
+                                   *sum((["--set", s] for s in HA + ["pools.decode.max_restarts=7"]), [])],
+                           cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2
+    assert "the running prefill pool in Ray namespace 'ha' was started with another config" in other.stderr \
+        or "the running decode pool in Ray namespace 'ha' was started with another config" in other.stderr
+    out = subprocess.run(base + ["stop-pools", "--ray-address", ha_node, "--set", "ray.namespace=ha"],
+                         cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.startswith("stopped tandem-prefill-0, tandem-decode-0, ha/tandem-")
+    for name in pools:
+        wait_until(lambda: _gone(name, "ha"), 30, f"{name} to stop")
+
+
+def _gone(name: str, namespace: str) -> bool:
+    import ray
+    try:
+        ray.get_actor(name, namespace=namespace)
+        return False
+    except ValueError:
+        return True
 
 
 def _serves(client) -> bool:
