@@ -73,9 +73,18 @@ class WorkerPool:
             bundle["GPU"] = gpus
         # A placement group dies with the process that made it, and the actors in it with it:
         # a detached pool's group is detached too, or the pool dies with its creator.
-        pg = placement_group([dict(bundle) for _ in range(pool_cfg.workers)], strategy="SPREAD",
-                             lifetime=lifetime, name=_group_name(cfg, role, pool_digest(role, cfg, pool_cfg)))
-        ray.get(pg.ready(), timeout=ready_timeout_s)
+        # The group's name is also the lock between routers that start at once (Helm's
+        # replicas): Ray refuses a second group of that name, and its router waits for the
+        # first one's actors and attaches.
+        try:
+            pg = placement_group([dict(bundle) for _ in range(pool_cfg.workers)], strategy="SPREAD",
+                                 lifetime=lifetime, name=_group_name(cfg, role, pool_digest(role, cfg, pool_cfg)))
+            ray.get(pg.ready(), timeout=ready_timeout_s)
+        except ray.exceptions.RaySystemError as exc:
+            if "already exists" not in str(exc):
+                raise
+            logger.info("another router is creating the %s pool: waiting to attach", role)
+            return cls._await_other(role, cfg, pool_cfg, ready_timeout_s)
         actor_cls = _actor_class(role)
         threads = max(1, int(pool_cfg.cpus_per_worker))
         names, handles = [], {}
@@ -90,6 +99,16 @@ class WorkerPool:
             handles[name] = actor_cls.options(**opts).remote(*args)
             names.append(name)
         return cls(role, names, handles, pg, owned=not cfg.ray.keep_pools)
+
+    @classmethod
+    def _await_other(cls, role: str, cfg: ClusterConfig, pool_cfg: PoolConfig, timeout_s: float) -> "WorkerPool":
+        import time
+        deadline = time.monotonic() + timeout_s
+        while (existing := _attach(role, cfg, pool_cfg)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"another router began the {role} pool and it has no actors after {timeout_s:.0f} s")
+            time.sleep(0.5)
+        return cls(role, list(existing[0]), existing[0], existing[1], owned=False)
 
     @classmethod
     def attach(cls, role: str, cfg: ClusterConfig, pool_cfg: PoolConfig) -> "WorkerPool":

@@ -205,9 +205,21 @@ def test_kept_pools_outlive_their_router_refuse_another_config_and_stop_on_reque
     from cluster.pools import stop_pools
     cfg = load_config(None, [f"ray.address={ha_node}", "router.grpc_port=0", "ray.keep_pools=true", *HA])
     stop_pools(cfg)                                      # a clean slate in this namespace
-    with BackgroundCluster(cfg) as first, TandemClient(first.target, timeout=120) as client:
-        assert all(p.owned is False for p in first.cluster.pools.values())
-        assert len(client.generate(PROMPTS[0], max_tokens=4, temperature=0).token_ids) == 4
+    # Two routers start at once (a Deployment's replicas): one creates the pools, the other
+    # waits for them and attaches; both serve, from one set of pools.
+    routers = [BackgroundCluster(cfg), BackgroundCluster(cfg)]
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(lambda r: r.start(), routers))
+    try:
+        assert all(p.owned is False for r in routers for p in r.cluster.pools.values())
+        assert {n for r in routers for p in r.cluster.pools.values() for n in p.names} == \
+            {"tandem-prefill-0", "tandem-decode-0"}
+        for r in routers:
+            with TandemClient(r.target, timeout=120) as client:
+                assert len(client.generate(PROMPTS[0], max_tokens=4, temperature=0).token_ids) == 4
+    finally:
+        for r in routers:
+            r.stop()
     pools = {n: ray.get_actor(n, namespace="ha") for n in ("tandem-prefill-0", "tandem-decode-0")}
     assert all(ray.get(h.ping.remote(), timeout=60) for h in pools.values())    # they outlived it
     base = [sys.executable, "-m", "cluster.cli"]
