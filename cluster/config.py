@@ -54,6 +54,10 @@ class RayConfig:
     # True: no router stops the pools, not even the one that created them; they live as long
     # as the Ray cluster, or until `tandem stop-pools`. For several routers (the Helm chart).
     keep_pools: bool = False
+    # Whose config wins when a router finds pools of another config running: one of a higher
+    # generation replaces them, one of the same or a lower refuses to start (the chart sets
+    # the Helm release revision, so an upgrade's routers replace the old pools).
+    pools_generation: int = setting(0, ge(0))
 
 
 @dataclass(slots=True)

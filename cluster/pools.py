@@ -61,10 +61,18 @@ class WorkerPool:
         from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        existing = _attach(role, cfg, pool_cfg)
-        if existing is not None:
+        digest = pool_digest(role, cfg, pool_cfg)
+        groups = _groups(cfg, f"tandem-{role}/")
+        if any(_parse_group(g)[0] == digest for g in groups) or (not groups and _actors(role, cfg, pool_cfg)):
             logger.info("%s pool already exists in namespace %s: attaching", role, cfg.ray.namespace)
-            return cls(role, list(existing[0]), existing[0], existing[1], owned=False)
+            return cls._await_other(role, cfg, pool_cfg, ready_timeout_s)
+        if groups:      # pools of another config run: a newer generation replaces them
+            theirs = max(_parse_group(g)[1] for g in groups)
+            if cfg.ray.pools_generation <= theirs:
+                raise _other_config(role, cfg, theirs)
+            logger.warning("replacing the %s pool (generation %d, another config) with generation %d",
+                           role, theirs, cfg.ray.pools_generation)
+            _stop_role(role, cfg, groups)
         # On a shared cluster the pool must outlive the router that happened to create it.
         lifetime = "detached" if cfg.ray.address else None
         gpus = _gpus(pool_cfg)
@@ -78,7 +86,7 @@ class WorkerPool:
         # first one's actors and attaches.
         try:
             pg = placement_group([dict(bundle) for _ in range(pool_cfg.workers)], strategy="SPREAD",
-                                 lifetime=lifetime, name=_group_name(cfg, role, pool_digest(role, cfg, pool_cfg)))
+                                 lifetime=lifetime, name=_group_name(cfg, role, digest))
             ray.get(pg.ready(), timeout=ready_timeout_s)
         except ray.exceptions.RaySystemError as exc:
             if "already exists" not in str(exc):
@@ -102,6 +110,7 @@ class WorkerPool:
 
     @classmethod
     def _await_other(cls, role: str, cfg: ClusterConfig, pool_cfg: PoolConfig, timeout_s: float) -> "WorkerPool":
+        """Attach to the pool another router made or is making (its actors may be on their way)."""
         import time
         deadline = time.monotonic() + timeout_s
         while (existing := _attach(role, cfg, pool_cfg)) is None:
@@ -157,7 +166,16 @@ def pool_digest(role: str, cfg: ClusterConfig, pool_cfg: PoolConfig) -> str:
 
 
 def _group_name(cfg: ClusterConfig, role: str, digest: str) -> str:
-    return f"{cfg.ray.namespace}/tandem-{role}/{digest}"
+    return f"{cfg.ray.namespace}/tandem-{role}/{digest}/g{cfg.ray.pools_generation}"
+
+
+def _parse_group(name: str) -> tuple[str, int]:
+    """(config digest, generation) of a pool's placement group name."""
+    parts = name.rsplit("/", 2)
+    try:
+        return parts[-2], int(parts[-1].lstrip("g"))
+    except (IndexError, ValueError):
+        return "", -1
 
 
 def _groups(cfg: ClusterConfig, prefix: str = "tandem-") -> dict[str, str]:
@@ -168,12 +186,16 @@ def _groups(cfg: ClusterConfig, prefix: str = "tandem-") -> dict[str, str]:
             if e.get("name", "").startswith(start) and e.get("state") != "REMOVED"}
 
 
-def _attach(role: str, cfg: ClusterConfig, pool_cfg: PoolConfig) -> tuple[dict[str, Any], Any] | None:
-    """(handles, placement group) of the running ``role`` pool of this size, or None; a
-    ValueError when it runs another config (``pool_digest``)."""
+def _other_config(role: str, cfg: ClusterConfig, generation: int) -> ValueError:
+    return ValueError(f"the running {role} pool in Ray namespace {cfg.ray.namespace!r} was started with "
+                      f"another config (model, engine, KV transfer, store or pool size differ; its "
+                      f"ray.pools_generation is {generation}, this router's {cfg.ray.pools_generation}): serve "
+                      f"with the config it runs, raise ray.pools_generation to replace it, or stop it first "
+                      f"(`tandem stop-pools --ray-address {cfg.ray.address}`)")
+
+
+def _actors(role: str, cfg: ClusterConfig, pool_cfg: PoolConfig) -> dict[str, Any] | None:
     import ray
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup
     handles = {}
     for i in range(pool_cfg.workers):
         name = f"tandem-{role}-{i}"
@@ -181,39 +203,63 @@ def _attach(role: str, cfg: ClusterConfig, pool_cfg: PoolConfig) -> tuple[dict[s
             handles[name] = ray.get_actor(name, namespace=cfg.ray.namespace)
         except ValueError:
             return None
+    return handles
+
+
+def _attach(role: str, cfg: ClusterConfig, pool_cfg: PoolConfig) -> tuple[dict[str, Any], Any] | None:
+    """(handles, placement group) of the running ``role`` pool of this config, or None; a
+    ValueError when it runs another config (``pool_digest``)."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup
     groups = _groups(cfg, f"tandem-{role}/")
-    want = _group_name(cfg, role, pool_digest(role, cfg, pool_cfg))
-    if groups and want not in groups:
-        raise ValueError(f"the running {role} pool in Ray namespace {cfg.ray.namespace!r} was started with "
-                         f"another config (model, engine, KV transfer, store or pool size differ): serve "
-                         f"with the config it runs, or stop it first (`tandem stop-pools --ray-address "
-                         f"{cfg.ray.address}`)")
-    pg = PlacementGroup(PlacementGroupID.from_hex(groups[want])) if want in groups else None
-    return handles, pg
+    digest = pool_digest(role, cfg, pool_cfg)
+    mine = [pid for g, pid in groups.items() if _parse_group(g)[0] == digest]
+    if groups and not mine:
+        raise _other_config(role, cfg, max(_parse_group(g)[1] for g in groups))
+    handles = _actors(role, cfg, pool_cfg)
+    if handles is None:
+        return None
+    return handles, PlacementGroup(PlacementGroupID.from_hex(mine[0])) if mine else None
+
+
+def _stop_role(role: str, cfg: ClusterConfig, groups: dict[str, str]) -> list[str]:
+    """Kill the ``role`` pool's actors, remove its placement groups (``groups``), and wait
+    until the actors' names are free again."""
+    import time
+
+    import ray
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+    stopped, i = [], 0
+    while True:
+        name = f"tandem-{role}-{i}"
+        try:
+            handle = ray.get_actor(name, namespace=cfg.ray.namespace)
+        except ValueError:
+            break
+        ray.kill(handle, no_restart=True)
+        stopped.append(name)
+        i += 1
+    for group, pid in groups.items():
+        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pid)))
+    deadline = time.monotonic() + 60
+    for name in stopped:
+        while time.monotonic() < deadline:
+            try:
+                ray.get_actor(name, namespace=cfg.ray.namespace)
+            except ValueError:
+                break
+            time.sleep(0.2)
+    return stopped + list(groups)
 
 
 def stop_pools(cfg: ClusterConfig) -> list[str]:
     """Stop every pool of ``cfg.ray.namespace`` on the Ray cluster this process is connected
     to, whoever created them (``tandem stop-pools``): their actors and placement groups.
     Returns the names of what was stopped."""
-    import ray
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
-    stopped = []
+    stopped: list[str] = []
     for role in ("prefill", "decode", "colocated"):
-        i = 0
-        while True:
-            name = f"tandem-{role}-{i}"
-            try:
-                handle = ray.get_actor(name, namespace=cfg.ray.namespace)
-            except ValueError:
-                break
-            ray.kill(handle, no_restart=True)
-            stopped.append(name)
-            i += 1
-    for group, pid in _groups(cfg).items():
-        remove_placement_group(PlacementGroup(PlacementGroupID.from_hex(pid)))
-        stopped.append(group)
+        stopped += _stop_role(role, cfg, _groups(cfg, f"tandem-{role}/"))
     return stopped
 
 

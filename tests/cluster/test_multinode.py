@@ -221,18 +221,32 @@ def test_kept_pools_outlive_their_router_refuse_another_config_and_stop_on_reque
         for r in routers:
             r.stop()
     pools = {n: ray.get_actor(n, namespace="ha") for n in ("tandem-prefill-0", "tandem-decode-0")}
-    assert all(ray.get(h.ping.remote(), timeout=60) for h in pools.values())    # they outlived it
+    first_decode = ray.get(pools["tandem-decode-0"].ping.remote(), timeout=60)   # they outlived them
+    assert ray.get(pools["tandem-prefill-0"].ping.remote(), timeout=60)
     base = [sys.executable, "-m", "cluster.cli"]
-    other = subprocess.run(base + ["router", "--ray-address", ha_node, "--port", "0", "--no-http",
-                                   *sum((["--set", s] for s in HA + ["pools.decode.max_restarts=7"]), [])],
-                           cwd=REPO, capture_output=True, text=True, timeout=120)
-    assert other.returncode == 2
-    assert "the running prefill pool in Ray namespace 'ha' was started with another config" in other.stderr \
-        or "the running decode pool in Ray namespace 'ha' was started with another config" in other.stderr
+    other = HA + ["ray.keep_pools=true", "pools.decode.max_restarts=7"]
+
+    def cli(command, settings):
+        return subprocess.run(base + [command, "--ray-address", ha_node, "--port", "0", "--no-http",
+                                      *sum((["--set", s] for s in settings), [])],
+                              cwd=REPO, capture_output=True, text=True, timeout=180)
+    refused = cli("router", other)                        # another config, attach only: refused
+    assert refused.returncode == 2
+    assert "the running decode pool in Ray namespace 'ha' was started with another config" in refused.stderr
+    # A higher generation of another config replaces the pool that differs and keeps the other.
+    newer = load_config(None, [f"ray.address={ha_node}", "router.grpc_port=0", *other, "ray.pools_generation=1"])
+    with BackgroundCluster(newer) as upgraded, TandemClient(upgraded.target, timeout=120) as client:
+        assert len(client.generate(PROMPTS[0], max_tokens=4, temperature=0).token_ids) == 4
+        decode = ray.get_actor("tandem-decode-0", namespace="ha")
+        assert ray.get(decode.ping.remote(), timeout=60) != first_decode, "a new decode worker"
+    stale = cli("serve", HA + ["ray.keep_pools=true"])   # the old config, generation 0: refused
+    assert stale.returncode == 2
+    assert "its ray.pools_generation is 1, this router's 0" in stale.stderr
     out = subprocess.run(base + ["stop-pools", "--ray-address", ha_node, "--set", "ray.namespace=ha"],
                          cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.startswith("stopped tandem-prefill-0, tandem-decode-0, ha/tandem-")
+    assert out.stdout.startswith("stopped tandem-prefill-0, ha/tandem-prefill/")
+    assert ", tandem-decode-0, ha/tandem-decode/" in out.stdout and "/g1" in out.stdout
     for name in pools:
         wait_until(lambda: _gone(name, "ha"), 30, f"{name} to stop")
 

@@ -153,7 +153,41 @@ def test_router_joins_the_kuberay_head_service_and_runs_the_launcher(releases):
     scripts = release.one("ConfigMap", "-scripts")["data"]["tandem_k8s.py"]
     assert scripts == (hp.CHART_DIR / "files" / "tandem_k8s.py").read_text()
     strategy = release.one("Deployment", "-router")["spec"]["strategy"]
-    assert strategy == {"type": "Recreate"}, "a new router can start only after the old one let go of the pools"
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}, \
+        "a new router pod is ready before an old one stops"
+    assert "--no-wait-for-workers" not in args, "without the autoscaler the groups' pods come first"
+
+
+@pytest.mark.parametrize("name", VALUE_SETS)
+def test_no_router_stops_the_pools_and_several_share_tenant_limits(releases, name, tmp_path):
+    cfg = cluster_config(releases[name], tmp_path)
+    assert cfg.ray.keep_pools, "router pods come and go; the pools live as long as the RayCluster"
+    assert cfg.ray.pools_generation == 1, "the release revision: an upgrade's routers replace the old pools"
+    assert cfg.router.limits.shared_url == cfg.store.url, "two or more routers: limits held in Redis"
+
+
+def test_a_headless_service_lists_every_router_pod_for_the_sdk(releases):
+    release = releases["cpu-default"]
+    headless = release.one("Service", "-router-headless")
+    assert headless["spec"]["clusterIP"] == "None"
+    router_labels = release.one("Deployment", "-router")["spec"]["template"]["metadata"]["labels"]
+    assert headless["spec"]["selector"].items() <= router_labels.items()
+    assert [p["targetPort"] for p in headless["spec"]["ports"]] == ["grpc"]
+    assert f"dns:///{headless['metadata']['name']}.{hp.NAMESPACE}.svc:" in release.notes
+
+
+def test_the_ray_autoscaler_scales_each_pool_group_within_its_bounds(releases):
+    fixed = releases["cpu-default"].one("RayCluster")["spec"]
+    assert fixed["enableInTreeAutoscaling"] is False
+    assert all(g["minReplicas"] == g["replicas"] == g["maxReplicas"] for g in fixed["workerGroupSpecs"])
+    scaled = releases["autoscaling-monitoring"]
+    spec = scaled.one("RayCluster")["spec"]
+    assert spec["enableInTreeAutoscaling"] is True
+    assert spec["autoscalerOptions"] == {"idleTimeoutSeconds": 60, "upscalingMode": "Default"}
+    groups = {g["groupName"]: g for g in spec["workerGroupSpecs"]}
+    assert (groups["decode"]["minReplicas"], groups["decode"]["replicas"], groups["decode"]["maxReplicas"]) == (0, 2, 4)
+    assert ray_group_resources(groups["decode"]) == {POOL_RESOURCES["decode"]: 1}, "scaled on its own resource"
+    assert "--no-wait-for-workers" in router_container(scaled)["args"]
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)
@@ -254,7 +288,7 @@ def test_service_ports_follow_the_http_and_metrics_switches(releases):
 def test_hpa_and_servicemonitor_only_when_enabled(releases):
     default = releases["cpu-default"]
     assert not default.of_kind("HorizontalPodAutoscaler") and not default.of_kind("ServiceMonitor")
-    assert default.one("Deployment", "-router")["spec"]["replicas"] == 1
+    assert default.one("Deployment", "-router")["spec"]["replicas"] == 2
     scaled = releases["autoscaling-monitoring"]
     hpa = scaled.one("HorizontalPodAutoscaler")
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (1, 4)
@@ -335,7 +369,7 @@ def test_notes_say_how_to_reach_the_service(releases):
     assert "tandem generate --target" in notes and "helm test demo" in notes
     assert "WARNING" not in notes
     assert "loadBalancer.ingress" in releases["tls-auth"].notes
-    assert "WARNING: more than one router pod" in releases["autoscaling-monitoring"].notes
+    assert "Several router pods serve from one set of pools" in releases["autoscaling-monitoring"].notes
     assert "API keys are off" in notes and "API keys are off" not in releases["tls-auth"].notes
     assert "https://demo-tandem-router.llm.svc:8443/v1" in releases["mtls-http"].notes
 

@@ -23,7 +23,9 @@ SCHEMA = json.loads((hp.CHART_DIR / "values.schema.json").read_text())
 DERIVED = {"pools", "model.device", "store.url", "store.private_maxmemory", "store.private_policy", "router.host",
            "router.grpc_port",
            "router.metrics_port", "router.http_port", "router.auth.enabled",
-           "router.auth.keys_file", "router.tls", "ray.address", "ray.include_dashboard", "router.limits.shared_url"}
+           "router.auth.keys_file", "router.tls", "ray.address", "ray.include_dashboard", "ray.keep_pools",
+           "ray.pools_generation",
+           "router.limits.shared_url"}
 # Schemas that are free-form maps on purpose (Kubernetes objects, label and parameter maps).
 FREE_FORM = {"stringMap", "resourceList", "rayStartParams", "poolRayStartParams", "tolerations",
              "affinity", "envList"}
@@ -115,6 +117,9 @@ def test_schema_closes_every_object_with_known_keys():
     ({"auth": {"apiKeys": ["short"]}}, "apiKeys"),
     ({"auth": {"apiKeys": ["alpha:tk-alpha-0123456789abcdef rps=fast"]}}, "apiKeys"),
     ({"auth": {"apiKeys": ["al pha:tk-alpha-0123456789abcdef"]}}, "apiKeys"),
+    ({"router": {"strategy": {"type": "Rolling"}}}, "strategy"),
+    ({"ray": {"autoscaling": {"enabled": True, "upscalingMode": "Fast"}}}, "upscalingMode"),
+    ({"pools": {"decode": {"minReplicas": -1}}}, "minimum"),
 ])
 def test_schema_rejects_unknown_keys_and_wrong_types(values, message):
     with pytest.raises(hp.ChartPipelineError, match=re.escape(message)):
@@ -125,6 +130,10 @@ def test_schema_rejects_unknown_keys_and_wrong_types(values, message):
     ({"serviceMonitor": {"enabled": True}}, "needs router.metrics.enabled"),
     ({"tls": {"enabled": True}}, "tls.enabled needs tls.existingSecret"),
     ({"router": {"autoscaling": {"enabled": True, "minReplicas": 3, "maxReplicas": 2}}}, "must be <= maxReplicas"),
+    ({"ray": {"autoscaling": {"enabled": True}}, "pools": {"decode": {"replicas": 2, "maxReplicas": 1}}},
+     "pools.decode: need minReplicas (0) <= replicas (2) <= maxReplicas (1)"),
+    ({"ray": {"autoscaling": {"enabled": True}}, "pools": {"prefill": {"minReplicas": 2}}},
+     "pools.prefill: need minReplicas (2) <= replicas (1) <= maxReplicas (4)"),
     ({"tls": {"clientAuth": {"enabled": True, "existingSecret": "c"}}}, "tls.clientAuth.enabled needs tls.enabled"),
     ({"tls": {"enabled": True, "existingSecret": "s", "clientAuth": {"enabled": True}}},
      "tls.clientAuth.enabled needs tls.clientAuth.existingSecret"),

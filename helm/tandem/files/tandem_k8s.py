@@ -4,7 +4,8 @@ Mounted from the chart's ``<release>-scripts`` ConfigMap at /opt/tandem-k8s and 
 image's Python:
 
 ``serve``     join the RayCluster as a CPU-less Ray node, wait until the worker groups
-              advertise the pools' Ray resources, add the Redis password (``REDIS_PASSWORD``)
+              advertise the pools' Ray resources (not with ``--no-wait-for-workers``: the
+              Ray autoscaler adds pods on demand), add the Redis password (``REDIS_PASSWORD``)
               to the store URL, write the final config to a memory volume and exec
               ``tandem serve --ray-address auto`` on it.
 ``health``    one grpc.health.v1 check (exit 0 when SERVING), with TLS (and a client
@@ -110,12 +111,13 @@ def _serve(args: argparse.Namespace) -> int:
     config = write_config(Path(args.config), Path(args.out), os.environ.get("REDIS_PASSWORD"))
     import ray
 
-    ray.init(address="auto", namespace=config.ray.namespace, log_to_driver=False)
-    try:
-        left = max(1.0, args.wait_timeout - (time.monotonic() - start))
-        wait_for_resources(required_resources(config), left, ray.cluster_resources)
-    finally:
-        ray.shutdown()
+    if not args.no_wait_for_workers:
+        ray.init(address="auto", namespace=config.ray.namespace, log_to_driver=False)
+        try:
+            left = max(1.0, args.wait_timeout - (time.monotonic() - start))
+            wait_for_resources(required_resources(config), left, ray.cluster_resources)
+        finally:
+            ray.shutdown()
     os.execvp("tandem", ["tandem", "serve", "--config", args.out, "--ray-address", "auto"])
     return 0  # not reached
 
@@ -214,6 +216,8 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--out", required=True, help="where the final config is written")
     serve.add_argument("--ray-head", required=True, help="host:port of the Ray head's GCS")
     serve.add_argument("--object-store-bytes", type=int, default=256 << 20)
+    serve.add_argument("--no-wait-for-workers", action="store_true",
+                       help="start at once (the Ray autoscaler brings up the pods the pools ask for)")
     serve.add_argument("--wait-timeout", type=float, default=900.0,
                        help="seconds for the Ray head and the worker groups to come up")
     serve.set_defaults(func=_serve)

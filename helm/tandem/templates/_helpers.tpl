@@ -220,6 +220,10 @@ In colocated mode only the decode pool exists (cluster/ray_runtime.py).
 {{- end }}
 {{- $_ := set $cfg.ray "address" "auto" }}
 {{- $_ := set $cfg.ray "include_dashboard" false }}
+{{- /* The pools live as long as the RayCluster: router pods come and go (replicas, updates). */}}
+{{- $_ := set $cfg.ray "keep_pools" true }}
+{{- /* An upgrade's routers replace pools of another config; older router pods then refuse to start. */}}
+{{- $_ := set $cfg.ray "pools_generation" (int .Release.Revision) }}
 {{- toYaml $cfg }}
 {{- end }}
 
