@@ -1,6 +1,7 @@
 """KV transport bandwidth: the ``ray`` transport between two actors vs a single-thread memcpy.
 
     .venv/bin/python -m benchmarks.kv_transport [--quick] [--reps R]
+    .venv/bin/python -m benchmarks.kv_transport --cross-node [--rounds N]   # same node vs another
 
 Payloads are the wire-blob sizes of llama-100m fp16 KV (12 layers, 4 KV heads, head dim 64)
 at 512 and 2,048 tokens, plus a 128 MiB one. For each size, in one run:
@@ -81,7 +82,7 @@ def memcpy_gbps(size: int, reps: int) -> dict[str, float]:
             for name, x in (("hot", hot), ("cold", cold), ("fresh", fresh), ("with_read", read))}
 
 
-def _actors():
+def _actors(placed: bool = False):
     import ray
     from kv_transfer.transports import RayKVSource, get_transport
 
@@ -138,11 +139,17 @@ def _actors():
             t1 = time.perf_counter()
             return t1 - t0, t1, sum(f.nbytes for f in frames)
 
-    return Sender.remote(), Receiver.remote()
+    if not placed:
+        return Sender.remote(), Receiver.remote()
+    # --cross-node: the sender and one receiver on node A, another receiver on node B.
+    # num_cpus=0: an actor holds a CPU by default, and node A hosts two of them.
+    return (Sender.options(num_cpus=0, resources={"kvbench_a": 1}).remote(),
+            Receiver.options(num_cpus=0, resources={"kvbench_a": 1}).remote(),
+            Receiver.options(num_cpus=0, resources={"kvbench_b": 1}).remote())
 
 
 def ray_gbps(sender, receiver, size: int, frames: int, mode: str, reps: int,
-             read: bool = False) -> tuple[float, float, float]:
+             read: bool = False, tag: str = "") -> tuple[float, float, float]:
     """(data-plane GB/s, end-to-end GB/s, tail ms), medians. The tail is how long after the
     sender's last frame the receiver held everything: what a streamed transfer adds to a
     prefill that published its layers as it computed them."""
@@ -150,7 +157,7 @@ def ray_gbps(sender, receiver, size: int, frames: int, mode: str, reps: int,
     ray.get(sender.prepare.remote(size, frames))
     plane, whole, tail = [], [], []
     for i in range(reps + 1):                       # the first is a warm-up
-        tid = f"{mode}-{size}-{frames}-{i}-{read}"
+        tid = f"{mode}-{size}-{frames}-{i}-{read}{tag}"
         t0, put_s, descriptor = ray.get(sender.send.remote(tid, size, frames, mode == "streamed"))
         get_s, t_end, got = ray.get(receiver.receive.remote(descriptor, read))
         if got != size:
@@ -165,10 +172,48 @@ def ray_gbps(sender, receiver, size: int, frames: int, mode: str, reps: int,
             statistics.median(tail) * 1e3)
 
 
+def cross_node(sizes: dict[str, int], reps: int, rounds: int) -> None:
+    """The hand-off's streamed sections (``streamed-S``) from a sender to a receiver on its own
+    Ray node and to one on another node of a local Ray cluster (two raylets, two object
+    stores: the KV crosses stores as between machines, without a network), interleaved
+    round by round. Medians over rounds of each round's median."""
+    import ray
+    from ray.cluster_utils import Cluster
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    try:
+        for name in ("kvbench_a", "kvbench_b"):
+            nodes.add_node(num_cpus=1, resources={name: 2}, object_store_memory=STORE_BYTES)
+        nodes.wait_for_nodes()
+        ray.init(address=nodes.address, log_to_driver=False, configure_logging=False)
+        sender, same, other = _actors(placed=True)
+        ray.get(sender.warm_store.remote(STORE_BYTES))
+        for label, size in sizes.items():
+            frames = max(1, min(LAYERS, -(-size // SECTION_BYTES)))
+            got: dict[str, list[tuple[float, float, float]]] = {"same-node": [], "cross-node": []}
+            for r in range(rounds):
+                order = (("same-node", same), ("cross-node", other))
+                for placement, receiver in order if r % 2 == 0 else order[::-1]:
+                    got[placement].append(ray_gbps(sender, receiver, size, frames, "streamed", reps,
+                                                   tag=f"-{placement}-{r}"))
+            med = {p: [statistics.median(x[i] for x in v) for i in range(3)] for p, v in got.items()}
+            for placement, (plane, whole, tail) in med.items():
+                emit(kind="ray-placement", mode=f"streamed-{frames}", placement=placement, payload=label,
+                     bytes=size, gbps=round(plane, 3), end_to_end_gbps=round(whole, 3), tail_ms=round(tail, 3))
+            emit(kind="ray-placement-ratio", payload=label, bytes=size,
+                 cross_over_same_gbps=round(med["cross-node"][0] / med["same-node"][0], 3),
+                 cross_minus_same_tail_ms=round(med["cross-node"][2] - med["same-node"][2], 3))
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--reps", type=int, default=9)
+    ap.add_argument("--cross-node", action="store_true",
+                    help="only the hand-off's sections, same Ray node vs another node (cross_node)")
+    ap.add_argument("--rounds", type=int, default=3, help="--cross-node: interleaved rounds")
     args = ap.parse_args(argv)
     reps = 3 if args.quick else args.reps
     sizes = {"512_tokens": kv_blob_size(512), "2048_tokens": kv_blob_size(2048)}
@@ -178,6 +223,9 @@ def main(argv: list[str] | None = None) -> None:
     import ray
     for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}.items():
         os.environ.setdefault(key, value)
+    if args.cross_node:
+        cross_node(sizes, reps, args.rounds)
+        return
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False,
              object_store_memory=STORE_BYTES, runtime_env={"env_vars": {"RAY_AUTH_MODE": "disabled"}})
     try:

@@ -60,7 +60,12 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     add_commands(sub)
 
 
-COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_run, _add_serving, _add_bench]
+def _add_planner(sub: argparse._SubParsersAction) -> None:
+    from cluster.cli_planner import add_commands
+    add_commands(sub)
+
+
+COMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_run, _add_serving, _add_bench, _add_planner]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -40,7 +40,8 @@ class LoadReporter:
                                                    frozenset(e.pool.by_hash) if with_hashes else None))
         load = WorkerLoad(self.worker_id, self.incarnation, self.role, fig["queue_depth"], fig["running"],
                           fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"],
-                          prefill_tokens_per_s, store=store or {}, node=self.node)
+                          prefill_tokens_per_s, store=store or {}, node=self.node,
+                          queued_prompt_tokens=fig["queued_prompt_tokens"])
         if hashes is not None:
             self.feed.update(hashes)
             load.hashes_base, load.hashes_version, load.hashes_added, load.hashes_removed = \
@@ -54,6 +55,9 @@ def _figures(engine: LLMEngine, wall_s: float) -> dict:
     return {
         "queue_depth": len(sched.waiting),
         "running": len(sched.running),
+        # Prompt tokens not computed yet, of requests waiting or still in (chunked) prefill.
+        "queued_prompt_tokens": sum(s.prompt_len - s.num_computed for q in (sched.waiting, sched.running)
+                                    for s in q if s.num_computed < s.prompt_len),
         "free_kv_blocks": engine.pool.num_free,
         "total_kv_blocks": engine.pool.num_blocks,
         "tokens_per_s": tokens / wall_s if wall_s > 0 else 0.0,

@@ -107,6 +107,8 @@ class Capacity:
     prefill_tokens_per_s: float | None = None   # summed over healthy prefill workers
     decode_workers: int = 1
     prefill_workers: int = 1
+    queued_prompt_tokens: int | None = None     # the workers' own reports, every router's requests
+    decoding: int | None = None                 # requests the decode (or colocated) workers run
 
 
 def capacity_of(backend: object) -> Callable[[], Capacity | None]:
@@ -200,15 +202,28 @@ class AdmissionController:
 
     def estimate(self, prompt_tokens: int) -> Estimate:
         """Predicted TTFT and TPOT of a request of ``prompt_tokens`` admitted now."""
-        ahead = self.queued_tokens + prompt_tokens
+        cap = self._capacity()
+        queued = self._queued(cap)
+        ahead = queued + prompt_tokens
         prior = self._prior_ms_per_token()
         ttft = self.ttft.predict(ahead, prior)
         if ttft is None and prior is not None:
             ttft = prior * ahead                    # compute time only: a lower bound
-        cap = self._capacity()
         workers = max(1, cap.decode_workers if cap else 1)
-        tpot = self.tpot.predict(len(self._decoding) / workers + 1.0)
-        return Estimate(ttft, tpot, len(self._pending), self.queued_tokens)
+        tpot = self.tpot.predict(self._decoding_now(cap) / workers + 1.0)
+        return Estimate(ttft, tpot, len(self._pending), queued)
+
+    def _queued(self, cap: Capacity | None) -> int:
+        """Prompt tokens ahead of a new request: this router's books, or what the workers
+        report when ``worker_queues`` is on and they report more (other routers' requests)."""
+        if self.cfg.worker_queues and cap is not None and cap.queued_prompt_tokens is not None:
+            return max(self.queued_tokens, cap.queued_prompt_tokens)
+        return self.queued_tokens
+
+    def _decoding_now(self, cap: Capacity | None) -> int:
+        if self.cfg.worker_queues and cap is not None and cap.decoding is not None:
+            return max(len(self._decoding), cap.decoding)
+        return len(self._decoding)
 
     def admit(self, request_id: str, prompt_tokens: int, group: str = "",
               resumed: bool = False) -> Ticket:
@@ -226,8 +241,10 @@ class AdmissionController:
             prompt_tokens = 0
         if self.cfg.enabled and not resumed:
             self._check(prompt_tokens, sibling)
+        ahead = self._queued(self._capacity()) + prompt_tokens if self.cfg.worker_queues else None
         self.queued_tokens += prompt_tokens
-        ticket = Ticket(self, request_id, prompt_tokens, self.queued_tokens, self._clock(), group, sibling)
+        ticket = Ticket(self, request_id, prompt_tokens, ahead if ahead is not None else self.queued_tokens,
+                        self._clock(), group, sibling)
         self._pending[request_id] = ticket
         if group:
             self._groups[group] = self._groups.get(group, 0) + 1
@@ -241,10 +258,13 @@ class AdmissionController:
                                     f"prefill, the queue holds {cfg.max_queue}",
                                     (est or 500.0) / 1000.0 / max(1, len(self._pending)))
         est = self.estimate(prompt_tokens)
-        if self._pending and not sibling:           # idle: waiting could not make it faster
+        cap = self._capacity()
+        # Idle (nothing queued ahead, here or, with worker_queues, at the workers): waiting
+        # could not make it faster.
+        if (self._pending or self._queued(cap) > 0) and not sibling:
             self._check_ttft(est, self.slo.ttft_ms * slack)
         limit = self.slo.tpot_ms * slack
-        if self._decoding and est.tpot_ms is not None and est.tpot_ms > limit:
+        if self._decoding_now(cap) and est.tpot_ms is not None and est.tpot_ms > limit:
             raise AdmissionRejected(
                 "tpot_slo", f"estimated time per output token {est.tpot_ms:.1f} ms at the "
                 f"current decode load exceeds the objective of {self.slo.tpot_ms:g} ms", 1.0)
@@ -274,7 +294,7 @@ class AdmissionController:
             return
         self._decoding[ticket.request_id] = ticket
         cap = self._capacity()
-        ticket.decode_load = len(self._decoding) / max(1, cap.decode_workers if cap else 1)
+        ticket.decode_load = self._decoding_now(cap) / max(1, cap.decode_workers if cap else 1)
         if not ticket.sibling:
             self.ttft.observe(ticket.tokens_ahead, 1000.0 * (ticket.first_at - ticket.admitted_at))
 

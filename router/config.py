@@ -46,6 +46,10 @@ class AdmissionConfig:
     enabled: bool = True
     miss_margin: float = setting(0.0, ge(-0.9))  # refuse when estimate > objective * (1 + margin)
     max_queue: int = setting(256, ge(1))         # admitted requests still waiting for a first token
+    # Plan with the prompt tokens the workers report queued (and the requests they decode)
+    # where that is more than this router's own books: with several routers the others'
+    # requests count too (reports lag by router.health_poll_s). The chart sets it with replicas > 1.
+    worker_queues: bool = False
 
 
 @dataclass(slots=True)

@@ -193,10 +193,13 @@ class RetryPolicy:
         return random.uniform(0, min(self.backoff_max_s, self.backoff_base_s * 2 ** attempt))
 
     def next_delay(self, error: TandemError, attempt: int, got_tokens: bool,
-                   deadline: float | None) -> float | None:
-        """The wait before retrying after ``error``, or None when it must be raised."""
-        if (got_tokens and not self.resume) or attempt >= self.retries or \
-                error.code is not grpc.StatusCode.UNAVAILABLE:
+                   deadline: float | None, resuming: bool = False) -> float | None:
+        """The wait before retrying after ``error``, or None when it must be raised.
+        ``resuming``: the failed call was a resume, which a router that has not yet noticed
+        the broken stream refuses with ALREADY_EXISTS for a moment: retried too."""
+        retryable = error.code is grpc.StatusCode.UNAVAILABLE or (
+            resuming and error.code is grpc.StatusCode.ALREADY_EXISTS)
+        if (got_tokens and not self.resume) or attempt >= self.retries or not retryable:
             return None
         wait = self.delay(attempt)
         if deadline is not None and time.monotonic() + wait >= deadline:
@@ -276,7 +279,7 @@ class StreamState:
         """Seconds to wait before retrying the failed call; raises when it must not retry."""
         error = from_rpc_error(exc)
         wait = None if self._cancelled else self._retry.next_delay(
-            error, self._attempt, self._acc.received_any, self._deadline)
+            error, self._attempt, self._acc.received_any, self._deadline, self._request.HasField("resume"))
         if wait is None:
             self._done = True
             raise (cancelled_by_client() if self._cancelled else error) from None

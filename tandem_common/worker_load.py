@@ -26,6 +26,7 @@ class WorkerLoad:
     hashes_removed: list[bytes] = field(default_factory=list)
     store: dict[str, Any] = field(default_factory=dict)
     node: str = ""                        # the Ray node the worker runs on (``current_node``)
+    queued_prompt_tokens: int = 0         # prompt tokens waiting for or in prefill here
 
 
 def current_node() -> str:

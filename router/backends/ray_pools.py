@@ -385,9 +385,13 @@ class RayPoolsBackend(Backend):
             v.last_load.prefill_tokens_per_s for v in self.registry.healthy("prefill")
             if v.last_load is not None and v.last_load.prefill_tokens_per_s > 0]
         first_role = self.stream_role if self.colocated else "prefill"
+        firsts = [v.last_load for v in self.registry.healthy(first_role) if v.last_load is not None]
+        streams = [v.last_load for v in self.registry.healthy(self.stream_role) if v.last_load is not None]
         return Capacity(sum(speeds) if speeds else None,
                         max(1, len(self.registry.healthy(self.stream_role))),
-                        max(1, len(self.registry.healthy(first_role))))
+                        max(1, len(self.registry.healthy(first_role))),
+                        sum(w.queued_prompt_tokens for w in firsts) if firsts else None,
+                        sum(w.running for w in streams) if streams else None)
 
     def worker_reports(self) -> list[tuple[str, WorkerLoad]]:
         """(worker, last WorkerLoad) for every worker that has reported."""

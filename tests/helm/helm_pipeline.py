@@ -22,7 +22,7 @@ import yaml
 # Value sets under tests/helm/fixtures/values/: the four the issue names, inline TLS, and
 # mutual TLS with the HTTP API and tenant keys.
 VALUE_SETS = ("cpu-default", "gpu-external-redis", "tls-auth", "autoscaling-monitoring", "tls-inline",
-              "mtls-http")
+              "mtls-http", "ha-three-routers")
 
 REPO = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO / "helm" / "tandem"

@@ -164,6 +164,7 @@ def test_no_router_stops_the_pools_and_several_share_tenant_limits(releases, nam
     assert cfg.ray.keep_pools, "router pods come and go; the pools live as long as the RayCluster"
     assert cfg.ray.pools_generation == 1, "the release revision: an upgrade's routers replace the old pools"
     assert cfg.router.limits.shared_url == cfg.store.url, "two or more routers: limits held in Redis"
+    assert cfg.router.admission.worker_queues, "two or more routers: admission counts every router's queue"
 
 
 def test_a_headless_service_lists_every_router_pod_for_the_sdk(releases):
@@ -188,6 +189,10 @@ def test_the_ray_autoscaler_scales_each_pool_group_within_its_bounds(releases):
     assert (groups["decode"]["minReplicas"], groups["decode"]["replicas"], groups["decode"]["maxReplicas"]) == (0, 2, 4)
     assert ray_group_resources(groups["decode"]) == {POOL_RESOURCES["decode"]: 1}, "scaled on its own resource"
     assert "--no-wait-for-workers" in router_container(scaled)["args"]
+    three = releases["ha-three-routers"]
+    assert three.one("Deployment", "-router")["spec"]["replicas"] == 3
+    groups = {g["groupName"]: g for g in three.one("RayCluster")["spec"]["workerGroupSpecs"]}
+    assert [(g["minReplicas"], g["replicas"], g["maxReplicas"]) for g in groups.values()] == [(1, 2, 6), (1, 2, 8)]
 
 
 @pytest.mark.parametrize("name", VALUE_SETS)

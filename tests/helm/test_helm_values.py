@@ -25,7 +25,7 @@ DERIVED = {"pools", "model.device", "store.url", "store.private_maxmemory", "sto
            "router.metrics_port", "router.http_port", "router.auth.enabled",
            "router.auth.keys_file", "router.tls", "ray.address", "ray.include_dashboard", "ray.keep_pools",
            "ray.pools_generation",
-           "router.limits.shared_url"}
+           "router.limits.shared_url", "router.admission.worker_queues"}
 # Schemas that are free-form maps on purpose (Kubernetes objects, label and parameter maps).
 FREE_FORM = {"stringMap", "resourceList", "rayStartParams", "poolRayStartParams", "tolerations",
              "affinity", "envList"}

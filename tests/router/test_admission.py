@@ -310,3 +310,25 @@ def test_per_tenant_concurrency_and_rate_come_from_the_keys_file(tmp_path):
         assert sample(text, "tandem_admission_rejections_total", reason="tenant_rate") == 2
     finally:
         router.stop()
+
+
+def test_with_worker_queues_the_queue_other_routers_filled_counts_and_without_it_does_not():
+    """Several routers: another router's requests sit in the workers' queues, which this
+    router's books do not hold; with ``worker_queues`` the workers' reports count."""
+    clock = Clock()
+    cap = Capacity(prefill_tokens_per_s=1000.0, queued_prompt_tokens=4000, decoding=12, decode_workers=2)
+    for shared in (False, True):
+        ctl = AdmissionController(AdmissionConfig(worker_queues=shared), SLOConfig(ttft_ms=1000, tpot_ms=100),
+                                  64, (lambda: cap), clock)
+        if not shared:
+            assert ctl.estimate(100).ttft_ms == pytest.approx(100.0)     # its own books: empty
+            ctl.admit("a", 100).release()
+            continue
+        assert ctl.estimate(100).ttft_ms == pytest.approx(4100.0)        # 4000 queued elsewhere
+        with pytest.raises(AdmissionRejected) as info:
+            ctl.admit("a", 100)
+        assert info.value.reason == "ttft_slo"
+        own = controller(clock, capacity=Capacity(prefill_tokens_per_s=1000.0, queued_prompt_tokens=0))
+        own.cfg.worker_queues = True
+        own.admit("b", 300)
+        assert own.estimate(100).ttft_ms == pytest.approx(400.0), "its own books when the reports say less"

@@ -180,6 +180,9 @@ def test_retry_policy_retries_only_unavailable_and_after_tokens_only_by_resuming
     assert policy.next_delay(unavailable, 2, False, None) is None          # retries spent
     assert policy.next_delay(unavailable, 0, True, None) is None           # tokens already seen
     assert 0 <= RetryPolicy(retries=2, backoff_base_s=0.1).next_delay(unavailable, 0, True, None) <= 0.1
+    exists = TandemError(grpc.StatusCode.ALREADY_EXISTS, "in flight")
+    assert policy.next_delay(exists, 0, False, None) is None                  # a new request: an error
+    assert RetryPolicy(retries=2, backoff_base_s=0.1).next_delay(exists, 0, True, None, resuming=True) is not None
     assert policy.next_delay(TandemError(grpc.StatusCode.INTERNAL, "x"), 0, False, None) is None
     assert policy.next_delay(unavailable, 0, False, time.monotonic()) is None  # no time left
     with pytest.raises(ValueError):

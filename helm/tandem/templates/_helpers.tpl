@@ -204,12 +204,17 @@ In colocated mode only the decode pool exists (cluster/ray_runtime.py).
 {{- $_ := set $auth "keys_file" (include "tandem.apiKeysFile" .) }}
 {{- end }}
 {{- $_ := set $cfg.router "auth" $auth }}
-{{- /* Several router pods keep the tenant limits in the cluster's Redis, so they hold for the cluster. */}}
-{{- if or (gt (int .Values.router.replicas) 1) .Values.router.autoscaling.enabled }}
+{{- /* Several router pods keep the tenant limits in the cluster's Redis, so they hold for the
+cluster, and admission plans with the queues the workers report (every router's requests). */}}
+{{- $several := or (gt (int .Values.router.replicas) 1) .Values.router.autoscaling.enabled }}
+{{- if $several }}
 {{- $limits := default (dict) $cfg.router.limits }}
 {{- $_ := set $limits "shared_url" (include "tandem.redisUrl" .) }}
 {{- $_ := set $cfg.router "limits" $limits }}
 {{- end }}
+{{- $admission := default (dict) $cfg.router.admission }}
+{{- $_ := set $admission "worker_queues" $several }}
+{{- $_ := set $cfg.router "admission" $admission }}
 {{- if .Values.tls.enabled }}
 {{- $dir := include "tandem.tlsDir" . }}
 {{- $tls := dict "cert" (printf "%s/tls.crt" $dir) "key" (printf "%s/tls.key" $dir) }}

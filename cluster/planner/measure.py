@@ -1,0 +1,122 @@
+"""``tandem profile``: measure a worker's costs with the real engine on this host and fit the
+profile's latency model (``cluster.planner.profile``) to them.
+
+- prefill: one prompt at a time of several lengths (up to half the context), each computed
+  alone (``max_tokens=1``), median of ``reps``; fitted ``base + a*n + b*n^2`` by least squares;
+- decode: a batch of b sequences decoding together (prompts of ``ctx`` tokens), the median
+  step after every sequence has its first token, for several b; fitted ``base + a*b + c*C``;
+- hand-off: the model's KV bytes per token from the engine's layout, the transport's
+  bandwidth from a KV blob of 2,048 tokens encoded and decoded with the raw codec (the
+  lossless default) plus a fixed cost (``HANDOFF_BASE_MS``: what benchmarks/first_gap
+  measured the Ray hand-off to add on this host kind, beyond the bytes);
+- limits: the engine's ``max_num_seqs`` and its KV pool in tokens.
+The engine runs in this process (one worker's threads); a pool worker adds the actor's own
+overhead (docs/serving.md, "The worker runtime, measured").
+"""
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+
+import numpy as np
+
+from cluster.planner.profile import DecodeCost, HandoffCost, Limits, PrefillCost, Profile
+
+logger = logging.getLogger(__name__)
+
+HANDOFF_BASE_MS = 5.0
+
+
+def _fit(rows: list[list[float]], ys: list[float]) -> list[float]:
+    """Non-negative least squares by clamping: fit, drop negative terms, refit."""
+    a, y = np.array(rows, dtype=float), np.array(ys, dtype=float)
+    keep = list(range(a.shape[1]))
+    while True:
+        coef, *_ = np.linalg.lstsq(a[:, keep], y, rcond=None)
+        if (coef >= 0).all() or len(keep) == 1:
+            out = [0.0] * a.shape[1]
+            for i, c in zip(keep, coef):
+                out[i] = max(0.0, float(c))
+            return out
+        keep = [k for k, c in zip(keep, coef) if c >= 0] or keep[:1]
+
+
+def measure(model: str = "stories260K", threads: int = 1, reps: int = 5, name: str | None = None,
+            hardware: str = "this host") -> Profile:
+    import torch
+
+    from engine import EngineConfig, SamplingParams
+    from engine.llm_engine import LLMEngine
+
+    torch.set_num_threads(threads)
+    engine = LLMEngine(EngineConfig(model=model, num_threads=threads))
+    vocab = engine.model_config.vocab_size
+    max_len = engine.max_model_len
+    rng = np.random.default_rng(0)
+
+    def ids(n: int) -> list[int]:
+        return [int(x) for x in rng.integers(3, vocab, n)]
+
+    def run_alone(n: int) -> float:
+        engine.add_request(f"p{time.monotonic_ns()}", ids(n), SamplingParams(max_tokens=1, temperature=0))
+        t0 = time.perf_counter()
+        while engine.has_unfinished():
+            engine.step()
+        return (time.perf_counter() - t0) * 1e3
+
+    lengths = sorted({max(8, int(max_len * f)) for f in (0.03, 0.06, 0.12, 0.25, 0.5)})
+    run_alone(lengths[0])                                   # warm-up
+    pre_rows, pre_ms = [], []
+    for n in lengths:
+        ms = statistics.median(run_alone(n) for _ in range(reps))
+        pre_rows.append([1.0, n, n * n])
+        pre_ms.append(ms)
+        logger.info("prefill %d tokens: %.2f ms", n, ms)
+    prefill = PrefillCost(*_fit(pre_rows, pre_ms))
+
+    ctx = max(8, min(64, max_len // 8))
+    batches = [b for b in (1, 2, 4, 8, 16, 32, 64) if b <= engine.config.max_num_seqs]
+    dec_rows, dec_ms = [], []
+    for b in batches:
+        steps = 12
+        for i in range(b):
+            engine.add_request(f"d{b}-{i}-{time.monotonic_ns()}", ids(ctx),
+                               SamplingParams(max_tokens=steps + 4, temperature=0, ignore_eos=True))
+        while any(len(s.token_ids) <= s.prompt_len for s in engine.requests.values()):
+            engine.step()
+        times = []
+        for _ in range(steps):
+            t0 = time.perf_counter()
+            engine.step()
+            times.append((time.perf_counter() - t0) * 1e3)
+        context = sum(len(s.token_ids) for s in engine.requests.values())
+        while engine.has_unfinished():
+            engine.step()
+        dec_rows.append([1.0, b, context])
+        dec_ms.append(statistics.median(times))
+        logger.info("decode batch %d (%d context tokens): %.2f ms a step", b, context, dec_ms[-1])
+    decode = DecodeCost(*_fit(dec_rows, dec_ms))
+
+    layout = engine.kv_layout
+    per_token = int(2 * layout.num_layers * layout.num_kv_heads * layout.head_dim
+                    * {"float32": 4, "bfloat16": 2, "float16": 2}[layout.dtype])
+    gbps = _codec_gbps(per_token)
+    limits = Limits(max_batch=engine.config.max_num_seqs,
+                    kv_tokens=engine.pool.num_blocks * engine.config.block_size)
+    return Profile(name or f"{model}-cpu{threads}", hardware, "measured", per_token, threads, 0,
+                   prefill, decode, HandoffCost(HANDOFF_BASE_MS, gbps), limits,
+                   notes={"model": model, "prefill_points": dict(zip(map(str, lengths), pre_ms)),
+                          "decode_points": {str(b): m for b, m in zip(batches, dec_ms)}})
+
+
+def _codec_gbps(per_token: int, tokens: int = 2048) -> float:
+    """Bytes through a raw encode + decode, as the hand-off runs them, GB/s."""
+    data = np.random.default_rng(1).integers(0, 255, per_token * tokens, dtype=np.uint8)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        blob = data.tobytes()
+        np.frombuffer(blob, dtype=np.uint8).copy()
+        best = min(best, time.perf_counter() - t0)
+    return data.nbytes / best / 1e9

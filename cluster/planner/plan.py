@@ -1,0 +1,93 @@
+"""``tandem plan``: search layouts on a profile and a workload, rank them by what the
+simulator predicts, and say how to run the best.
+
+For a fixed number of workers (``--workers``, or ``--gpus`` / the profile's GPUs per
+worker) the candidates are colocated with a few chunk budgets and every disaggregated P:D
+split (a spread of them on large fleets). With ``--rate`` each is simulated once at that
+rate and ranked by attainment of both objectives (then by the p99 figures); without it, by
+max goodput (the highest rate at which ``attainment`` of the requests meet both, found by
+bisection).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+from cluster.planner.profile import Profile
+from cluster.planner.simulator import Layout, Workload, max_goodput, simulate
+
+CHUNKS = (256, 512, 1024, 2048)
+
+
+@dataclass(slots=True)
+class Candidate:
+    layout: Layout
+    attainment: float | None = None
+    goodput_rps: float | None = None
+    figures: dict | None = None
+
+    def row(self) -> dict:
+        return {"layout": self.layout.describe(), **asdict(self.layout), "attainment": self.attainment,
+                "goodput_rps": self.goodput_rps, **(self.figures or {})}
+
+
+def candidates(workers: int, max_splits: int = 24) -> list[Layout]:
+    """Colocated with each chunk budget, and disaggregated P+D splits of ``workers``."""
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    out = [Layout("colocated", 0, workers, c) for c in CHUNKS]
+    if workers >= 2:
+        if workers - 1 <= max_splits:
+            splits = range(1, workers)
+        else:   # log-spaced prefill shares, both ends included
+            splits = sorted({max(1, min(workers - 1, round(workers * f)))
+                             for f in (math.exp(math.log(1 / workers) + i * (math.log((workers - 1) / workers)
+                                                                             - math.log(1 / workers)) / (max_splits - 1))
+                                       for i in range(max_splits))})
+        out += [Layout("disaggregated", p, workers - p) for p in splits]
+    return out
+
+
+def plan(profile: Profile, workload: Workload, workers: int, ttft_ms: float, tpot_ms: float,
+         rate: float | None = None, attainment: float = 0.9, max_splits: int = 24) -> list[Candidate]:
+    """Every candidate layout with its prediction, best first."""
+    if rate is not None:
+        workload = workload.with_rate(rate)
+    ranked = []
+    for layout in candidates(workers, max_splits):
+        c = Candidate(layout)
+        if rate is not None:
+            res = simulate(profile, layout, workload)
+            c.attainment, c.figures = res.attainment(ttft_ms, tpot_ms), res.summary()
+        else:
+            c.goodput_rps = max_goodput(profile, layout, workload, ttft_ms, tpot_ms, attainment)
+        ranked.append(c)
+    if rate is not None:
+        ranked.sort(key=lambda c: (-c.attainment, c.figures["ttft_p99_ms"] + c.figures["tpot_p99_ms"]))
+    else:
+        ranked.sort(key=lambda c: -c.goodput_rps)
+    return ranked
+
+
+def run_config(best: Layout, profile: Profile) -> dict[str, list[str]]:
+    """How to run ``best``: ``--set`` overrides of the cluster config, and Helm values."""
+    sets = [f"mode={best.mode}"]
+    helm = [f"config.mode={best.mode}"]
+    if best.mode == "colocated":
+        sets += [f"pools.decode.workers={best.decode_workers}", f"model.max_num_batched_tokens={best.chunk_tokens}"]
+        helm += [f"pools.decode.replicas={best.decode_workers}",
+                 f"config.model.max_num_batched_tokens={best.chunk_tokens}"]
+    else:
+        sets += [f"pools.prefill.workers={best.prefill_workers}", f"pools.decode.workers={best.decode_workers}"]
+        helm += [f"pools.prefill.replicas={best.prefill_workers}", f"pools.decode.replicas={best.decode_workers}"]
+    if profile.gpus_per_worker:
+        sets += [f"pools.prefill.gpus_per_worker={profile.gpus_per_worker}",
+                 f"pools.decode.gpus_per_worker={profile.gpus_per_worker}"]
+        helm += [f"pools.prefill.gpusPerWorker={profile.gpus_per_worker}",
+                 f"pools.decode.gpusPerWorker={profile.gpus_per_worker}"]
+    elif profile.threads_per_worker:
+        sets += [f"pools.prefill.cpus_per_worker={profile.threads_per_worker}",
+                 f"pools.decode.cpus_per_worker={profile.threads_per_worker}"]
+        helm += [f"pools.prefill.cpusPerWorker={profile.threads_per_worker}",
+                 f"pools.decode.cpusPerWorker={profile.threads_per_worker}"]
+    return {"set": sets, "helm": helm}
