@@ -8,8 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from cluster.planner.plan import candidates, plan, run_config
 from cluster.planner.profile import roofline
 from cluster.planner.simulator import Layout, Workload
