@@ -139,7 +139,7 @@ def ha_node(ray_nodes):
     yield nodes.address
     from cluster.pools import stop_pools
     stop_pools(load_config(None, [f"ray.address={nodes.address}", *HA]))
-    nodes.remove_node(node, allow_graceful=False)
+    nodes.remove_node(node, allow_graceful=True)
 
 
 def test_two_routers_the_one_that_made_the_pools_killed_mid_stream_lose_nothing(ha_node, caplog):

@@ -39,7 +39,7 @@ def test_disaggregation_wins_a_tight_tpot_objective_on_a_prefill_heavy_workload(
 def test_the_prefill_share_follows_the_input_output_ratio():
     shares = []
     for prompt, output in ((4000, 50), (1000, 400)):
-        w = Workload.synthetic(1500, rate=1, prompt=prompt, output=output, seed=2)
+        w = Workload.synthetic(600, rate=1, prompt=prompt, output=output, seed=2)
         ranked = plan(PROF, w, 16, ttft_ms=2000, tpot_ms=30)
         shares.append(best_disaggregated(ranked).layout.prefill_workers)
     assert shares[0] > shares[1], shares
