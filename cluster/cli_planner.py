@@ -18,7 +18,7 @@ def _cmd_profile(args: argparse.Namespace) -> int:
                              "accelerators: h100, a100") from None
     else:
         from cluster.planner.measure import measure
-        prof = measure(args.model, args.threads, args.reps)
+        prof = measure(args.model, args.threads, args.reps, through_cluster=not args.engine_only)
     if args.out:
         prof.save(args.out)
         print(f"wrote {args.out}", file=sys.stderr)
@@ -64,6 +64,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="stories260K")
     p.add_argument("--threads", type=int, default=1, help="torch threads of the measured worker")
     p.add_argument("--reps", type=int, default=5)
+    p.add_argument("--engine-only", action="store_true",
+                   help="skip the serving overhead (measured through a one-worker cluster it starts)")
     p.add_argument("--roofline", metavar="MODEL[:ACCEL[:GPUS]]",
                    help="no measurement: a roofline profile, e.g. llama-70b:h100:8")
     p.add_argument("--out", help="write the profile here (default: stdout)")

@@ -9,9 +9,11 @@ profile's latency model (``cluster.planner.profile``) to them.
   bandwidth from a KV blob of 2,048 tokens encoded and decoded with the raw codec (the
   lossless default) plus a fixed cost (``HANDOFF_BASE_MS``: what benchmarks/first_gap
   measured the Ray hand-off to add on this host kind, beyond the bytes);
-- limits: the engine's ``max_num_seqs`` and its KV pool in tokens.
-The engine runs in this process (one worker's threads); a pool worker adds the actor's own
-overhead (docs/serving.md, "The worker runtime, measured").
+- limits: the engine's ``max_num_seqs`` and its KV pool in tokens;
+- overhead (``measure_overhead``): the engine above runs in this process; a served request
+  also pays the router, the worker's calls and streaming, and a pool worker's steps run
+  slower than the bare engine's (docs/serving.md, "The worker runtime, measured"): measured
+  through a one-worker colocated cluster started for it.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import time
 
 import numpy as np
 
-from cluster.planner.profile import DecodeCost, HandoffCost, Limits, PrefillCost, Profile
+from cluster.planner.profile import DecodeCost, HandoffCost, Limits, Overhead, PrefillCost, Profile
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,9 @@ def _fit(rows: list[list[float]], ys: list[float]) -> list[float]:
 
 
 def measure(model: str = "stories260K", threads: int = 1, reps: int = 5, name: str | None = None,
-            hardware: str = "this host") -> Profile:
+            hardware: str = "this host", through_cluster: bool = True) -> Profile:
+    """The engine's costs (``through_cluster``: and what a running cluster adds to them,
+    ``measure_overhead``)."""
     import torch
 
     from engine import EngineConfig, SamplingParams
@@ -104,10 +108,64 @@ def measure(model: str = "stories260K", threads: int = 1, reps: int = 5, name: s
     gbps = _codec_gbps(per_token)
     limits = Limits(max_batch=engine.config.max_num_seqs,
                     kv_tokens=engine.pool.num_blocks * engine.config.block_size)
-    return Profile(name or f"{model}-cpu{threads}", hardware, "measured", per_token, threads, 0,
+    prof = Profile(name or f"{model}-cpu{threads}", hardware, "measured", per_token, threads, 0,
                    prefill, decode, HandoffCost(HANDOFF_BASE_MS, gbps), limits,
                    notes={"model": model, "prefill_points": dict(zip(map(str, lengths), pre_ms)),
                           "decode_points": {str(b): m for b, m in zip(batches, dec_ms)}})
+    del engine
+    if through_cluster:
+        prof.overhead = measure_overhead(prof, model, threads, reps)
+    return prof
+
+
+def measure_overhead(prof: Profile, model: str, threads: int, reps: int = 5) -> Overhead:
+    """What a running cluster adds to ``prof``'s engine costs: a colocated cluster of one
+    worker (a Ray actor behind the router, on this host), requests through the SDK. The TTFT
+    overhead is the served TTFT less the engine's prefill; the step factor the served TPOT
+    over the engine's step, at batch 1 (one stream at a time) and batch 8 (eight at once)."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    for key, value in {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0",
+                       "LMCACHE_TRACK_USAGE": "false"}.items():
+        os.environ.setdefault(key, value)
+    from cluster.config import load_config
+    from cluster.testing import BackgroundCluster
+    from tandem_client import TandemClient
+
+    cfg = load_config(None, [f"model.model={model}", f"model.num_threads={threads}", "mode=colocated",
+                             "pools.decode.workers=1", f"pools.decode.cpus_per_worker={threads}",
+                             "store.enabled=false", "router.admission.enabled=false", "router.grpc_port=0"])
+    rng = np.random.default_rng(2)
+    prompt, out = 256, 33
+    with BackgroundCluster(cfg) as cluster, TandemClient(cluster.target, timeout=120) as client:
+        vocab = client.model_info().vocab_size
+
+        def one(n: int, tokens: int):
+            ids = [int(x) for x in rng.integers(3, vocab, n)]
+            return client.generate(token_ids=ids, max_tokens=tokens, temperature=0, ignore_eos=True)
+
+        one(prompt, 2)                                              # warm-up
+        ttft_over, factors = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            res = one(prompt, out)
+            e2e = (time.perf_counter() - t0) * 1e3
+            ttft_over.append(res.usage.ttft_ms - prof.prefill.ms(prompt))
+            step = (e2e - res.usage.ttft_ms) / (out - 1)
+            factors.append(step / prof.decode.ms(1, prompt + out // 2))
+        batch, short = 8, 64
+        with ThreadPoolExecutor(batch) as pool:
+            for _ in range(max(1, reps // 2)):
+                t0 = time.perf_counter()
+                list(pool.map(lambda _: one(short, out), range(batch)))
+                wall = (time.perf_counter() - t0) * 1e3
+                # The batch decodes together after its prompts: wall less the prefills, per step.
+                step = (wall - sum(prof.prefill.ms(short) for _ in range(batch))) / (out - 1)
+                factors.append(step / prof.decode.ms(batch, batch * (short + out // 2)))
+    overhead = Overhead(max(0.0, statistics.median(ttft_over)), max(1.0, statistics.median(factors)))
+    logger.info("serving overhead: %.1f ms per first token, steps x%.2f", overhead.ttft_ms, overhead.step_factor)
+    return overhead
 
 
 def _codec_gbps(per_token: int, tokens: int = 2048) -> float:

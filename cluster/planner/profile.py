@@ -10,7 +10,9 @@ A profile is versioned JSON (``Profile.to_json`` / ``Profile.load``) describing 
   sequence compute, KV read per context token);
 - ``handoff``: ms to move a request's KV from a prefill to a decode worker, ``base_ms +
   bytes / (gb_per_s * 1e6)``, with ``kv_bytes_per_token`` of the model;
-- ``limits``: ``max_batch`` sequences and ``kv_tokens`` of KV a worker holds.
+- ``limits``: ``max_batch`` sequences and ``kv_tokens`` of KV a worker holds;
+- ``overhead``: what serving adds to the engine's costs, ``ttft_ms`` to every first token and
+  ``step_factor`` on every step (1 and 0 for a roofline: the engine alone).
 
 Three sources: ``tandem profile`` measures the real engine on this host (``measure``); a
 roofline from a GPU's FLOP/s and memory bandwidth and a model's shape (``roofline``, with
@@ -65,6 +67,15 @@ class HandoffCost:
 
 
 @dataclass(slots=True)
+class Overhead:
+    """What serving adds to the engine's own costs (measured through a running cluster):
+    ``ttft_ms`` to every first token (router, worker calls, streaming), ``step_factor`` on
+    every step a worker runs (its runtime beside the engine thread, the host it shares)."""
+    ttft_ms: float = 0.0
+    step_factor: float = 1.0
+
+
+@dataclass(slots=True)
 class Limits:
     max_batch: int = 256
     kv_tokens: int = 1 << 20
@@ -82,6 +93,7 @@ class Profile:
     decode: DecodeCost = field(default_factory=DecodeCost)
     handoff: HandoffCost = field(default_factory=HandoffCost)
     limits: Limits = field(default_factory=Limits)
+    overhead: Overhead = field(default_factory=Overhead)
     notes: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
@@ -107,7 +119,7 @@ class Profile:
         if data.get("version") != VERSION:
             raise ProfileError("version", f"must be {VERSION}, got {data.get('version')!r}")
         known = {"version", "name", "hardware", "source", "kv_bytes_per_token", "threads_per_worker",
-                 "gpus_per_worker", "prefill", "decode", "handoff", "limits", "notes"}
+                 "gpus_per_worker", "prefill", "decode", "handoff", "limits", "overhead", "notes"}
         for key in data:
             if key not in known:
                 raise ProfileError(key, "unknown field")
@@ -116,8 +128,10 @@ class Profile:
                 raise ProfileError(key, "must be a non-empty string")
         sections = {}
         for key, kind in (("prefill", PrefillCost), ("decode", DecodeCost), ("handoff", HandoffCost),
-                          ("limits", Limits)):
+                          ("limits", Limits), ("overhead", Overhead)):
             sections[key] = _section(key, kind, data.get(key, {}))
+        if sections["overhead"].step_factor <= 0:
+            raise ProfileError("overhead.step_factor", "must be > 0")
         if sections["handoff"].gb_per_s <= 0:
             raise ProfileError("handoff.gb_per_s", "must be > 0")
         for key in ("max_batch", "kv_tokens"):

@@ -182,7 +182,8 @@ class _Worker:
             a += pf.base_ms
         if chunk:
             a += chunk * (pf.ms_per_token + pf.ms_per_token2 * plen)
-        return a, d.ms_per_ctx_token * self.b, chunk, plen
+        f = self.p.overhead.step_factor
+        return a * f, d.ms_per_ctx_token * self.b * f, chunk, plen
 
     @staticmethod
     def _steps_to(a: float, q: float, span_ms: float, most: int) -> int:
@@ -301,7 +302,8 @@ class _Sim:
             ready = np.empty(len(w))
             for req in range(len(w)):
                 t_free, i = heapq.heappop(free)
-                done = max(float(arrival[req]), t_free) + prof.prefill.ms(int(self.prompt[req])) / 1e3
+                done = max(float(arrival[req]), t_free) + \
+                    prof.prefill.ms(int(self.prompt[req])) * prof.overhead.step_factor / 1e3
                 heapq.heappush(free, (done, i))
                 self.first[req] = done
                 ready[req] = done + prof.handoff.ms(int(self.prompt[req]) * prof.kv_bytes_per_token) / 1e3
@@ -315,7 +317,9 @@ class _Sim:
                 self.pick(workers, at).join(req, at)
             for wk in workers:
                 wk.run_until(math.inf)
-        ttft = (self.first - arrival) * 1e3
+        # Serving's own latency (router, worker calls, streaming) delays what the client sees
+        # of the first token; it keeps no worker busy.
+        ttft = (self.first - arrival) * 1e3 + prof.overhead.ttft_ms
         with np.errstate(invalid="ignore", divide="ignore"):
             tpot = np.where(self.output > 1, (self.end - self.first) * 1e3 / (self.output - 1), np.nan)
         return Result(ttft, tpot, self.end)

@@ -25,6 +25,7 @@ def test_a_profile_round_trips_through_its_json(tmp_path):
     ({"handoff": {"gb_per_s": 0.0}}, "handoff.gb_per_s"),
     ({"limits": {"max_batch": 0}}, "limits.max_batch"),
     ({"limits": {"kv_tokens": 1.5}}, "limits.kv_tokens"),
+    ({"overhead": {"step_factor": 0}}, "overhead.step_factor"),
     ({"kv_bytes_per_token": None}, "kv_bytes_per_token"),
     ({"name": ""}, "name"),
     ({"speed": 3}, "speed"),

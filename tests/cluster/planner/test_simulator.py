@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cluster.planner.profile import DecodeCost, HandoffCost, Limits, PrefillCost, Profile
+from cluster.planner.profile import DecodeCost, HandoffCost, Limits, Overhead, PrefillCost, Profile
 from cluster.planner.simulator import Layout, Workload, max_goodput, simulate
 
 
@@ -40,6 +40,17 @@ def test_one_colocated_request_is_computed_in_chunks_then_decoded():
     # 100 prompt tokens in chunks of 40, 40, 20 (no batch yet: a prefill base each step).
     assert res.ttft_ms[0] == pytest.approx(3 * 2.0 + 0.1 * 100)
     assert res.tpot_ms[0] == pytest.approx(steps_ms(1, 101, 2, prof) / 2)
+
+
+def test_serving_overhead_delays_first_tokens_and_stretches_every_step():
+    base = profile()
+    slow = profile()
+    slow.overhead = Overhead(ttft_ms=7.0, step_factor=2.0)
+    plain = simulate(base, Layout("disaggregated", 1, 1), one(100, 5))
+    served = simulate(slow, Layout("disaggregated", 1, 1), one(100, 5))
+    assert served.ttft_ms[0] == pytest.approx(2 * plain.ttft_ms[0] + 7.0)     # the prefill runs 2x too
+    handoff = 3.0 + 0.1
+    assert served.tpot_ms[0] == pytest.approx((handoff + 2 * steps_ms(1, 101, 4, base)) / 4)
 
 
 def test_two_prompts_at_once_on_one_prefill_worker_queue():
