@@ -185,12 +185,9 @@ class LLMEngine:
                          if s.num_computed + n == s.num_tokens]
         prompt_rows = [i for i, s in enumerate(batch.seqs)
                        if s.sampling.prompt_logprobs is not None and s.num_computed < s.prompt_len]
-        if prompt_rows:
-            logits, every = self.runner.run(batch.seqs, batch.num_new, sampling_rows, every_row_of=prompt_rows)
-            for i, rows in every.items():
-                _prompt_logprobs(batch.seqs[i], rows, batch.num_new[i])
-        else:
-            logits = self.runner.run(batch.seqs, batch.num_new, sampling_rows)
+        logits, every = self.runner.run(batch.seqs, batch.num_new, sampling_rows, every_row_of=prompt_rows)
+        for i, rows in every.items():
+            _prompt_logprobs(batch.seqs[i], rows, batch.num_new[i])
         picked = [batch.seqs[i] for i in sampling_rows]
         logprobs = StepLogprobs.of(logits, [s.sampling.logprobs for s in picked])   # raw logits
         logits = process_logits(logits, picked, self.eos_token_ids)
@@ -281,7 +278,7 @@ class LLMEngine:
         seq.block_table = self.pool.allocate(need)
         try:
             seq.num_computed = prefix
-            return self.runner.run([seq], [len(token_ids) - prefix], [0], all_logits=True)
+            return self.runner.all_logits(seq, len(token_ids) - prefix)
         finally:
             self.pool.free(seq.block_table)
 

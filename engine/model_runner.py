@@ -10,6 +10,8 @@ model is memory-bound and each extra tiny op is time not spent streaming weights
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
 import torch
 
@@ -125,27 +127,30 @@ class ModelRunner:
     # -- execution ---------------------------------------------------------------------
     @torch.inference_mode()
     def run(self, seqs: list[Sequence], num_new: list[int], logit_rows: list[int],
-            all_logits: bool = False, every_row_of: list[int] | None = None):
-        """Forward one step. Returns logits [len(logit_rows), V] for the last new token of
-        each listed sequence index, or for every new token when ``all_logits``. With
-        ``every_row_of`` (sequence indices), returns (those logits, {index: logits of every
-        new token of that sequence})."""
+            every_row_of: Iterable[int] = ()) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Forward one step: (logits [len(logit_rows), V] of the last new token of each listed
+        sequence index, {index: logits of every new token} for the sequences in
+        ``every_row_of``; empty when none are)."""
+        hidden, last_row = self._forward(seqs, num_new)
+        every = {i: self.model.logits(hidden[last_row[i] - num_new[i] + 1:last_row[i] + 1])
+                 for i in every_row_of}
+        rows = [last_row[i] for i in logit_rows]
+        if rows != list(range(hidden.shape[0])):
+            hidden = hidden[torch.tensor(rows, dtype=torch.long, device=self.device)]
+        return self.model.logits(hidden), every
+
+    @torch.inference_mode()
+    def all_logits(self, seq: Sequence, num_new: int) -> torch.Tensor:
+        """Forward one sequence's ``num_new`` tokens: logits of every one, [num_new, V]."""
+        hidden, _ = self._forward([seq], [num_new])
+        return self.model.logits(hidden)
+
+    def _forward(self, seqs: list[Sequence], num_new: list[int]) -> tuple[torch.Tensor, list[int]]:
         for seq in seqs:
             if seq.pending_prefix_kv is not None:
                 self._write_prefix(seq)
         ids, positions, meta, last_row = self._prepare(seqs, num_new)
-        hidden = self.model(ids, positions, self.kv_cache, meta)
-        if all_logits:
-            if len(seqs) != 1:
-                raise ValueError("all_logits needs exactly one sequence")
-            return self.model.logits(hidden)
-        every = {i: self.model.logits(hidden[last_row[i] - num_new[i] + 1:last_row[i] + 1])
-                 for i in every_row_of or ()}
-        rows = [last_row[i] for i in logit_rows]
-        if rows != list(range(hidden.shape[0])):
-            hidden = hidden[torch.tensor(rows, dtype=torch.long, device=self.device)]
-        logits = self.model.logits(hidden)
-        return (logits, every) if every_row_of is not None else logits
+        return self.model(ids, positions, self.kv_cache, meta), last_row
 
     def _write_prefix(self, seq: Sequence) -> None:
         kv = seq.pending_prefix_kv
