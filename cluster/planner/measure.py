@@ -105,14 +105,13 @@ def measure(model: str = "stories260K", threads: int = 1, reps: int = 5, name: s
     layout = engine.kv_layout
     per_token = int(2 * layout.num_layers * layout.num_kv_heads * layout.head_dim
                     * {"float32": 4, "bfloat16": 2, "float16": 2}[layout.dtype])
-    gbps = _codec_gbps(per_token)
+    gbps = _codec_gbps(layout)
     limits = Limits(max_batch=engine.config.max_num_seqs,
                     kv_tokens=engine.pool.num_blocks * engine.config.block_size)
     prof = Profile(name or f"{model}-cpu{threads}", hardware, "measured", per_token, threads, 0,
                    prefill, decode, HandoffCost(HANDOFF_BASE_MS, gbps), limits,
                    notes={"model": model, "prefill_points": dict(zip(map(str, lengths), pre_ms)),
                           "decode_points": {str(b): m for b, m in zip(batches, dec_ms)}})
-    del engine
     if through_cluster:
         prof.overhead = measure_overhead(prof, model, threads, reps)
     return prof
@@ -168,13 +167,20 @@ def measure_overhead(prof: Profile, model: str, threads: int, reps: int = 5) -> 
     return overhead
 
 
-def _codec_gbps(per_token: int, tokens: int = 2048) -> float:
-    """Bytes through a raw encode + decode, as the hand-off runs them, GB/s."""
-    data = np.random.default_rng(1).integers(0, 255, per_token * tokens, dtype=np.uint8)
+def _codec_gbps(layout, tokens: int = 2048) -> float:
+    """KV bytes through the raw codec as the hand-off runs it: encode, join the buffers (the
+    copy into the transport), decode into a preallocated tensor; GB/s, best of five."""
+    import torch
+
+    from kv_transfer.codecs import GroupShape, get_codec
+
+    dtype = getattr(torch, layout.dtype)
+    kv = torch.randn(layout.num_layers, 2, tokens, layout.num_kv_heads, layout.head_dim).to(dtype)
+    codec, shape, out = get_codec("raw"), GroupShape.of(kv), torch.empty_like(kv)
     best = float("inf")
     for _ in range(5):
         t0 = time.perf_counter()
-        blob = data.tobytes()
-        np.frombuffer(blob, dtype=np.uint8).copy()
+        payload = b"".join(bytes(b) for b in codec.encode(kv))
+        codec.decode(memoryview(payload), shape, dtype, out=out)
         best = min(best, time.perf_counter() - t0)
-    return data.nbytes / best / 1e9
+    return kv.numel() * kv.element_size() / best / 1e9
