@@ -40,7 +40,7 @@ def _workload(args: argparse.Namespace):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from cluster.planner.plan import plan, run_config
+    from cluster.planner.plan import fewest, plan, run_config
     from cluster.planner.profile import Profile
     prof = Profile.load(args.profile)
     workers = args.workers
@@ -50,8 +50,16 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         workers = args.gpus // prof.gpus_per_worker
     if not workers or workers < 1:
         raise ValueError("give --workers N (or --gpus N with a GPU profile)")
-    ranked = plan(prof, _workload(args), workers, args.ttft_ms, args.tpot_ms, rate=args.rate,
-                  attainment=args.attainment, max_splits=args.max_splits)
+    if args.fewest:
+        if args.rate is None:
+            raise ValueError("--fewest needs --rate: the rate the fewest workers must serve")
+        needed, ranked = fewest(prof, _workload(args), args.rate, args.ttft_ms, args.tpot_ms,
+                                attainment=args.attainment, max_workers=workers, max_splits=args.max_splits)
+        print(json.dumps({"fewest_workers": needed, "gpus": needed * prof.gpus_per_worker,
+                          "rate": args.rate, "attainment_target": args.attainment}))
+    else:
+        ranked = plan(prof, _workload(args), workers, args.ttft_ms, args.tpot_ms, rate=args.rate,
+                      attainment=args.attainment, max_splits=args.max_splits)
     for rank, c in enumerate(ranked[:args.top], 1):
         print(json.dumps({"rank": rank, **c.row()}))
     best = run_config(ranked[0].layout, prof)
@@ -83,6 +91,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--ttft-ms", type=float, required=True)
     q.add_argument("--tpot-ms", type=float, required=True)
     q.add_argument("--rate", type=float, help="judge every layout at this rate (else: each one's max goodput)")
+    q.add_argument("--fewest", action="store_true",
+                   help="with --rate: the fewest workers (up to --workers / --gpus) meeting the objectives")
     q.add_argument("--attainment", type=float, default=0.9)
     q.add_argument("--max-splits", type=int, default=24, help="P:D splits tried on large fleets")
     q.add_argument("--top", type=int, default=10)

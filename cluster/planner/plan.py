@@ -6,7 +6,8 @@ worker) the candidates are colocated with a few chunk budgets and every disaggre
 split (a spread of them on large fleets). With ``--rate`` each is simulated once at that
 rate and ranked by attainment of both objectives (then by the p99 figures); without it, by
 max goodput (the highest rate at which ``attainment`` of the requests meet both, found by
-bisection).
+bisection). ``--fewest`` (with ``--rate``) instead finds the fewest workers that meet the
+objectives at that rate (``fewest``), up to ``--workers``.
 """
 from __future__ import annotations
 
@@ -67,6 +68,29 @@ def plan(profile: Profile, workload: Workload, workers: int, ttft_ms: float, tpo
     else:
         ranked.sort(key=lambda c: -c.goodput_rps)
     return ranked
+
+
+def fewest(profile: Profile, workload: Workload, rate: float, ttft_ms: float, tpot_ms: float,
+           attainment: float = 0.9, max_workers: int = 1024, max_splits: int = 24) -> tuple[int, list[Candidate]]:
+    """The fewest workers whose best layout serves ``workload`` at ``rate`` with ``attainment``
+    of the requests within both objectives, and that count's ranking (bisection over the
+    count: a layout with more workers does no worse). ValueError when ``max_workers`` do not."""
+    def best(n: int) -> list[Candidate]:
+        return plan(profile, workload, n, ttft_ms, tpot_ms, rate=rate, max_splits=max_splits)
+
+    top = best(max_workers)
+    if top[0].attainment < attainment:
+        raise ValueError(f"even {max_workers} workers meet the objectives for only "
+                         f"{top[0].attainment:.0%} of the requests at {rate:g} req/s")
+    lo, hi, ranked = 0, max_workers, top          # lo fails (or is 0), hi meets
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        r = best(mid)
+        if r[0].attainment >= attainment:
+            hi, ranked = mid, r
+        else:
+            lo = mid
+    return hi, ranked
 
 
 def run_config(best: Layout, profile: Profile) -> dict[str, list[str]]:

@@ -8,7 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cluster.planner.plan import candidates, plan, run_config
+import pytest
+
+from cluster.planner.plan import candidates, fewest, plan, run_config
 from cluster.planner.profile import roofline
 from cluster.planner.simulator import Layout, Workload
 
@@ -70,3 +72,13 @@ def test_tandem_plan_prints_a_ranking_and_refuses_a_bad_profile_naming_the_field
     out = subprocess.run(cmd[:5] + [str(bad)] + cmd[6:], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2
     assert out.stderr.strip().endswith("decode.ms_per_seq: must be a finite number >= 0, got -2")
+
+
+def test_the_fewest_workers_for_a_rate_meet_it_and_one_fewer_does_not():
+    w = Workload.synthetic(800, rate=20, prompt=2000, output=100, seed=4)
+    needed, ranked = fewest(PROF, w, 20.0, ttft_ms=1500, tpot_ms=25, max_workers=32)
+    assert ranked[0].attainment >= 0.9
+    assert plan(PROF, w, needed - 1, 1500, 25, rate=20.0)[0].attainment < 0.9
+    assert needed < 32
+    with pytest.raises(ValueError, match="even 2 workers"):
+        fewest(PROF, w, 500.0, ttft_ms=1500, tpot_ms=25, max_workers=2)
