@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -294,6 +295,11 @@ def test_a_decode_node_killed_mid_load_loses_no_request_and_a_new_node_restores_
         with ThreadPoolExecutor(32) as pool:
             futures = [pool.submit(one, i) for i in range(32)]
             started.wait(60)
+            # Hold the victim's engine thread so its streams are still mid-flight when the node
+            # goes (stories260K would otherwise finish them while the kill propagates).
+            import ray
+            ray.get(cluster.cluster.pools["decode"].handles["tandem-decode-0"].__ray_call__.remote(
+                lambda self: self.driver.submit(lambda engine: time.sleep(30)) and None), timeout=30)
             nodes.remove_node(victim, allow_graceful=False)     # its raylet and every process on it
             results = [f.result(timeout=120) for f in futures]
         assert all(got == want[prompt] for prompt, got in results)     # none lost, none repeated
