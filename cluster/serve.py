@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import threading
@@ -20,6 +21,8 @@ from cluster.pools import WorkerPool
 from cluster.ray_runtime import pool_sizes, start_ray
 
 logger = logging.getLogger(__name__)
+
+STOP_TIMEOUT_S = 45.0     # `tandem serve`'s whole stop: drain (5 s), pools, Ray
 
 
 @dataclass(slots=True)
@@ -142,15 +145,27 @@ async def serve(cfg: ClusterConfig, attach_only: bool = False) -> int:
     on_signals()
     reaper = start_reaper()       # stops what we start even if this process is SIGKILLed
     cluster = Cluster(cfg, attach_only=attach_only)
+    stuck = False
     try:
         await cluster.start()
         on_signals()              # ray.init replaced the SIGTERM handler with its own
         await _serve_until(cluster, cfg, stop)
     finally:
-        await cluster.stop()
+        # A stop that does not end (a Ray call that never returns) must not keep the process:
+        # past STOP_TIMEOUT_S it exits anyway and the reaper stops what is left.
+        try:
+            async with asyncio.timeout(STOP_TIMEOUT_S):
+                await cluster.stop()
+        except TimeoutError:
+            stuck = True
+            logger.warning("stopping took over %.0f s; exiting anyway (what is left is stopped by the "
+                           "reaper)", STOP_TIMEOUT_S)
         reaper.stdin.close()      # EOF: the reaper stops anything left, then exits
         await asyncio.to_thread(reaper.wait, 10)
     print("Tandem stopped.", flush=True)
+    if stuck:                     # a thread still blocked in Ray would hold the interpreter's exit
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 
