@@ -163,19 +163,44 @@ class LocalBackend(Backend):
                 self._worker.abort_nowait(rid)
 
     async def _pump_events(self) -> None:
-        """One long-poll of the worker's outbox, fanning each step's events out to requests."""
+        """One long-poll of the worker's outbox, fanning each step's events out to requests.
+
+        The pump is also the one that delivers an engine failure: ``_fail_all`` cancels its
+        poll, and it first hands out every event the engine published before it failed (a
+        cancelled poll has not moved the cursor), then the failure. Delivered at once
+        instead, the failure would overtake deltas still in the outbox.
+        """
         cursor = 0
-        while not self._closed:   # also ends the loop should a cancellation be lost
-            _, cursor, batch = await self._worker.poll(cursor, POLL_TIMEOUT_S)
-            for event in batch:
-                q = self._queues.get(event.request_id)
-                if q is not None:
-                    q.put_nowait(event)
+        try:
+            while not self._closed:   # also ends the loop should a cancellation be lost
+                _, cursor, batch = await self._worker.poll(cursor, POLL_TIMEOUT_S)
+                self._deliver(batch)
+        except asyncio.CancelledError:
+            if self._failure is None or self._closed:
+                raise
+            asyncio.current_task().uncancel()
+            _, cursor, batch = await self._worker.poll(cursor, 0)
+            self._deliver(batch)
+            for q in self._queues.values():
+                q.put_nowait(self._failure)
+
+    def _deliver(self, batch: list) -> None:
+        for event in batch:
+            q = self._queues.get(event.request_id)
+            if q is not None:
+                q.put_nowait(event)
 
     def _fail_all(self, exc: BaseException) -> None:
+        """On the event loop, when an engine step failed: new requests are refused at once
+        (``health``), those in flight get their published events and then ``exc``."""
+        if self._failure is not None:
+            return
         self._failure = exc
-        for q in self._queues.values():
-            q.put_nowait(exc)
+        if self._pump is not None and not self._pump.done():
+            self._pump.cancel()
+        else:
+            for q in self._queues.values():
+                q.put_nowait(exc)
 
     async def model_info(self) -> ModelInfo:
         if self._worker is None:

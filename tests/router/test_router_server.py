@@ -145,19 +145,20 @@ def test_stopped_backend_gives_unavailable_and_not_serving(wait_until, new_llm):
                        == health_pb2.HealthCheckResponse.NOT_SERVING, what="NOT_SERVING")
 
 
-def test_engine_crash_mid_stream_fails_the_request_unavailable(new_llm):
+def test_engine_crash_mid_stream_delivers_every_published_token_then_unavailable(new_llm):
     llm = new_llm()
     real_step = llm.engine.step
-    calls = {"n": 0}
+    produced = []
 
-    # Fault injection: the engine dies on its 41st step, well into the stream (on a loaded host
-    # the deltas of the first few steps could still be on their way when it dies, and the
-    # failure overtakes them: LocalBackend delivers it at once).
+    # Fault injection: the engine dies on its 4th step, a few tokens into the stream. Every
+    # token it published before dying reaches the client, then the failure (delivered at
+    # once, the failure would overtake the deltas still in the worker's outbox).
     def failing_step():
-        calls["n"] += 1
-        if calls["n"] > 40:
+        if len(produced) >= 3:
             raise RuntimeError("injected engine fault")
-        return real_step()
+        outputs = real_step()
+        produced.append([t for o in outputs for t in o.new_token_ids])
+        return outputs
 
     llm.engine.step = failing_step
     with BackgroundRouter(LocalBackend(llm), RouterConfig(grpc_port=0)) as router:
@@ -169,7 +170,9 @@ def test_engine_crash_mid_stream_fails_the_request_unavailable(new_llm):
                     got.append(msg)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE
             assert "injected engine fault" in info.value.details()
-            assert got and not any(m.HasField("finished") for m in got)
+            assert not any(m.HasField("finished") for m in got)
+            tokens = [t for m in got for t in m.delta.token_ids]
+            assert tokens == [t for step in produced for t in step] and len(tokens) >= 1
             with pytest.raises(grpc.RpcError) as again:
                 list(stub.Generate(request(max_tokens=2), timeout=10))
             assert again.value.code() == grpc.StatusCode.UNAVAILABLE
