@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -117,11 +118,46 @@ def measure(model: str = "stories260K", threads: int = 1, reps: int = 5, name: s
     return prof
 
 
-def measure_overhead(prof: Profile, model: str, threads: int, reps: int = 5) -> Overhead:
-    """What a running cluster adds to ``prof``'s engine costs: a colocated cluster of one
-    worker (a Ray actor behind the router, on this host), requests through the SDK. The TTFT
-    overhead is the served TTFT less the engine's prefill; the step factor the served TPOT
-    over the engine's step, at batch 1 (one stream at a time) and batch 8 (eight at once)."""
+@dataclass(slots=True)
+class Served:
+    """Requests served by a running cluster, for ``overhead_from``: ``alone`` one stream at a
+    time (prompt ``prompt`` tokens, ``out`` tokens each) as (TTFT, end-to-end) ms pairs;
+    ``batched`` the wall ms of ``batch`` streams sent at once (prompts ``short`` tokens)."""
+    prompt: int
+    short: int
+    out: int
+    batch: int
+    alone: list[tuple[float, float]] = field(default_factory=list)
+    batched: list[float] = field(default_factory=list)
+    outputs: list[tuple[list[int], list[int]]] = field(default_factory=list)   # (prompt, completion)
+
+
+def overhead_from(prof: Profile, served: Served) -> Overhead:
+    """The serving overhead on ``prof``'s engine costs that makes it predict ``served``: the
+    TTFT overhead is the served TTFT less the engine's prefill; the step factor the served
+    step over the engine's step, at batch 1 and at ``served.batch`` (the batch decodes
+    together after its prompts: wall less the prefills, per step). Medians; a served request
+    faster than the engine's figure gives no overhead (0 ms) rather than a negative one."""
+    if not served.alone:
+        raise ValueError("served: no request served alone")
+    ttft_over, factors = [], []
+    for ttft, e2e in served.alone:
+        ttft_over.append(ttft - prof.prefill.ms(served.prompt))
+        step = (e2e - ttft) / (served.out - 1)
+        factors.append(step / prof.decode.ms(1, served.prompt + served.out // 2))
+    for wall in served.batched:
+        step = (wall - served.batch * prof.prefill.ms(served.short)) / (served.out - 1)
+        factors.append(step / prof.decode.ms(served.batch, served.batch * (served.short + served.out // 2)))
+    factor = statistics.median(factors)
+    if factor <= 0:
+        raise ValueError(f"served: a step factor of {factor:.3f} (the batch's prefills exceed its wall time)")
+    return Overhead(max(0.0, statistics.median(ttft_over)), factor)
+
+
+def serve_samples(model: str, threads: int, reps: int = 5, prompt: int = 256, out: int = 33,
+                  batch: int = 8, short: int = 64) -> Served:
+    """Greedy requests through a colocated cluster of one worker (a Ray actor behind the
+    router, on this host), sent with the SDK: ``reps`` alone, ``reps // 2`` batches."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
@@ -136,33 +172,33 @@ def measure_overhead(prof: Profile, model: str, threads: int, reps: int = 5) -> 
                              "pools.decode.workers=1", f"pools.decode.cpus_per_worker={threads}",
                              "store.enabled=false", "router.admission.enabled=false", "router.grpc_port=0"])
     rng = np.random.default_rng(2)
-    prompt, out = 256, 33
+    served = Served(prompt, short, out, batch)
     with BackgroundCluster(cfg) as cluster, TandemClient(cluster.target, timeout=120) as client:
         vocab = client.model_info().vocab_size
 
         def one(n: int, tokens: int):
             ids = [int(x) for x in rng.integers(3, vocab, n)]
-            return client.generate(token_ids=ids, max_tokens=tokens, temperature=0, ignore_eos=True)
+            res = client.generate(token_ids=ids, max_tokens=tokens, temperature=0, ignore_eos=True)
+            served.outputs.append((ids, list(res.token_ids)))
+            return res
 
         one(prompt, 2)                                              # warm-up
-        ttft_over, factors = [], []
         for _ in range(reps):
             t0 = time.perf_counter()
             res = one(prompt, out)
-            e2e = (time.perf_counter() - t0) * 1e3
-            ttft_over.append(res.usage.ttft_ms - prof.prefill.ms(prompt))
-            step = (e2e - res.usage.ttft_ms) / (out - 1)
-            factors.append(step / prof.decode.ms(1, prompt + out // 2))
-        batch, short = 8, 64
+            served.alone.append((res.usage.ttft_ms, (time.perf_counter() - t0) * 1e3))
         with ThreadPoolExecutor(batch) as pool:
             for _ in range(max(1, reps // 2)):
                 t0 = time.perf_counter()
                 list(pool.map(lambda _: one(short, out), range(batch)))
-                wall = (time.perf_counter() - t0) * 1e3
-                # The batch decodes together after its prompts: wall less the prefills, per step.
-                step = (wall - sum(prof.prefill.ms(short) for _ in range(batch))) / (out - 1)
-                factors.append(step / prof.decode.ms(batch, batch * (short + out // 2)))
-    overhead = Overhead(max(0.0, statistics.median(ttft_over)), max(1.0, statistics.median(factors)))
+                served.batched.append((time.perf_counter() - t0) * 1e3)
+    return served
+
+
+def measure_overhead(prof: Profile, model: str, threads: int, reps: int = 5) -> Overhead:
+    """What a running cluster adds to ``prof``'s engine costs (``overhead_from`` on
+    ``serve_samples``)."""
+    overhead = overhead_from(prof, serve_samples(model, threads, reps))
     logger.info("serving overhead: %.1f ms per first token, steps x%.2f", overhead.ttft_ms, overhead.step_factor)
     return overhead
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from cluster.planner.measure import measure
 from cluster.planner.profile import Profile
 
@@ -22,10 +24,36 @@ def test_a_measured_profile_has_the_engines_shape_and_loads_back():
     assert prof.prefill.ms(256) > 0 and prof.decode.ms(8, 512) > 0
 
 
-def test_the_serving_overhead_is_measured_through_a_running_cluster():
-    from cluster.planner.measure import measure_overhead
-    prof = measure("stories260K", threads=1, reps=1, through_cluster=False)
-    over = measure_overhead(prof, "stories260K", threads=1, reps=2)
-    assert over.ttft_ms >= 0.0 and over.step_factor >= 1.0
-    assert Profile.from_dict({**json.loads(prof.to_json()), "overhead": {"ttft_ms": over.ttft_ms,
-                                                                         "step_factor": over.step_factor}})
+def test_the_serving_overhead_is_measured_on_requests_a_running_cluster_served_exactly():
+    from cluster.planner.measure import serve_samples
+    from engine import LLM, SamplingParams
+    served = serve_samples("stories260K", threads=1, reps=2, prompt=64, out=9, batch=3, short=16)
+    assert len(served.alone) == 2 and len(served.batched) == 1
+    assert all(0 < ttft < e2e for ttft, e2e in served.alone)
+    # warm-up + 2 alone + a batch of 3, every one the offline engine's greedy completion
+    assert len(served.outputs) == 6
+    llm = LLM("stories260K")
+    offline = llm.generate([p for p, _ in served.outputs],
+                           [SamplingParams(max_tokens=len(c), temperature=0.0, ignore_eos=True)
+                            for _, c in served.outputs])
+    assert [o.token_ids for o in offline] == [c for _, c in served.outputs]
+    assert [len(c) for _, c in served.outputs] == [2, 9, 9, 9, 9, 9]
+
+
+def test_the_overhead_is_what_makes_the_engine_costs_predict_the_served_figures():
+    from cluster.planner.measure import Served, overhead_from
+    from cluster.planner.profile import DecodeCost, PrefillCost
+    prof = Profile("p", "cpu", "manual", 1024, prefill=PrefillCost(2.0, 0.01),
+                   decode=DecodeCost(1.0, 0.5, 0.0))
+    # alone: prefill of 100 tokens is 3 ms, a batch-1 step 1.5 ms; served TTFT 5 ms (2 over),
+    # 11 steps of 3 ms (x2); a batch of 4 (prefills 4 x 2.2 ms, steps 3 ms): 11 steps of 6 ms
+    served = Served(prompt=100, short=20, out=12, batch=4,
+                    alone=[(5.0, 5.0 + 11 * 3.0), (4.0, 4.0 + 11 * 3.0), (6.0, 6.0 + 11 * 3.0)],
+                    batched=[4 * 2.2 + 11 * 6.0])
+    over = overhead_from(prof, served)
+    assert abs(over.ttft_ms - 2.0) < 1e-9 and abs(over.step_factor - 2.0) < 1e-9
+    fast = Served(100, 20, 12, 4, alone=[(1.0, 1.0 + 11 * 0.75)])
+    over = overhead_from(prof, fast)
+    assert over.ttft_ms == 0.0 and abs(over.step_factor - 0.5) < 1e-9
+    with pytest.raises(ValueError, match="served"):
+        overhead_from(prof, Served(100, 20, 12, 4))
