@@ -22,13 +22,14 @@ import yaml
 from engine.config import EngineConfig
 from kv_transfer.config import KVTransferConfig
 from kv_transfer.store.config import StoreConfig
+from cluster.rebalance.config import RebalanceConfig
 from router.config import (AdmissionConfig, AuthConfig, LimitsConfig, RouterConfig, SLOConfig,
                            TLSConfig)
 from tandem_common.config import ConfigError, build, ge, gt, name, setting, validate
 
 __all__ = ["AdmissionConfig", "AuthConfig", "ClusterConfig", "ConfigError", "EngineConfig",
            "KVTransferConfig", "LimitsConfig", "PoolConfig", "PoolsConfig", "RayConfig",
-           "RouterConfig", "SLOConfig", "StoreConfig", "TLSConfig", "load_config"]
+           "RebalanceConfig", "RouterConfig", "SLOConfig", "StoreConfig", "TLSConfig", "load_config"]
 
 
 @dataclass(slots=True)
@@ -71,6 +72,7 @@ class ClusterConfig:
     router: RouterConfig = field(default_factory=RouterConfig)
     slo: SLOConfig = field(default_factory=SLOConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    rebalance: RebalanceConfig = field(default_factory=RebalanceConfig)
 
     def validate(self) -> None:
         """Check every field and the cross-field rules; raise ConfigError naming the path."""
@@ -82,6 +84,19 @@ class ClusterConfig:
             raise ConfigError("model.max_num_batched_tokens",
                               f"must be >= model.block_size ({self.model.block_size})")
         self.router.check("router")
+        self.rebalance.check("rebalance")
+        if self.rebalance.enabled:
+            if self.mode != "disaggregated":
+                raise ConfigError("rebalance.enabled", "needs mode: disaggregated (a colocated worker "
+                                  "already does both)")
+            if self.pools.prefill.workers + self.pools.decode.workers < \
+                    self.rebalance.min_prefill + self.rebalance.min_decode + 1:
+                raise ConfigError("rebalance.enabled", "needs a worker to move: pools.prefill.workers + "
+                                  "pools.decode.workers must exceed rebalance.min_prefill + min_decode")
+            if self.pools.prefill.cpus_per_worker != self.pools.decode.cpus_per_worker or \
+                    self.pools.prefill.gpus_per_worker != self.pools.decode.gpus_per_worker:
+                raise ConfigError("rebalance.enabled", "needs both pools' workers alike (cpus_per_worker, "
+                                  "gpus_per_worker): a worker serves either role")
         if self.ray.keep_pools and not self.ray.address:
             raise ConfigError("ray.keep_pools", "needs ray.address: an embedded Ray (and its pools) "
                               "stops with the router that started it")

@@ -93,7 +93,7 @@ class WorkerPool:
                 raise
             logger.info("another router is creating the %s pool: waiting to attach", role)
             return cls._await_other(role, cfg, pool_cfg, ready_timeout_s)
-        actor_cls = _actor_class(role)
+        actor_cls = _actor_class(role, cfg)
         threads = max(1, int(pool_cfg.cpus_per_worker))
         names, handles = [], {}
         for i in range(pool_cfg.workers):
@@ -161,7 +161,9 @@ def pool_digest(role: str, cfg: ClusterConfig, pool_cfg: PoolConfig) -> str:
     threads = max(1, int(pool_cfg.cpus_per_worker))
     parts = {"role": role, "mode": cfg.mode, "model": dataclasses.asdict(engine_config(cfg, threads)),
              "kv_transfer": dataclasses.asdict(cfg.kv_transfer), "pool": dataclasses.asdict(pool_cfg),
-             "store": dataclasses.asdict(cfg.store_for_workers()) if role == "prefill" and cfg.store_for_workers() else None}
+             "store": dataclasses.asdict(cfg.store_for_workers())
+             if (role == "prefill" or cfg.rebalance.enabled) and cfg.store_for_workers() else None,
+             "switchable": cfg.rebalance.min_dwell_s if cfg.rebalance.enabled else None}
     return hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(), digest_size=8).hexdigest()
 
 
@@ -263,8 +265,11 @@ def stop_pools(cfg: ClusterConfig) -> list[str]:
     return stopped
 
 
-def _actor_class(role: str):
+def _actor_class(role: str, cfg: ClusterConfig):
     import ray
+    if cfg.rebalance.enabled and role in ("prefill", "decode"):
+        from cluster.flex_worker import FlexWorker
+        return ray.remote(FlexWorker)
     if role == "prefill":
         from prefill_worker.worker import PrefillWorker
         return ray.remote(PrefillWorker)
@@ -274,6 +279,8 @@ def _actor_class(role: str):
 
 def _actor_args(role: str, name: str, cfg: ClusterConfig, threads: int) -> tuple:
     ecfg = engine_config(cfg, threads)
+    if cfg.rebalance.enabled and role in ("prefill", "decode"):
+        return (name, ecfg, cfg.kv_transfer, cfg.store_for_workers(), role, cfg.rebalance.min_dwell_s)
     if role == "prefill":
         return (name, ecfg, cfg.kv_transfer, cfg.store_for_workers())
     return (name, ecfg, cfg.kv_transfer, role)

@@ -36,6 +36,7 @@ class Cluster:
     owns_ray: bool = False
     port: int | None = None
     attach_only: bool = False       # `tandem router`: serve pools another router created, never create them
+    rebalancer: Any = None          # cluster.rebalance.controller.RebalanceController (rebalance.enabled)
 
     @property
     def target(self) -> str:
@@ -75,15 +76,26 @@ class Cluster:
                 cfg.router, cfg.model, {r: p.handles for r, p in self.pools.items()}, available_codecs(),
                 default_codec=cfg.kv_transfer.codec, colocated=cfg.mode == "colocated",
                 tenant_sharing=cfg.store.tenant_sharing,
-                early_decode=cfg.kv_transfer.transport == "ray")
+                early_decode=cfg.kv_transfer.transport == "ray", switchable=cfg.rebalance.enabled)
             self.server = RouterServer(self.backend, cfg.router, slo=cfg.slo)
             self.port = await self.server.start()
+            if cfg.rebalance.enabled:
+                from cluster.rebalance.controller import RebalanceController
+                gateway = self.server.gateway
+                self.rebalancer = RebalanceController(
+                    self.backend.registry, cfg.rebalance, cfg.slo.ttft_ms, cfg.slo.tpot_ms,
+                    router_queued_tokens=lambda: gateway.admission.queued_tokens,
+                    metrics_registry=gateway.metrics.registry)
+                self.rebalancer.start()
         except BaseException:
             await self.stop()
             raise
         return self
 
     async def stop(self, grace_s: float = 5.0) -> None:
+        if self.rebalancer is not None:
+            await self.rebalancer.stop()
+            self.rebalancer = None
         if self.server is not None:
             with contextlib.suppress(Exception):
                 await self.server.stop(grace_s)

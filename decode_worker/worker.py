@@ -13,7 +13,7 @@ import logging
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Container
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from decode_worker.messages import DecodeStart, FullRequest, StreamEvent
@@ -47,11 +47,16 @@ class DecodeWorker:
         role: "decode" (KV arrives from prefill workers) or "colocated" (computes prompts).
         engine: an engine already built (the in-process server); ``engine_config`` is unused.
         on_fatal: runs when an engine step fails; a pool worker exits so Ray restarts it.
+        driver: an engine driver already running ``engine`` (a worker that also prefills over
+            the same engine: ``cluster.flex_worker``); ``on_fatal`` is then unused.
+        skip_ids: request ids whose steps are not streamed here (that same worker's
+            prefill-only requests: their first token goes back with the prefill's result).
     """
 
     def __init__(self, worker_id: str, engine_config: EngineConfig | None, kv: KVTransferConfig,
                  role: str = "decode", *, engine: LLMEngine | None = None,
-                 on_fatal: Callable[[BaseException], None] | None = exit_on_fatal):
+                 on_fatal: Callable[[BaseException], None] | None = exit_on_fatal,
+                 driver: EngineDriver | None = None, skip_ids: Container[str] = ()):
         self.worker_id, self.role = worker_id, role
         self.incarnation = uuid.uuid4().hex[:12]
         if engine is None:
@@ -60,7 +65,8 @@ class DecodeWorker:
             from engine.llm_engine import LLMEngine
             engine = LLMEngine(engine_config)
         self.engine = engine
-        self.driver = EngineDriver(self.engine, worker_id, on_fatal=on_fatal)
+        self.driver = driver or EngineDriver(self.engine, worker_id, on_fatal=on_fatal)
+        self._skip = skip_ids
         self.receiver = None
         if role == "decode":   # the colocated role never receives KV
             from kv_transfer.handoff import KVReceiver
@@ -87,6 +93,10 @@ class DecodeWorker:
     def _on_step(self, outputs: list[RequestOutput]) -> None:
         # Urgent (a lingering poll returns at once): a request's first tokens, the first this
         # worker decodes after a hand-off (the client waits on the KV hand-off for it), or its end.
+        if self._skip:
+            outputs = [o for o in outputs if o.request_id not in self._skip]
+            if not outputs:
+                return
         urgent = False
         for o in outputs:
             if o.finished:

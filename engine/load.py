@@ -31,22 +31,31 @@ class LoadReporter:
         self.worker_id, self.incarnation, self.role, self.node = worker_id, incarnation, role, node
         self.feed = CachedHashFeed() if with_hashes else None
         self.started = time.monotonic()
+        self._steps = (0, 0.0)      # the driver's (steps, busy seconds) at the previous report
 
     async def report(self, driver: EngineDriver, since_incarnation: str = "", since_version: int = 0,
                      prefill_tokens_per_s: float = 0.0, store: dict | None = None) -> WorkerLoad:
         wall = time.monotonic() - self.started
         with_hashes = self.feed is not None
-        fig, hashes = await driver.call(lambda e: (_figures(e, wall),
-                                                   frozenset(e.pool.by_hash) if with_hashes else None))
+        # On the engine thread, between steps: the figures and the step counters agree.
+        fig, hashes, steps = await driver.call(lambda e: (_figures(e, wall),
+                                                          frozenset(e.pool.by_hash) if with_hashes else None,
+                                                          (driver.steps, driver.busy_s)))
         load = WorkerLoad(self.worker_id, self.incarnation, self.role, fig["queue_depth"], fig["running"],
                           fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"],
                           prefill_tokens_per_s, store=store or {}, node=self.node,
-                          queued_prompt_tokens=fig["queued_prompt_tokens"])
+                          queued_prompt_tokens=fig["queued_prompt_tokens"], step_ms=self._step_ms(*steps))
         if hashes is not None:
             self.feed.update(hashes)
             load.hashes_base, load.hashes_version, load.hashes_added, load.hashes_removed = \
                 self.feed.since(since_version if since_incarnation == self.incarnation else 0)
         return load
+
+    def _step_ms(self, steps: int, busy: float) -> float:
+        """The mean engine step since the previous report, in ms (0: no step ran)."""
+        prev_steps, prev_busy = self._steps
+        self._steps = (steps, busy)
+        return 1000 * (busy - prev_busy) / (steps - prev_steps) if steps > prev_steps else 0.0
 
 
 def _figures(engine: LLMEngine, wall_s: float) -> dict:

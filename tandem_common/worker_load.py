@@ -27,6 +27,8 @@ class WorkerLoad:
     store: dict[str, Any] = field(default_factory=dict)
     node: str = ""                        # the Ray node the worker runs on (``current_node``)
     queued_prompt_tokens: int = 0         # prompt tokens waiting for or in prefill here
+    step_ms: float = 0.0                  # mean engine step since the previous report (0: none ran)
+    role_since: float = 0.0               # wall time the worker took its role (a switchable worker)
 
 
 def current_node() -> str:

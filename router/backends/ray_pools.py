@@ -57,17 +57,22 @@ class RayPoolsBackend(Backend):
         early_decode: tell the decode worker at admission (the KV transport streams from the
             prefill actor, ``kv_transfer.transport: ray``), so it waits for the KV while the
             prompt is computed.
+        switchable: the workers can switch between prefill and decode (the cluster's
+            rebalancing): each serves from the pool its load reports name, and every one of
+            them is polled for streams (those of its old role finish after a switch).
     """
 
     def __init__(self, router: RouterConfig, model: EngineConfig, pools: dict[str, dict[str, object]],
                  codecs: list[str], *, default_codec: str = "raw", colocated: bool = False,
-                 tenant_sharing: bool = False, early_decode: bool = False):
+                 tenant_sharing: bool = False, early_decode: bool = False, switchable: bool = False):
         self.model = model
         self.colocated = colocated
         self.mode = "colocated" if colocated else "disaggregated"
         self.stream_role = "colocated" if self.colocated else "decode"
-        self.registry = WorkerRegistry(pools, poll_s=router.health_poll_s)
-        self.hub = StreamHub(self.registry, self.stream_role, router.stream_interval_s)
+        self.switchable = switchable and not colocated
+        self.registry = WorkerRegistry(pools, poll_s=router.health_poll_s, switchable=self.switchable)
+        self.stream_roles = ("prefill", "decode") if self.switchable else (self.stream_role,)
+        self.hub = StreamHub(self.registry, self.stream_role, router.stream_interval_s, roles=self.stream_roles)
         self._tokenizer, self.model_cfg = load_tokenizer(model.model)
         self.prefill_policy = create_policy(router.prefill_policy)
         self.decode_policy = create_policy(router.decode_policy)
@@ -110,7 +115,8 @@ class RayPoolsBackend(Backend):
                 usage.completion_tokens = len(generated)
                 yield Finished(reason, usage)
                 return
-            holder = await find_holder(self.registry.healthy(self.stream_role), rid, progress.key)
+            holder = await find_holder([v for role in self.stream_roles for v in self.registry.healthy(role)],
+                                       rid, progress.key)
             logger.info("request %s resumes after %d tokens: %s", rid, len(generated),
                         f"held by {holder.name}" if holder else "held nowhere; re-prefilling")
         recoveries = 0
@@ -345,6 +351,10 @@ class RayPoolsBackend(Backend):
         """The policy's pick among the healthy ``role`` workers; with a fork ``group``, the
         worker its other samples went to (``ForkHomes``; the caller releases it)."""
         workers = self.registry.healthy(role, exclude)
+        if not workers and self.switchable:
+            # Every worker serves either role: none announcing this one (two routers' switches
+            # crossed) is no reason to refuse a request.
+            workers = [v for r in self.stream_roles for v in self.registry.healthy(r, exclude)]
         if not workers:
             raise NoHealthyWorker(f"no healthy {role} worker")
         if group:

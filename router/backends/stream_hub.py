@@ -32,18 +32,23 @@ class WorkerGone:
 
 
 class StreamHub:
-    def __init__(self, registry: WorkerRegistry, role: str, interval_s: float = STREAM_INTERVAL_S):
+    def __init__(self, registry: WorkerRegistry, role: str, interval_s: float = STREAM_INTERVAL_S,
+                 roles: tuple[str, ...] = ()):
         if interval_s < 0:
             raise ValueError(f"interval_s must be >= 0, got {interval_s}")
         self.registry = registry
         self.role = role
+        # The pools whose workers stream (``roles``; default: ``role``). Workers that switch
+        # roles are polled in every role: the streams of their old one finish there.
+        self.roles = roles or (role,)
         self.interval_s = interval_s
         self.subscribers: dict[str, tuple[str, asyncio.Queue]] = {}
         self._tasks: list[asyncio.Task] = []
 
     def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._poll(name)) for name in self.registry.views[self.role]]
+        self._tasks = [loop.create_task(self._poll(name)) for role in self.roles
+                       for name in self.registry.views[role]]
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -64,9 +69,9 @@ class StreamHub:
                 q.put_nowait(WorkerGone(worker, reason))
 
     async def _poll(self, name: str) -> None:
-        view = self.registry.views[self.role][name]
         cursor, incarnation = 0, None
         while True:
+            view = self.registry.get(name)      # its pool may change (a role switch)
             try:
                 seen, new_cursor, events = await view.handle.poll.remote(cursor, POLL_TIMEOUT_S,
                                                                          self.interval_s)

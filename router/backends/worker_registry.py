@@ -4,6 +4,9 @@ A refresher task asks each worker for its load every ``health_poll_s``. When a w
 incarnation changes (the actor restarted), everything the router knew about its cache is
 dropped: a stale prefix index is worse than none.
 
+Workers that can switch roles (``switchable``, the cluster's rebalancing) announce their role
+in every report; a report that names another role moves the worker's view to that pool.
+
 The prefix index travels as deltas: each load call names the version of the worker's index
 the router holds, and the report carries only the hashes added and removed since (the whole
 set when the router holds none, after a restart, or after a worker was marked failed). Hashes
@@ -36,7 +39,8 @@ class _IndexState:
 
 
 class WorkerRegistry:
-    def __init__(self, pools: dict[str, dict[str, object]], poll_s: float = 1.0, timeout_s: float = 5.0):
+    def __init__(self, pools: dict[str, dict[str, object]], poll_s: float = 1.0, timeout_s: float = 5.0,
+                 switchable: bool = False):
         self.views: dict[str, dict[str, WorkerView]] = {
             role: {name: WorkerView(name, handle) for name, handle in handles.items()}
             for role, handles in pools.items()}
@@ -45,7 +49,24 @@ class WorkerRegistry:
         self._index: dict[str, _IndexState] = {
             name: _IndexState() for pool in self.views.values() for name in pool}
         self._failed_at: dict[str, float] = {}     # when a call last found the worker dead
+        self._moved_at: dict[str, float] = {}      # when a worker last moved between pools
         self._task: asyncio.Task | None = None
+        self.switchable = switchable
+
+    def role_of(self, name: str) -> str:
+        for role, pool in self.views.items():
+            if name in pool:
+                return role
+        raise KeyError(name)
+
+    def move(self, name: str, role: str) -> None:
+        """Serve worker ``name`` from pool ``role`` from now on (a switchable worker that
+        announced it, or was just told to)."""
+        old = self.role_of(name)
+        self._moved_at[name] = time.monotonic()
+        if old != role:
+            self.views.setdefault(role, {})[name] = self.views[old].pop(name)
+            logger.info("worker %s now serves as %s (was %s)", name, role, old)
 
     def healthy(self, role: str, exclude: set[str] = frozenset()) -> list[WorkerView]:
         return [v for v in self.views[role].values() if v.healthy and v.name not in exclude]
@@ -93,6 +114,10 @@ class WorkerRegistry:
                 view.cached_hashes.clear()
                 self._index[view.name].reset()
             view.incarnation = res.incarnation
+            # A report asked before the worker last moved may name its old role: not a move back.
+            if self.switchable and res.role in self.views and view.name not in self.views[res.role] \
+                    and self._moved_at.get(view.name, float("-inf")) < asked:
+                self.move(view.name, res.role)
             view.healthy = res.healthy
             view.queue_depth, view.running = res.queue_depth, res.running
             view.free_kv_blocks, view.total_kv_blocks = res.free_kv_blocks, res.total_kv_blocks

@@ -57,3 +57,30 @@ def test_a_caller_older_than_the_history_or_from_the_future_gets_the_whole_set()
 def test_history_must_hold_a_version():
     with pytest.raises(ValueError):
         CachedHashFeed(history=0)
+
+
+def test_a_report_gives_the_mean_step_since_the_previous_report_and_zero_when_none_ran():
+    import asyncio
+
+    from engine import LLM, SamplingParams
+    from engine.driver import EngineDriver
+    from engine.load import LoadReporter
+
+    driver = EngineDriver(LLM("stories260K").engine, "steps")
+    reporter = LoadReporter("w", "inc", "decode", with_hashes=False)
+    try:
+        async def main():
+            first = await reporter.report(driver)
+            q = driver.subscribe("a")
+            await driver.call(lambda e: e.add_request("a", [1, 403, 407], SamplingParams(
+                temperature=0.0, max_tokens=16, ignore_eos=True)))
+            while not (await asyncio.wait_for(q.get(), 30)).finished:
+                pass
+            busy = await reporter.report(driver)
+            idle = await reporter.report(driver)
+            return first, busy, idle, driver.busy_s, driver.steps
+        first, busy, idle, busy_s, steps = asyncio.run(main())
+        assert first.step_ms == 0.0 and idle.step_ms == 0.0
+        assert steps == 16 and busy.step_ms == pytest.approx(1000 * busy_s / steps)
+    finally:
+        driver.stop()
