@@ -32,6 +32,7 @@ logger = logging.getLogger(__name__)
 
 _GROUP_FETCH_KEEP_S = 5.0     # a fork group's shared prefix fetch stays this long for late samples
 _CANCELLED_KEEP_S = 30.0      # a cancelled transfer's tombstone, when the request has no deadline
+SPEED_WINDOW_TOKENS = 512     # prompt tokens computed before the prefill speed is measured anew
 
 
 class PrefillWorker(AsyncRayKVSource):
@@ -45,7 +46,10 @@ class PrefillWorker(AsyncRayKVSource):
         from kv_transfer.handoff import KVSender
 
         self.engine = LLMEngine(engine_config)
+        # The prefill speed (tokens, seconds): measured once at start, then from the engine's
+        # own counters (``_measure_speed``).
         self.prefill_tokens, self.prefill_s = _measure_prefill(self.engine)
+        self._speed_mark = (0, 0.0)     # (prompt tokens computed, engine busy s) at the last measure
         self.driver = EngineDriver(self.engine, worker_id, on_fatal=exit_on_fatal)
         # Layer-wise streaming: the decode worker pulls from this actor (the Ray transport).
         self.sender = KVSender(self.engine.kv_layout, kv, streaming=kv.transport == "ray")
@@ -111,10 +115,6 @@ class PrefillWorker(AsyncRayKVSource):
         finally:
             self.driver.unsubscribe(rid)
         compute_s = time.perf_counter() - t0
-        computed = len(req.prompt_token_ids) - out.num_cached_tokens
-        if computed > 0 and req.fork_size <= 1:   # a fork group's time includes its gathering wait
-            self.prefill_tokens += computed
-            self.prefill_s += compute_s
         timings = {"store_ms": store.store_ms, "prefill_ms": 1000 * compute_s}
         result = PrefillResult(rid, self.worker_id, out.token_ids[-1], out.new_text, out.finish_reason,
                                out.num_cached_tokens, timings_ms=timings, store=store,
@@ -165,9 +165,22 @@ class PrefillWorker(AsyncRayKVSource):
         except Exception as exc:   # the stream was aborted: the receiver sees the error
             logger.warning("request %s: KV send failed: %s", request_id, exc)
 
+    async def _measure_speed(self) -> None:
+        """The prefill speed anew once ``SPEED_WINDOW_TOKENS`` more prompt tokens were computed:
+        those tokens over the engine's busy time meanwhile. Throughput, not one request's time
+        (which, in a batch or behind a queue, counts its wait as if it were compute)."""
+        def read(e):
+            return e.stats["prompt_tokens"] - e.stats["cached_tokens"], self.driver.busy_s
+        computed, busy = await self.driver.call(read)
+        tokens, seconds = computed - self._speed_mark[0], busy - self._speed_mark[1]
+        if tokens >= SPEED_WINDOW_TOKENS and seconds > 0:
+            self.prefill_tokens, self.prefill_s = tokens, seconds
+            self._speed_mark = (computed, busy)
+
     async def load(self, since_incarnation: str = "", since_version: int = 0) -> WorkerLoad:
         """Load figures, and the prefix-cache index as a delta from ``since_version`` (the
         version the caller holds of this incarnation's index; anything else: the whole set)."""
+        await self._measure_speed()
         return await self.reporter.report(self.driver, since_incarnation, since_version,
                                           self.prefill_tokens_per_s, self.prefix.stats())
 
