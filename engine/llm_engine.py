@@ -30,6 +30,9 @@ from engine.tokenizer import IncrementalDetokenizer
 
 logger = logging.getLogger(__name__)
 
+STALL_LIMIT_S = 10.0   # how long a step with nothing schedulable waits for parked sequences' blocks
+STALL_POLL_S = 0.002   # the driver's wait for a command meanwhile
+
 
 class LLMEngine:
     def __init__(self, config: EngineConfig, loaded: LoadedModel | None = None):
@@ -59,6 +62,7 @@ class LLMEngine:
         self.eos_token_ids = set(cfg.eos_token_ids)
         self.requests: dict[str, Sequence] = {}
         self.forks = ForkGroups()
+        self._stalled_since: float | None = None   # nothing schedulable while parked sequences hold blocks
         self._seed_rng = torch.Generator().manual_seed(config.seed)
         self.stats = {"prompt_tokens": 0, "cached_tokens": 0, "generated_tokens": 0, "steps": 0}
 
@@ -151,6 +155,7 @@ class LLMEngine:
         seq = self._get(request_id)
         self.scheduler.release_blocks(seq)
         del self.requests[request_id]
+        self._stalled_since = None
 
     def abort(self, request_id: str) -> RequestOutput | None:
         seq = self.requests.pop(request_id, None)
@@ -161,6 +166,7 @@ class LLMEngine:
         if heir is not None:       # the group's prompt is computed for the next sample instead
             self.scheduler.add(heir)
         seq.status, seq.finish_reason = SequenceStatus.FINISHED, "abort"
+        self._stalled_since = None
         return self._output(seq, [], "")
 
     def has_unfinished(self) -> bool:
@@ -168,7 +174,10 @@ class LLMEngine:
 
     def idle_s(self) -> float | None:
         """How long the engine has nothing to compute: 0 when it has, else until a held
-        fork-group leader is due (``engine.fork``); None when it holds nothing at all."""
+        fork-group leader is due (``engine.fork``); None when it holds nothing at all. While
+        stalled on parked sequences' blocks, a short wait (for the command that frees them)."""
+        if self._stalled_since is not None:
+            return STALL_POLL_S
         return 0.0 if self.scheduler.has_work() else self.forks.wait_s()
 
     def free_block_count(self) -> int:
@@ -181,6 +190,7 @@ class LLMEngine:
         batch = self.scheduler.schedule()
         if not batch:
             return self._unstick()
+        self._stalled_since = None
         sampling_rows = [i for i, (s, n) in enumerate(zip(batch.seqs, batch.num_new))
                          if s.num_computed + n == s.num_tokens]
         prompt_rows = [i for i, s in enumerate(batch.seqs)
@@ -246,9 +256,18 @@ class LLMEngine:
         self.requests.pop(seq.request_id, None)
 
     def _unstick(self) -> list[RequestOutput]:
-        """Nothing could be scheduled: a lone sequence that cannot get blocks is aborted."""
+        """Nothing could be scheduled. While parked sequences hold blocks (prefilled, their
+        KV about to be exported and released by the worker that owns them), wait for them, up
+        to ``STALL_LIMIT_S``; otherwise a lone sequence that cannot get blocks is aborted."""
         if not self.scheduler.running and not self.scheduler.waiting:
             return []
+        now = time.monotonic()
+        if any(s.status is SequenceStatus.PARKED for s in self.requests.values()):
+            if self._stalled_since is None:
+                self._stalled_since = now
+            if now - self._stalled_since < STALL_LIMIT_S:
+                return []
+        self._stalled_since = None
         seq = (self.scheduler.running or list(self.scheduler.waiting))[0]
         logger.error("request %s cannot get KV blocks (%d free, parked sequences hold the rest?); aborting",
                      seq.request_id, self.pool.num_free)

@@ -32,6 +32,7 @@ class LoadReporter:
         self.feed = CachedHashFeed() if with_hashes else None
         self.started = time.monotonic()
         self._steps = (0, 0.0)      # the driver's (steps, busy seconds) at the previous report
+        self.counters = (0, 0.0)    # (prompt tokens computed, busy seconds) at the last report
 
     async def report(self, driver: EngineDriver, since_incarnation: str = "", since_version: int = 0,
                      prefill_tokens_per_s: float = 0.0, store: dict | None = None) -> WorkerLoad:
@@ -41,6 +42,8 @@ class LoadReporter:
         fig, hashes, steps = await driver.call(lambda e: (_figures(e, wall),
                                                           frozenset(e.pool.by_hash) if with_hashes else None,
                                                           (driver.steps, driver.busy_s)))
+        # (prompt tokens computed, engine busy s), read together: what a prefill speed needs
+        self.counters = (fig.pop("computed_prompt_tokens"), steps[1])
         load = WorkerLoad(self.worker_id, self.incarnation, self.role, fig["queue_depth"], fig["running"],
                           fig["free_kv_blocks"], fig["total_kv_blocks"], fig["tokens_per_s"],
                           prefill_tokens_per_s, store=store or {}, node=self.node,
@@ -62,6 +65,7 @@ def _figures(engine: LLMEngine, wall_s: float) -> dict:
     sched = engine.scheduler
     tokens = engine.stats["generated_tokens"]
     return {
+        "computed_prompt_tokens": engine.stats["prompt_tokens"] - engine.stats["cached_tokens"],
         "queue_depth": len(sched.waiting),
         "running": len(sched.running),
         # Prompt tokens not computed yet, of requests waiting or still in (chunked) prefill.

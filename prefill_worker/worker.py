@@ -35,6 +35,10 @@ _CANCELLED_KEEP_S = 30.0      # a cancelled transfer's tombstone, when the reque
 SPEED_WINDOW_TOKENS = 512     # prompt tokens computed before the prefill speed is measured anew
 
 
+class PrefillAborted(RuntimeError):
+    """The engine aborted a prompt it could not place (the router retries another worker)."""
+
+
 class PrefillWorker(AsyncRayKVSource):
     def __init__(self, worker_id: str, engine_config: EngineConfig, kv: KVTransferConfig,
                  store: StoreConfig | None = None):
@@ -108,6 +112,10 @@ class PrefillWorker(AsyncRayKVSource):
             if isinstance(out, BaseException):
                 added = False    # the engine is gone, and the request with it
                 raise EngineFailed(f"the engine failed: {type(out).__name__}: {out}")
+            if not out.new_token_ids:   # the engine gave up on it (no KV blocks): another worker may not
+                added = False
+                raise PrefillAborted(f"{self.worker_id} could not prefill request {rid} "
+                                     f"({out.finish_reason}: no KV blocks for its prompt)")
         except BaseException:
             if added:
                 await asyncio.shield(self.driver.call(lambda e: e.abort(rid)))
@@ -165,13 +173,11 @@ class PrefillWorker(AsyncRayKVSource):
         except Exception as exc:   # the stream was aborted: the receiver sees the error
             logger.warning("request %s: KV send failed: %s", request_id, exc)
 
-    async def _measure_speed(self) -> None:
+    def _measure_speed(self, computed: int, busy: float) -> None:
         """The prefill speed anew once ``SPEED_WINDOW_TOKENS`` more prompt tokens were computed:
-        those tokens over the engine's busy time meanwhile. Throughput, not one request's time
-        (which, in a batch or behind a queue, counts its wait as if it were compute)."""
-        def read(e):
-            return e.stats["prompt_tokens"] - e.stats["cached_tokens"], self.driver.busy_s
-        computed, busy = await self.driver.call(read)
+        those tokens over the engine's busy time meanwhile (the load report's counters).
+        Throughput, not one request's time (which, in a batch or behind a queue, counts its
+        wait as if it were compute)."""
         tokens, seconds = computed - self._speed_mark[0], busy - self._speed_mark[1]
         if tokens >= SPEED_WINDOW_TOKENS and seconds > 0:
             self.prefill_tokens, self.prefill_s = tokens, seconds
@@ -180,9 +186,10 @@ class PrefillWorker(AsyncRayKVSource):
     async def load(self, since_incarnation: str = "", since_version: int = 0) -> WorkerLoad:
         """Load figures, and the prefix-cache index as a delta from ``since_version`` (the
         version the caller holds of this incarnation's index; anything else: the whole set)."""
-        await self._measure_speed()
-        return await self.reporter.report(self.driver, since_incarnation, since_version,
-                                          self.prefill_tokens_per_s, self.prefix.stats())
+        load = await self.reporter.report(self.driver, since_incarnation, since_version, 0.0, self.prefix.stats())
+        self._measure_speed(*self.reporter.counters)
+        load.prefill_tokens_per_s = self.prefill_tokens_per_s
+        return load
 
     async def ping(self) -> str:
         return self.incarnation
