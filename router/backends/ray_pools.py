@@ -103,7 +103,7 @@ class RayPoolsBackend(Backend):
         rid = request.request_id
         salt = b"" if self.tenant_sharing else request.tenant.encode()
         sampling = request.sampling.to_dict()
-        progress = _Progress(key=resume_key(request))
+        progress = _Progress(key=resume_key(request, sampling))
         generated = progress.token_ids
         usage = Usage(prompt_tokens=len(request.prompt_token_ids))
         holder = None

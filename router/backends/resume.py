@@ -31,12 +31,14 @@ class StreamGap(Exception):
     """An event starts after what the client has: tokens or text in between are missing."""
 
 
-def resume_key(request: GenerateRequest) -> str:
-    """A digest of what makes a request the same one: tenant, prompt and sampling."""
+def resume_key(request: GenerateRequest, sampling: dict | None = None) -> str:
+    """A digest of what makes a request the same one: tenant, prompt and sampling
+    (``sampling``: ``request.sampling.to_dict()`` when the caller has it already)."""
     h = hashlib.blake2b(digest_size=16)
     h.update(request.tenant.encode() + b"\0")
     h.update(array("q", request.prompt_token_ids).tobytes())
-    h.update(json.dumps(request.sampling.to_dict(), sort_keys=True, default=str).encode())
+    h.update(json.dumps(request.sampling.to_dict() if sampling is None else sampling,
+                        sort_keys=True, default=str).encode())
     return h.hexdigest()
 
 

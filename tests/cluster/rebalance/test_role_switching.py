@@ -35,7 +35,7 @@ def cluster():
         "mode=disaggregated", "router.grpc_port=0", "router.admission.enabled=false",
         "pools.prefill.workers=1", "pools.decode.workers=2", "pools.prefill.cpus_per_worker=0.25",
         "pools.decode.cpus_per_worker=0.25", "model.num_threads=1", "model.max_num_seqs=64",
-        "router.health_poll_s=0.2", "rebalance.enabled=true", "rebalance.interval_s=0.3",
+        "router.health_poll_s=0.2", "router.metrics_port=0", "rebalance.enabled=true", "rebalance.interval_s=0.3",
         "rebalance.cooldown_s=0", "rebalance.min_dwell_s=0", "rebalance.sustain=2",
         "slo.ttft_ms=5", "slo.tpot_ms=100000", "rebalance.kv_high=1"])
     with BackgroundCluster(cfg) as c:
@@ -144,3 +144,23 @@ def test_the_controller_moves_a_decode_worker_to_prefill_when_a_burst_queues_pro
     assert decision.pressure.prefill_queue_s > 0.005 and "prefill pressure" in decision.reason
     assert reacted <= 10.0, f"reacted after {reacted:.1f} s"
     assert len(set(map(tuple, results.values()))) == 1     # the same prompt, greedy: one answer
+
+
+def test_every_decision_is_exported_with_its_inputs(cluster):
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+    port = cluster.cluster.server.metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
+               for fam in text_string_to_metric_families(text) for s in fam.samples}
+    rebalancer = cluster.cluster.rebalancer
+    made = [(d.from_role, d.to_role) for d in rebalancer.policy.history]
+    # The test switches above went through the controller too: at least as many as it decided.
+    assert samples[("tandem_rebalance_switches_total", (("from_role", "decode"), ("to_role", "prefill")))] \
+        >= made.count(("decode", "prefill")) >= 1
+    for pool in ("prefill", "decode"):
+        assert ("tandem_rebalance_pressure", (("pool", pool),)) in samples
+    for name in ("tandem_rebalance_prefill_queue_seconds", "tandem_rebalance_decode_step_ms",
+                 "tandem_rebalance_decode_kv_use"):
+        assert (name, ()) in samples

@@ -50,6 +50,7 @@ def _req(prompt=(1, 2, 3), tenant="", **sampling):
 def test_the_resume_key_changes_with_tenant_prompt_or_sampling_and_not_otherwise():
     key = resume_key(_req(max_tokens=8))
     assert resume_key(_req(max_tokens=8)) == key
+    assert resume_key(_req(max_tokens=8), _req(max_tokens=8).sampling.to_dict()) == key   # the caller's dict
     assert resume_key(_req(tenant="b", max_tokens=8)) != key
     assert resume_key(_req(prompt=(1, 2, 4), max_tokens=8)) != key
     assert resume_key(_req(max_tokens=9)) != key
