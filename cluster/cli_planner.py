@@ -40,30 +40,40 @@ def _workload(args: argparse.Namespace):
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from cluster.planner.plan import fewest, plan, run_config
+    from cluster.planner.plan import fewest_resources, plan_resources, run_config, unit
     from cluster.planner.profile import Profile
-    prof = Profile.load(args.profile)
-    workers = args.workers
-    if args.gpus:
-        if not prof.gpus_per_worker:
-            raise ValueError("--gpus needs a GPU profile (gpus_per_worker > 0); give --workers")
-        workers = args.gpus // prof.gpus_per_worker
-    if not workers or workers < 1:
-        raise ValueError("give --workers N (or --gpus N with a GPU profile)")
+    profiles = [Profile.load(path) for path in args.profile]
+    kind, per = unit(profiles[0])
+    if args.cores and args.gpus:
+        raise ValueError("give --cores or --gpus, not both")
+    if args.workers:
+        if len(profiles) > 1:
+            raise ValueError("several profiles (worker sizes) need --cores or --gpus, not --workers")
+        resources = args.workers * per
+    elif args.gpus or args.cores:
+        if (kind == "gpus") != bool(args.gpus):
+            raise ValueError(f"these are {'GPU' if kind == 'gpus' else 'CPU'} profiles: give "
+                             f"--{'gpus' if kind == 'gpus' else 'cores'}")
+        resources = args.gpus or args.cores
+    else:
+        raise ValueError("give --workers N, --cores N (CPU profiles) or --gpus N (GPU profiles)")
     if args.fewest:
         if args.rate is None:
             raise ValueError("--fewest needs --rate: the rate the fewest workers must serve")
-        needed, ranked = fewest(prof, _workload(args), args.rate, args.ttft_ms, args.tpot_ms,
-                                attainment=args.attainment, max_workers=workers, max_splits=args.max_splits)
-        print(json.dumps({"fewest_workers": needed, "gpus": needed * prof.gpus_per_worker,
+        needed, ranked = fewest_resources(profiles, _workload(args), args.rate, args.ttft_ms, args.tpot_ms,
+                                          attainment=args.attainment, max_resources=resources,
+                                          max_splits=args.max_splits)
+        top = ranked[0].profile
+        print(json.dumps({f"fewest_{kind}": needed, "fewest_workers": needed // unit(top)[1],
+                          "gpus": needed if kind == "gpus" else 0, "profile": top.name,
                           "rate": args.rate, "attainment_target": args.attainment}))
     else:
-        ranked = plan(prof, _workload(args), workers, args.ttft_ms, args.tpot_ms, rate=args.rate,
-                      attainment=args.attainment, max_splits=args.max_splits)
+        ranked = plan_resources(profiles, _workload(args), resources, args.ttft_ms, args.tpot_ms, rate=args.rate,
+                                attainment=args.attainment, max_splits=args.max_splits)
     for rank, c in enumerate(ranked[:args.top], 1):
         print(json.dumps({"rank": rank, **c.row()}))
-    best = run_config(ranked[0].layout, prof)
-    print(json.dumps({"best": ranked[0].layout.describe(), **best}))
+    best = run_config(ranked[0].layout, ranked[0].profile)
+    print(json.dumps({"best": ranked[0].layout.describe(), "profile": ranked[0].profile.name, **best}))
     return 0
 
 
@@ -80,7 +90,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=_cmd_profile)
 
     q = sub.add_parser("plan", help="rank layouts for a profile, a workload and TTFT/TPOT objectives")
-    q.add_argument("--profile", required=True, help="a profile JSON (tandem profile)")
+    q.add_argument("--profile", required=True, action="append",
+                   help="a profile JSON (tandem profile); repeat it, one per worker size (threads or "
+                        "GPUs per worker), to search the size too (with --cores / --gpus)")
     q.add_argument("--workload", default="mooncake-conv",
                    help="a shipped trace (azure-code, azure-conv, mooncake-conv, mooncake-synth), a trace "
                         "file, or synthetic:<prompt>:<output>")
@@ -88,6 +100,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--max-model-len", type=int, default=None, help="clip trace lengths to this context")
     q.add_argument("--workers", type=int, help="workers to place")
     q.add_argument("--gpus", type=int, help="GPUs to place (a GPU profile's gpus_per_worker each)")
+    q.add_argument("--cores", type=int, help="CPU cores to place (a CPU profile's threads_per_worker each)")
     q.add_argument("--ttft-ms", type=float, required=True)
     q.add_argument("--tpot-ms", type=float, required=True)
     q.add_argument("--rate", type=float, help="judge every layout at this rate (else: each one's max goodput)")

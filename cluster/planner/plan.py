@@ -8,6 +8,11 @@ rate and ranked by attainment of both objectives (then by the p99 figures); with
 max goodput (the highest rate at which ``attainment`` of the requests meet both, found by
 bisection). ``--fewest`` (with ``--rate``) instead finds the fewest workers that meet the
 objectives at that rate (``fewest``), up to ``--workers``.
+
+Threads (or GPUs) per worker are searched too when several profiles are given, one per
+worker size (``tandem profile --threads N`` each): for a fixed number of cores (``--cores``)
+or GPUs, each profile places as many workers as fit, and every profile's candidates are
+ranked together (``plan_resources``); ``--fewest`` then finds the fewest cores or GPUs.
 """
 from __future__ import annotations
 
@@ -26,9 +31,13 @@ class Candidate:
     attainment: float | None = None
     goodput_rps: float | None = None
     figures: dict | None = None
+    profile: Profile | None = None      # the worker size it was simulated with
 
     def row(self) -> dict:
-        return {"layout": self.layout.describe(), **asdict(self.layout), "attainment": self.attainment,
+        size = {} if self.profile is None else {
+            "profile": self.profile.name, "threads_per_worker": self.profile.threads_per_worker,
+            "gpus_per_worker": self.profile.gpus_per_worker}
+        return {"layout": self.layout.describe(), **asdict(self.layout), **size, "attainment": self.attainment,
                 "goodput_rps": self.goodput_rps, **(self.figures or {})}
 
 
@@ -56,19 +65,55 @@ def plan(profile: Profile, workload: Workload, workers: int, ttft_ms: float, tpo
         workload = workload.with_rate(rate)
     ranked = []
     for layout in candidates(workers, max_splits):
-        c = Candidate(layout)
+        c = Candidate(layout, profile=profile)
         if rate is not None:
             res = simulate(profile, layout, workload)
             c.attainment, c.figures = res.attainment(ttft_ms, tpot_ms), res.summary()
         else:
             c.goodput_rps = max_goodput(profile, layout, workload, ttft_ms, tpot_ms, attainment)
         ranked.append(c)
-    if rate is not None:
+    return _rank(ranked, rate is not None)
+
+
+def _rank(ranked: list[Candidate], at_rate: bool) -> list[Candidate]:
+    if at_rate:
         ranked.sort(key=lambda c: (-c.attainment, c.figures["ttft_p99_ms"] + c.figures["tpot_p99_ms"]))
     else:
         ranked.sort(key=lambda c: -c.goodput_rps)
     return ranked
 
+
+def unit(profile: Profile) -> tuple[str, int]:
+    """What a worker of ``profile`` takes: ("gpus", n) or ("cores", threads)."""
+    if profile.gpus_per_worker:
+        return "gpus", profile.gpus_per_worker
+    return "cores", max(1, profile.threads_per_worker)
+
+
+def workers_for(profile: Profile, resources: int) -> int:
+    """Workers of ``profile`` that ``resources`` cores (or GPUs, for a GPU profile) hold."""
+    return resources // unit(profile)[1]
+
+
+def plan_resources(profiles: list[Profile], workload: Workload, resources: int, ttft_ms: float,
+                   tpot_ms: float, rate: float | None = None, attainment: float = 0.9,
+                   max_splits: int = 24) -> list[Candidate]:
+    """``plan`` for each worker size (profile) on ``resources`` cores or GPUs, ranked together.
+    Profiles must all be CPU or all GPU; a size that fits no worker is skipped (ValueError
+    if none fits)."""
+    if not profiles:
+        raise ValueError("give at least one profile")
+    kinds = {unit(p)[0] for p in profiles}
+    if len(kinds) > 1:
+        raise ValueError("profiles mix CPU and GPU workers: plan them separately")
+    ranked: list[Candidate] = []
+    for prof in profiles:
+        n = workers_for(prof, resources)
+        if n >= 1:
+            ranked += plan(prof, workload, n, ttft_ms, tpot_ms, rate, attainment, max_splits)
+    if not ranked:
+        raise ValueError(f"{resources} {kinds.pop()} fit no worker of any profile")
+    return _rank(ranked, rate is not None)
 
 def fewest(profile: Profile, workload: Workload, rate: float, ttft_ms: float, tpot_ms: float,
            attainment: float = 0.9, max_workers: int = 1024, max_splits: int = 24) -> tuple[int, list[Candidate]]:
@@ -91,6 +136,30 @@ def fewest(profile: Profile, workload: Workload, rate: float, ttft_ms: float, tp
         else:
             lo = mid
     return hi, ranked
+
+
+def fewest_resources(profiles: list[Profile], workload: Workload, rate: float, ttft_ms: float,
+                     tpot_ms: float, attainment: float = 0.9, max_resources: int = 1024,
+                     max_splits: int = 24) -> tuple[int, list[Candidate]]:
+    """The fewest cores (or GPUs) meeting the objectives at ``rate``, over every worker size:
+    ``fewest`` per profile, the size that needs the least. ValueError when none can."""
+    best: tuple[int, list[Candidate]] | None = None
+    reasons = []
+    for prof in profiles:
+        cap = workers_for(prof, max_resources)
+        if cap < 1:
+            continue
+        try:
+            n, ranked = fewest(prof, workload, rate, ttft_ms, tpot_ms, attainment, cap, max_splits)
+        except ValueError as exc:
+            reasons.append(f"{prof.name}: {exc}")
+            continue
+        need = n * unit(prof)[1]
+        if best is None or need < best[0]:
+            best = (need, ranked)
+    if best is None:
+        raise ValueError("; ".join(reasons) or f"{max_resources} fit no worker of any profile")
+    return best
 
 
 def run_config(best: Layout, profile: Profile) -> dict[str, list[str]]:

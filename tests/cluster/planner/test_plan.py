@@ -82,3 +82,45 @@ def test_the_fewest_workers_for_a_rate_meet_it_and_one_fewer_does_not():
     assert needed < 32
     with pytest.raises(ValueError, match="even 2 workers"):
         fewest(PROF, w, 500.0, ttft_ms=1500, tpot_ms=25, max_workers=2)
+
+
+def _cpu(threads: int, speedup: float):
+    """A CPU worker of ``threads`` threads, ``speedup`` times the one-thread worker's speed."""
+    from cluster.planner.profile import DecodeCost, HandoffCost, Limits, PrefillCost, Profile
+    return Profile(f"cpu{threads}", "cpu", "manual", 10_000, threads_per_worker=threads,
+                   prefill=PrefillCost(2.0 / speedup, 0.2 / speedup), decode=DecodeCost(4.0 / speedup, 0.3 / speedup),
+                   handoff=HandoffCost(1.0, 5.0), limits=Limits(64, 100_000))
+
+
+@pytest.mark.parametrize("speedup,size", [(1.3, 1), (3.0, 2)])
+def test_the_worker_size_is_searched_and_follows_how_well_threads_scale(speedup, size):
+    from cluster.planner.plan import fewest_resources, plan_resources
+    profiles = [_cpu(1, 1.0), _cpu(2, speedup)]
+    w = Workload.synthetic(300, rate=4, prompt=400, output=40, seed=1)
+    ranked = plan_resources(profiles, w, 4, ttft_ms=500, tpot_ms=60, rate=12.0)
+    assert {c.profile.threads_per_worker for c in ranked} == {1, 2}
+    assert all((c.layout.prefill_workers + c.layout.decode_workers) * c.profile.threads_per_worker == 4
+               for c in ranked)
+    assert ranked[0].profile.threads_per_worker == size and ranked[0].row()["threads_per_worker"] == size
+    cores, best = fewest_resources(profiles, w, 12.0, ttft_ms=500, tpot_ms=60, max_resources=16)
+    assert best[0].attainment >= 0.9 and cores % best[0].profile.threads_per_worker == 0
+
+
+def test_tandem_plan_searches_worker_sizes_on_cores_and_names_what_is_missing(tmp_path):
+    paths = []
+    for threads, speedup in ((1, 1.0), (2, 1.6)):
+        paths += ["--profile", str(tmp_path / f"cpu{threads}.json")]
+        _cpu(threads, speedup).save(paths[-1])
+    base = [sys.executable, "-m", "cluster.cli", "plan", *paths, "--workload", "synthetic:400:40",
+            "--requests", "200", "--ttft-ms", "500", "--tpot-ms", "60", "--rate", "8", "--top", "40"]
+    out = subprocess.run(base + ["--cores", "4"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines()]
+    assert {r["profile"] for r in rows[:-1]} == {"cpu1", "cpu2"}
+    best = rows[-1]
+    threads = {"cpu1": 1, "cpu2": 2}[best["profile"]]
+    assert f"pools.decode.cpus_per_worker={threads}" in best["set"]
+    out = subprocess.run(base + ["--workers", "4"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "need --cores or --gpus" in out.stderr
+    out = subprocess.run(base + ["--gpus", "4"], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "give --cores" in out.stderr
