@@ -1,6 +1,6 @@
 """Live P/D rebalancing against static pools, on a workload whose shape shifts mid-run.
 
-    .venv/bin/python -m benchmarks.rebalance_shift                 # 3 configs x 2 reps, ~12 min
+    .venv/bin/python -m benchmarks.rebalance_shift                 # 3 configs x 3 reps, ~20 min
     .venv/bin/python -m benchmarks.rebalance_shift --reps 1 --phase-s 20   # a quicker look
 
 Three single-thread workers of the ``llama-8m`` random-weight model on this host's cores,
@@ -39,6 +39,9 @@ BASE = ["mode=disaggregated", "router.grpc_port=0", "router.admission.enabled=fa
 CONFIGS = {
     "static-1P2D": ["pools.prefill.workers=1", "pools.decode.workers=2"],
     "static-2P1D": ["pools.prefill.workers=2", "pools.decode.workers=1"],
+    # Switchable workers that never switch: what the machinery itself costs.
+    "flex-1P2D": ["pools.prefill.workers=1", "pools.decode.workers=2", "rebalance.enabled=true",
+                  "rebalance.high=1000000", "rebalance.low=0"],
     "rebalance": ["pools.prefill.workers=1", "pools.decode.workers=2", "rebalance.enabled=true",
                   "rebalance.interval_s=0.5", "rebalance.min_dwell_s=8", "rebalance.cooldown_s=4"],
 }
@@ -110,12 +113,12 @@ def run_one(name: str, plan: list[dict], seed: int, slo: tuple[float, float], sc
     out = scratch / f"{name}-{seed}.json"
     with BackgroundCluster(cfg) as cluster:
         vocab = cluster.call(cluster.backend.model_info()).vocab_size
-        began = time.perf_counter()
+        began, began_wall = time.perf_counter(), time.time()
         subprocess.run([sys.executable, "-m", "benchmarks.rebalance_shift", "--drive", cluster.target,
                         json.dumps(plan), str(seed), str(vocab), str(out)], check=True, cwd=ROOT)
         wall = time.perf_counter() - began
         switches = [] if cluster.cluster.rebalancer is None else [
-            dict(worker=d.worker, to=d.to_role, reason=d.reason) for d in cluster.cluster.rebalancer.policy.history]
+            dict(worker=d.worker, to=d.to_role, at_s=round(d.at - began_wall, 1), reason=d.reason) for d in cluster.cluster.rebalancer.policy.history]
     records = json.loads(out.read_text())
     duration = sum(p["seconds"] for p in plan)
     result = dict(config=name, seed=seed, requests=len(records), wall_s=round(wall, 1), switches=switches)
@@ -145,13 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] == "--drive":
         return _child(argv[1:])
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--reps", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--phase-s", type=float, default=30.0)
-    ap.add_argument("--decode-rate", type=float, default=6.0, help="req/s in the decode-heavy phases")
-    ap.add_argument("--prefill-rate", type=float, default=8.0, help="req/s in the prefill-heavy phase")
+    ap.add_argument("--decode-rate", type=float, default=7.0, help="req/s in the decode-heavy phases")
+    ap.add_argument("--prefill-rate", type=float, default=5.0, help="req/s in the prefill-heavy phase")
     ap.add_argument("--ttft-ms", type=float, default=1000.0)
     ap.add_argument("--tpot-ms", type=float, default=25.0)
-    ap.add_argument("--configs", default=",".join(CONFIGS))
+    ap.add_argument("--configs", default="static-1P2D,static-2P1D,rebalance")
     ap.add_argument("--kv-blocks", type=int, default=160,
                     help="KV blocks per worker (16 tokens each): what one worker's memory holds")
     args = ap.parse_args(argv)

@@ -51,7 +51,7 @@ class RebalanceController:
                 total = load.total_kv_blocks or 1
                 out.append(Reading(view.name, role, load.role_since, load.queued_prompt_tokens,
                                    load.prefill_tokens_per_s, load.step_ms, load.running,
-                                   1 - load.free_kv_blocks / total))
+                                   1 - load.free_kv_blocks / total, load.queue_depth))
         return out
 
     async def tick(self) -> Decision | None:

@@ -9,7 +9,9 @@ measured against the objectives the cluster serves to:
   shows up here before any request's TTFT is known (the signal NVIDIA Dynamo's planner was
   reported to miss, ai-dynamo/dynamo#10528);
 - **decode**: the larger of the decode pool's slowest recent engine step over ``slo.tpot_ms``
-  and its fullest KV pool over ``rebalance.kv_high``.
+  and, where sequences wait for KV blocks to join a worker's batch, that worker's KV use over
+  ``rebalance.kv_high``. A full KV pool with nothing waiting is no pressure: long sequences
+  fill it while decoding is not what holds the cluster back.
 
 A switch is wanted when one pool's pressure is >= ``high`` while the other's is <= ``low``
 (the gap between the two is the hysteresis), for ``sustain`` readings in a row, no sooner
@@ -37,6 +39,7 @@ class Reading:
     step_ms: float = 0.0           # mean engine step since its previous report
     running: int = 0
     kv_use: float = 0.0            # used / total KV blocks
+    waiting: int = 0               # sequences waiting to join its batch (for KV blocks)
 
 
 @dataclass(slots=True)
@@ -55,6 +58,7 @@ class Decision:
     to_role: str
     pressure: Pressure
     reason: str
+    at: float = 0.0                # wall time of the decision
 
 
 @dataclass(slots=True)
@@ -80,7 +84,7 @@ class RebalancePolicy:
         queued = max(router_queued_tokens, sum(r.queued_prompt_tokens for r in prefill))
         queue_s = queued / speed if speed > 0 else 0.0
         step = max((r.step_ms for r in decode if r.running > 0), default=0.0)
-        kv = max((r.kv_use for r in decode), default=0.0)
+        kv = max((r.kv_use for r in decode if r.waiting > 0), default=0.0)
         return Pressure(queue_s * 1000 / self.ttft_ms, max(step / self.tpot_ms, kv / self.cfg.kv_high),
                         queue_s, step, kv)
 
@@ -112,6 +116,6 @@ class RebalancePolicy:
         key = (lambda r: (r.running, r.kv_use)) if source == "decode" else (lambda r: r.queued_prompt_tokens)
         worker = min(ready, key=key)
         self.last_switch, self._streak, self._want = now, 0, None
-        decision = Decision(worker.worker, source, want, p, reason)
+        decision = Decision(worker.worker, source, want, p, reason, now)
         self.history.append(decision)
         return decision

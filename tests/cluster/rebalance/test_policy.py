@@ -16,10 +16,11 @@ def policy(**cfg) -> RebalancePolicy:
     return RebalancePolicy(RebalanceConfig(**{**base, **cfg}), ttft_ms=100.0, tpot_ms=20.0, started=T0)
 
 
-def fleet(queued: int = 0, step_ms: float = 5.0, kv: float = 0.1, since: float = T0 - 100) -> list[Reading]:
+def fleet(queued: int = 0, step_ms: float = 5.0, kv: float = 0.1, since: float = T0 - 100,
+          waiting: int = 0) -> list[Reading]:
     """One prefill worker (10,000 tokens/s) and two decode workers."""
     return [Reading("p0", "prefill", since, queued, 10_000.0),
-            Reading("d0", "decode", since, step_ms=step_ms, running=8, kv_use=kv),
+            Reading("d0", "decode", since, step_ms=step_ms, running=8, kv_use=kv, waiting=waiting),
             Reading("d1", "decode", since, step_ms=step_ms, running=2, kv_use=kv)]
 
 
@@ -45,9 +46,16 @@ def test_slow_decode_steps_or_full_kv_move_a_prefill_worker_when_prefill_is_calm
     d = pol.decide(readings, T0)
     assert (d.from_role, d.to_role) == ("prefill", "decode") and d.pressure.decode == pytest.approx(1.5)
     pol = policy(sustain=1)
-    d = pol.decide(fleet(kv=0.95) + [Reading("p1", "prefill", T0 - 100, 50, 10_000.0)], T0)
+    d = pol.decide(fleet(kv=0.95, waiting=3) + [Reading("p1", "prefill", T0 - 100, 50, 10_000.0)], T0)
     assert (d.worker, d.to_role) == ("p0", "decode")     # the one with the least queued
     assert d.pressure.decode_kv_use == pytest.approx(0.95)
+
+
+def test_a_full_kv_pool_with_nothing_waiting_for_it_is_no_decode_pressure():
+    # Long sequences fill the decode workers' KV while prompts queue: prefill is what is short.
+    pol = policy(sustain=1)
+    d = pol.decide(fleet(queued=3000, kv=0.95), T0)
+    assert d is not None and d.to_role == "prefill" and d.pressure.decode < 0.5
 
 
 def test_between_the_thresholds_nothing_moves_and_the_streak_restarts():
