@@ -9,13 +9,15 @@ Azure conversation trace scaled, 80 rows per rate, its TTFT/TPOT objectives), re
 results folder. The predicted side: a profile measured now through the engine
 (``tandem profile``'s ``measure``, llama-8m, 1 thread), the same rows (the load generator's
 own replay, so the same lengths and arrival pattern) rescaled to each rate, simulated for
-both layouts. Prints per mode and rate the measured and predicted attainment, then per mode
+both layouts, with the workers, the router and the load generator sharing the host's cores
+(``--host-cores``, the simulator's shared-core model; 0: none). Prints per mode and rate the measured and predicted attainment, then per mode
 the max rate meeting the objective (>= 90% attainment on the grid) and the max goodput,
 measured vs predicted, with the relative error, and whether the two modes rank the same.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import subprocess
 import sys
@@ -51,6 +53,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--run", action="store_true", help="run benchmarks.disagg_vs_colocated first (9-12 min)")
     ap.add_argument("--reps", type=int, default=5, help="profile repetitions")
+    ap.add_argument("--host-cores", type=float, default=float(os.cpu_count() or 1),
+                    help="cores the workers, router and load generator share (0: model none)")
     args = ap.parse_args()
     if args.run:
         subprocess.run([sys.executable, "-m", "benchmarks.disagg_vs_colocated"], cwd=ROOT, check=True)
@@ -64,7 +68,7 @@ def main() -> None:
         ttft, tpot = slo["ttft_ms"], slo["tpot_ms"]
         pred_rows = []
         for step in sweep["steps"]:
-            res = simulate(prof, LAYOUTS[mode], w.with_rate(step["rate"]))
+            res = simulate(prof, LAYOUTS[mode], w.with_rate(step["rate"]), host_cores=args.host_cores or None)
             att = res.attainment(ttft, tpot)
             pred_rows.append((step["rate"], step["slo_attainment"], att))
             print(json.dumps({"bench": "planner_validate", "mode": mode, "rate": step["rate"],
@@ -88,7 +92,10 @@ def main() -> None:
     print(json.dumps({"bench": "planner_validate", "ranking_measured": "disaggregated" if md > mc else "colocated",
                       "ranking_predicted": "disaggregated" if pd > pc else "colocated",
                       "profile": {"prefill": [prof.prefill.base_ms, prof.prefill.ms_per_token, prof.prefill.ms_per_token2],
-                                  "decode": [prof.decode.base_ms, prof.decode.ms_per_seq, prof.decode.ms_per_ctx_token]}}),
+                                  "decode": [prof.decode.base_ms, prof.decode.ms_per_seq, prof.decode.ms_per_ctx_token],
+                                  "overhead": [prof.overhead.ttft_ms, prof.overhead.step_factor,
+                                               prof.overhead.cpu_ms_per_token]},
+                      "host_cores": args.host_cores}),
           flush=True)
 
 

@@ -129,6 +129,8 @@ class Served:
     batch: int
     alone: list[tuple[float, float]] = field(default_factory=list)
     batched: list[float] = field(default_factory=list)
+    cpu_ms: float = 0.0               # this process's CPU (router + client) over the timed requests
+    tokens: int = 0                   # tokens streamed in them
     outputs: list[tuple[list[int], list[int]]] = field(default_factory=list)   # (prompt, completion)
 
 
@@ -137,7 +139,8 @@ def overhead_from(prof: Profile, served: Served) -> Overhead:
     TTFT overhead is the served TTFT less the engine's prefill; the step factor the served
     step over the engine's step, at batch 1 and at ``served.batch`` (the batch decodes
     together after its prompts: wall less the prefills, per step). Medians; a served request
-    faster than the engine's figure gives no overhead (0 ms) rather than a negative one."""
+    faster than the engine's figure gives no overhead (0 ms) rather than a negative one. The
+    router's and client's CPU per streamed token is ``served.cpu_ms / served.tokens``."""
     if not served.alone:
         raise ValueError("served: no request served alone")
     ttft_over, factors = [], []
@@ -151,7 +154,8 @@ def overhead_from(prof: Profile, served: Served) -> Overhead:
     factor = statistics.median(factors)
     if factor <= 0:
         raise ValueError(f"served: a step factor of {factor:.3f} (the batch's prefills exceed its wall time)")
-    return Overhead(max(0.0, statistics.median(ttft_over)), factor)
+    cpu = served.cpu_ms / served.tokens if served.tokens else 0.0
+    return Overhead(max(0.0, statistics.median(ttft_over)), factor, cpu)
 
 
 def serve_samples(model: str, threads: int, reps: int = 5, prompt: int = 256, out: int = 33,
@@ -183,6 +187,7 @@ def serve_samples(model: str, threads: int, reps: int = 5, prompt: int = 256, ou
             return res
 
         one(prompt, 2)                                              # warm-up
+        cpu0 = time.process_time()
         for _ in range(reps):
             t0 = time.perf_counter()
             res = one(prompt, out)
@@ -192,6 +197,8 @@ def serve_samples(model: str, threads: int, reps: int = 5, prompt: int = 256, ou
                 t0 = time.perf_counter()
                 list(pool.map(lambda _: one(short, out), range(batch)))
                 served.batched.append((time.perf_counter() - t0) * 1e3)
+        served.cpu_ms = (time.process_time() - cpu0) * 1e3
+        served.tokens = sum(len(c) for _, c in served.outputs[1:])
     return served
 
 

@@ -73,6 +73,9 @@ class Overhead:
     every step a worker runs (its runtime beside the engine thread, the host it shares)."""
     ttft_ms: float = 0.0
     step_factor: float = 1.0
+    # CPU the router (and a client on the same host) spend per streamed token, in ms: what
+    # shares a host's cores with the workers (``simulate(host_cores=...)``).
+    cpu_ms_per_token: float = 0.0
 
 
 @dataclass(slots=True)

@@ -20,8 +20,14 @@ an arrival) the batch is constant, so the simulator jumps over whole runs of ste
 arithmetic series of their costs instead of stepping: its cost grows with requests, not
 tokens (100k requests of a 1,024-GPU fleet simulate in seconds).
 
-Not modelled (yet): prefix-cache and store hits, admission refusals, per-token streaming
-overheads, preemption.
+**Shared cores** (``host_cores``, for workers that share one host's CPU, as on this 2-core
+machine): each worker's costs are stretched by the expected processor share it gets,
+``E[max(1, (1 + K + r) / cores)]``, where K is how many other workers are busy (each busy
+with the probability its utilization, independently) and r the cores the router and client
+use (``overhead.cpu_ms_per_token`` per streamed token). Utilizations come from the simulation
+itself, so it runs to a fixed point (a few passes, damped).
+
+Not modelled (yet): prefix-cache and store hits, admission refusals, preemption.
 """
 from __future__ import annotations
 
@@ -148,10 +154,12 @@ class _Worker:
     steps between events."""
 
     __slots__ = ("p", "t", "steps", "b", "base", "active", "waiting", "prompts", "queued_tokens",
-                 "chunk", "kv_used", "sim")
+                 "chunk", "kv_used", "sim", "stretch", "busy_ms")
 
-    def __init__(self, sim: _Sim, chunk: int) -> None:
+    def __init__(self, sim: _Sim, chunk: int, stretch: float = 1.0) -> None:
         self.sim, self.p = sim, sim.profile
+        self.stretch = stretch        # the share of a core it gets (shared host cores)
+        self.busy_ms = 0.0
         self.t = 0.0                  # seconds: the last step boundary (or idle since)
         self.steps = 0
         self.b = 0
@@ -182,7 +190,7 @@ class _Worker:
             a += pf.base_ms
         if chunk:
             a += chunk * (pf.ms_per_token + pf.ms_per_token2 * plen)
-        f = self.p.overhead.step_factor
+        f = self.p.overhead.step_factor * self.stretch
         return a * f, d.ms_per_ctx_token * self.b * f, chunk, plen
 
     @staticmethod
@@ -211,7 +219,9 @@ class _Worker:
                 k = most
             else:
                 k = self._steps_to(a, q, (until - self.t) * 1e3, most)
-            self.t += (a * k + q * k * (k - 1) / 2) / 1e3
+            run_ms = a * k + q * k * (k - 1) / 2
+            self.t += run_ms / 1e3
+            self.busy_ms += run_ms
             self.steps += k
             if chunk:
                 head = self.prompts[0]
@@ -264,8 +274,11 @@ class _Worker:
 
 
 class _Sim:
-    def __init__(self, profile: Profile, layout: Layout, w: Workload, seed: int) -> None:
+    def __init__(self, profile: Profile, layout: Layout, w: Workload, seed: int,
+                 stretch: list[float] | None = None) -> None:
         self.profile, self.layout, self.w = profile, layout, w
+        self.stretch = stretch or [1.0] * layout.workers    # prefill workers first
+        self.busy: list[float] = []                         # ms each worker computed
         self.prompt, self.output = w.prompt, w.output
         n = len(w)
         self.first = np.full(n, np.nan)
@@ -291,23 +304,26 @@ class _Sim:
         w, prof, lay = self.w, self.profile, self.layout
         arrival = w.arrival_s
         if lay.mode == "colocated":
-            workers = [_Worker(self, lay.chunk_tokens) for _ in range(lay.decode_workers)]
+            workers = [_Worker(self, lay.chunk_tokens, self.stretch[i]) for i in range(lay.decode_workers)]
             for req in range(len(w)):
                 self.pick(workers, float(arrival[req])).submit(req, float(arrival[req]))
             for wk in workers:
                 wk.run_until(math.inf)
+            self.busy = [wk.busy_ms for wk in workers]
         else:
             free = [(0.0, i) for i in range(lay.prefill_workers)]
             heapq.heapify(free)
             ready = np.empty(len(w))
+            prefill_busy = [0.0] * lay.prefill_workers
             for req in range(len(w)):
                 t_free, i = heapq.heappop(free)
-                done = max(float(arrival[req]), t_free) + \
-                    prof.prefill.ms(int(self.prompt[req])) * prof.overhead.step_factor / 1e3
+                cost = prof.prefill.ms(int(self.prompt[req])) * prof.overhead.step_factor * self.stretch[i]
+                prefill_busy[i] += cost
+                done = max(float(arrival[req]), t_free) + cost / 1e3
                 heapq.heappush(free, (done, i))
                 self.first[req] = done
                 ready[req] = done + prof.handoff.ms(int(self.prompt[req]) * prof.kv_bytes_per_token) / 1e3
-            workers = [_Worker(self, 1) for _ in range(lay.decode_workers)]
+            workers = [_Worker(self, 1, self.stretch[lay.prefill_workers + i]) for i in range(lay.decode_workers)]
             for req in np.argsort(ready, kind="stable"):
                 req = int(req)
                 if self.output[req] <= 1:
@@ -317,6 +333,7 @@ class _Sim:
                 self.pick(workers, at).join(req, at)
             for wk in workers:
                 wk.run_until(math.inf)
+            self.busy = prefill_busy + [wk.busy_ms for wk in workers]
         # Serving's own latency (router, worker calls, streaming) delays what the client sees
         # of the first token; it keeps no worker busy.
         ttft = (self.first - arrival) * 1e3 + prof.overhead.ttft_ms
@@ -325,17 +342,61 @@ class _Sim:
         return Result(ttft, tpot, self.end)
 
 
-def simulate(profile: Profile, layout: Layout, workload: Workload, seed: int = 0) -> Result:
-    """Each request's TTFT and TPOT when ``workload`` meets ``layout`` on ``profile``'s workers."""
-    return _Sim(profile, layout, workload, seed).run()
+CONTENTION_PASSES = 6
+MAX_SHARED_WORKERS = 64
+
+
+def simulate(profile: Profile, layout: Layout, workload: Workload, seed: int = 0,
+             host_cores: float | None = None) -> Result:
+    """Each request's TTFT and TPOT when ``workload`` meets ``layout`` on ``profile``'s workers
+    (all on one host of ``host_cores`` cores, sharing them, when given)."""
+    if host_cores is None:
+        return _Sim(profile, layout, workload, seed).run()
+    if not host_cores > 0:
+        raise ValueError(f"host_cores must be > 0, got {host_cores}")
+    if layout.workers > MAX_SHARED_WORKERS:
+        raise ValueError(f"host_cores models workers sharing one host: at most {MAX_SHARED_WORKERS}, "
+                         f"got {layout.workers}")
+    stretch = [1.0] * layout.workers
+    first, tokens = float(workload.arrival_s[0]), float(workload.output.sum())
+    for _ in range(CONTENTION_PASSES):
+        sim = _Sim(profile, layout, workload, seed, stretch)
+        res = sim.run()
+        span = max(float(np.nanmax(res.end_s)), float(workload.arrival_s[-1])) - first
+        if span <= 0:
+            return res
+        util = [min(1.0, b / 1e3 / span) for b in sim.busy]
+        other = profile.overhead.cpu_ms_per_token * tokens / 1e3 / span
+        new = [cpu_share_stretch(util, i, other, host_cores) for i in range(len(util))]
+        if max(abs(n - s) for n, s in zip(new, stretch)) < 0.005:
+            break
+        stretch = [(n + s) / 2 for n, s in zip(new, stretch)]     # damped: utilization moves with it
+    return res
+
+
+def cpu_share_stretch(util: list[float], i: int, other_cores: float, cores: float) -> float:
+    """How much slower worker ``i`` computes while busy, on ``cores`` shared with the other
+    workers (busy independently with probabilities ``util``) and ``other_cores`` of steady
+    load: E[max(1, (1 + K + other) / cores)], K the number of other busy workers."""
+    dist = [1.0]                      # P(K = k) over the other workers, by convolution
+    for j, u in enumerate(util):
+        if j == i:
+            continue
+        nxt = [0.0] * (len(dist) + 1)
+        for k, pk in enumerate(dist):
+            nxt[k] += pk * (1 - u)
+            nxt[k + 1] += pk * u
+        dist = nxt
+    return sum(pk * max(1.0, (1 + k + other_cores) / cores) for k, pk in enumerate(dist))
 
 
 def max_goodput(profile: Profile, layout: Layout, workload: Workload, ttft_ms: float, tpot_ms: float,
-                attainment: float = 0.9, iters: int = 8, seed: int = 0) -> float:
+                attainment: float = 0.9, iters: int = 8, seed: int = 0, host_cores: float | None = None) -> float:
     """The highest arrival rate (req/s) at which ``attainment`` of the requests meet both
     objectives: the workload's arrivals rescaled, found by doubling then bisection."""
     def ok(rate: float) -> bool:
-        return simulate(profile, layout, workload.with_rate(rate), seed).attainment(ttft_ms, tpot_ms) >= attainment
+        return simulate(profile, layout, workload.with_rate(rate), seed,
+                        host_cores).attainment(ttft_ms, tpot_ms) >= attainment
     lo, hi = 0.0, max(workload.rate, 1e-3) if math.isfinite(workload.rate) else 1.0
     while ok(hi):
         lo, hi = hi, hi * 2

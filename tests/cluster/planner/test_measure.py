@@ -38,6 +38,7 @@ def test_the_serving_overhead_is_measured_on_requests_a_running_cluster_served_e
                             for _, c in served.outputs])
     assert [o.token_ids for o in offline] == [c for _, c in served.outputs]
     assert [len(c) for _, c in served.outputs] == [2, 9, 9, 9, 9, 9]
+    assert served.tokens == 5 * 9 and served.cpu_ms > 0      # the router and client's CPU, counted
 
 
 def test_the_overhead_is_what_makes_the_engine_costs_predict_the_served_figures():
@@ -49,9 +50,10 @@ def test_the_overhead_is_what_makes_the_engine_costs_predict_the_served_figures(
     # 11 steps of 3 ms (x2); a batch of 4 (prefills 4 x 2.2 ms, steps 3 ms): 11 steps of 6 ms
     served = Served(prompt=100, short=20, out=12, batch=4,
                     alone=[(5.0, 5.0 + 11 * 3.0), (4.0, 4.0 + 11 * 3.0), (6.0, 6.0 + 11 * 3.0)],
-                    batched=[4 * 2.2 + 11 * 6.0])
+                    batched=[4 * 2.2 + 11 * 6.0], cpu_ms=84.0, tokens=3 * 12 + 4 * 12)
     over = overhead_from(prof, served)
     assert abs(over.ttft_ms - 2.0) < 1e-9 and abs(over.step_factor - 2.0) < 1e-9
+    assert over.cpu_ms_per_token == 1.0
     fast = Served(100, 20, 12, 4, alone=[(1.0, 1.0 + 11 * 0.75)])
     over = overhead_from(prof, fast)
     assert over.ttft_ms == 0.0 and abs(over.step_factor - 0.5) < 1e-9

@@ -100,3 +100,32 @@ def test_bad_layouts_and_workloads_are_refused():
         Workload(np.array([1.0, 0.0]), np.array([1, 1]), np.array([1, 1]))
     with pytest.raises(ValueError, match=">= 1"):
         Workload(np.array([0.0]), np.array([0]), np.array([1]))
+
+
+def test_the_cpu_share_stretch_is_the_expected_share_of_shared_cores():
+    from cluster.planner.simulator import cpu_share_stretch
+    assert cpu_share_stretch([1.0, 1.0], 0, 0.0, 2) == 1.0                  # one core each
+    assert cpu_share_stretch([1.0, 1.0, 1.0], 0, 0.0, 2) == pytest.approx(1.5)   # 3 busy on 2 cores
+    # the other worker busy 40% of the time, the router a steady core: 1.0 or 1.5
+    assert cpu_share_stretch([1.0, 0.4], 0, 1.0, 2) == pytest.approx(0.6 * 1.0 + 0.4 * 1.5)
+
+
+def test_workers_sharing_too_few_cores_compute_slower_and_plenty_of_cores_change_nothing():
+    prof = profile()
+    w = Workload.synthetic(200, rate=20, prompt=200, output=40, seed=3)
+    lay = Layout("colocated", 0, 3, 256)
+    alone = simulate(prof, lay, w)
+    roomy = simulate(prof, lay, w, host_cores=64)
+    assert np.array_equal(alone.ttft_ms, roomy.ttft_ms) and np.allclose(alone.tpot_ms, roomy.tpot_ms, equal_nan=True)
+    tight = simulate(prof, lay, w, host_cores=1)
+    assert np.nanmedian(tight.tpot_ms) > 1.3 * np.nanmedian(alone.tpot_ms)
+    prof.overhead.cpu_ms_per_token = 5.0         # a router busy a core and more on its own
+    busier = simulate(prof, lay, w, host_cores=2)
+    assert np.nanmedian(busier.tpot_ms) > np.nanmedian(simulate(profile(), lay, w, host_cores=2).tpot_ms)
+
+
+def test_shared_cores_are_for_one_hosts_workers():
+    with pytest.raises(ValueError, match="host_cores must be > 0"):
+        simulate(profile(), Layout("colocated", 0, 2), one(10, 10), host_cores=0)
+    with pytest.raises(ValueError, match="at most 64"):
+        simulate(profile(), Layout("colocated", 0, 65), one(10, 10), host_cores=8)
