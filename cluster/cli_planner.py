@@ -69,7 +69,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
                           "rate": args.rate, "attainment_target": args.attainment}))
     else:
         ranked = plan_resources(profiles, _workload(args), resources, args.ttft_ms, args.tpot_ms, rate=args.rate,
-                                attainment=args.attainment, max_splits=args.max_splits)
+                                attainment=args.attainment, max_splits=args.max_splits,
+                                host_cores=args.host_cores)
     for rank, c in enumerate(ranked[:args.top], 1):
         print(json.dumps({"rank": rank, **c.row()}))
     best = run_config(ranked[0].layout, ranked[0].profile)
@@ -107,6 +108,9 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     q.add_argument("--fewest", action="store_true",
                    help="with --rate: the fewest workers (up to --workers / --gpus) meeting the objectives")
     q.add_argument("--attainment", type=float, default=0.9)
+    q.add_argument("--host-cores", type=float, default=None,
+                   help="the workers share one host of this many cores with the router (CPU "
+                        "serving on one machine): costs stretched by each worker's share")
     q.add_argument("--max-splits", type=int, default=24, help="P:D splits tried on large fleets")
     q.add_argument("--top", type=int, default=10)
     q.add_argument("--seed", type=int, default=0)

@@ -59,18 +59,21 @@ def candidates(workers: int, max_splits: int = 24) -> list[Layout]:
 
 
 def plan(profile: Profile, workload: Workload, workers: int, ttft_ms: float, tpot_ms: float,
-         rate: float | None = None, attainment: float = 0.9, max_splits: int = 24) -> list[Candidate]:
-    """Every candidate layout with its prediction, best first."""
+         rate: float | None = None, attainment: float = 0.9, max_splits: int = 24,
+         host_cores: float | None = None) -> list[Candidate]:
+    """Every candidate layout with its prediction, best first (``host_cores``: the workers
+    share one host of that many cores, ``simulate``'s shared-core model)."""
     if rate is not None:
         workload = workload.with_rate(rate)
     ranked = []
     for layout in candidates(workers, max_splits):
         c = Candidate(layout, profile=profile)
         if rate is not None:
-            res = simulate(profile, layout, workload)
+            res = simulate(profile, layout, workload, host_cores=host_cores)
             c.attainment, c.figures = res.attainment(ttft_ms, tpot_ms), res.summary()
         else:
-            c.goodput_rps = max_goodput(profile, layout, workload, ttft_ms, tpot_ms, attainment)
+            c.goodput_rps = max_goodput(profile, layout, workload, ttft_ms, tpot_ms, attainment,
+                                        host_cores=host_cores)
         ranked.append(c)
     return _rank(ranked, rate is not None)
 
@@ -97,7 +100,7 @@ def workers_for(profile: Profile, resources: int) -> int:
 
 def plan_resources(profiles: list[Profile], workload: Workload, resources: int, ttft_ms: float,
                    tpot_ms: float, rate: float | None = None, attainment: float = 0.9,
-                   max_splits: int = 24) -> list[Candidate]:
+                   max_splits: int = 24, host_cores: float | None = None) -> list[Candidate]:
     """``plan`` for each worker size (profile) on ``resources`` cores or GPUs, ranked together.
     Profiles must all be CPU or all GPU; a size that fits no worker is skipped (ValueError
     if none fits)."""
@@ -110,7 +113,7 @@ def plan_resources(profiles: list[Profile], workload: Workload, resources: int, 
     for prof in profiles:
         n = workers_for(prof, resources)
         if n >= 1:
-            ranked += plan(prof, workload, n, ttft_ms, tpot_ms, rate, attainment, max_splits)
+            ranked += plan(prof, workload, n, ttft_ms, tpot_ms, rate, attainment, max_splits, host_cores)
     if not ranked:
         raise ValueError(f"{resources} {kinds.pop()} fit no worker of any profile")
     return _rank(ranked, rate is not None)
