@@ -155,7 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ttft-ms", type=float, default=1000.0)
     ap.add_argument("--tpot-ms", type=float, default=25.0)
     ap.add_argument("--configs", default="static-1P2D,static-2P1D,rebalance")
-    ap.add_argument("--kv-blocks", type=int, default=160,
+    ap.add_argument("--settle-s", type=float, default=15.0, help="pause before each run")
+    ap.add_argument("--kv-blocks", type=int, default=120,
                     help="KV blocks per worker (16 tokens each): what one worker's memory holds")
     args = ap.parse_args(argv)
     import logging
@@ -171,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for rep in range(args.reps):
         order = names if rep % 2 == 0 else names[::-1]        # interleaved, alternating order
         for name in order:
+            time.sleep(args.settle_s)      # the previous run's processes gone before the next starts
             res = run_one(name, plan, seed=100 + rep, slo=(args.ttft_ms, args.tpot_ms), scratch=scratch,
                           extra=[f"model.num_kv_blocks={args.kv_blocks}"])
             runs[name].append(res)
