@@ -18,7 +18,6 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 from cluster.config import load_config  # noqa: E402
 from cluster.testing import BackgroundCluster  # noqa: E402
 from engine import LLM, SamplingParams  # noqa: E402
-from tandem_client import TandemClient  # noqa: E402
 from tandem_client.errors import InvalidArgument  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -52,13 +51,6 @@ def cluster():
     # check below (offline equality, stop strings, logprobs, penalties, samples) covers it.
     with BackgroundCluster(_cfg("disaggregated", **{"kv_transfer.entropy": "zstd"})) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def client(cluster):
-    c = TandemClient(cluster.target, timeout=120)
-    yield c
-    c.close()
 
 
 @pytest.fixture(scope="module")

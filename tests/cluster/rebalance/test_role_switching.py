@@ -16,7 +16,6 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 from cluster.config import load_config  # noqa: E402
 from cluster.testing import BackgroundCluster  # noqa: E402
 from engine import LLM, SamplingParams  # noqa: E402
-from tandem_client import TandemClient  # noqa: E402
 from tandem_client.errors import TandemError  # noqa: E402
 from waiting import wait_until  # noqa: E402
 
@@ -40,13 +39,6 @@ def cluster():
         "slo.ttft_ms=5", "slo.tpot_ms=100000", "rebalance.kv_high=1"])
     with BackgroundCluster(cfg) as c:
         yield c
-
-
-@pytest.fixture(scope="module")
-def client(cluster):
-    c = TandemClient(cluster.target, timeout=120)
-    yield c
-    c.close()
 
 
 def _roles(cluster) -> dict[str, str]:
