@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parent.parent
 MODEL = "llama-8m"
 BASE = ["mode=disaggregated", "router.grpc_port=0", "router.admission.enabled=false", "store.enabled=false",
         f"model.model={MODEL}", "model.num_threads=1", "pools.prefill.cpus_per_worker=0.5",
-        "pools.decode.cpus_per_worker=0.5", "router.health_poll_s=0.5", "model.max_num_seqs=128"]
+        "pools.decode.cpus_per_worker=0.5", "router.health_poll_s=0.5", "model.max_num_seqs=128", "model.max_model_len=1024"]
 CONFIGS = {
     "static-1P2D": ["pools.prefill.workers=1", "pools.decode.workers=2"],
     "static-2P1D": ["pools.prefill.workers=2", "pools.decode.workers=1"],
