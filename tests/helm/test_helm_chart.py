@@ -195,6 +195,14 @@ def test_the_ray_autoscaler_scales_each_pool_group_within_its_bounds(releases):
     assert [(g["minReplicas"], g["replicas"], g["maxReplicas"]) for g in groups.values()] == [(1, 2, 6), (1, 2, 8)]
 
 
+def test_rebalancing_set_in_the_values_reaches_every_routers_config(releases, tmp_path):
+    cfg = cluster_config(releases["ha-three-routers"], tmp_path)
+    assert cfg.rebalance.enabled and cfg.rebalance.min_dwell_s == 60
+    default = tmp_path / "default"
+    default.mkdir()
+    assert not cluster_config(releases["cpu-default"], default).rebalance.enabled
+
+
 @pytest.mark.parametrize("name", VALUE_SETS)
 def test_files_the_config_names_are_where_the_router_mounts_its_secrets(releases, name, tmp_path):
     release = releases[name]
