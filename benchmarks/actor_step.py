@@ -145,7 +145,7 @@ class ActorSide:
         self.handle = actor.remote(name, engine_config(), KVTransferConfig(), ROLE)
         self.settings = ray.get(self.handle.__ray_call__.remote(_install_probe), timeout=300)
         self.registry = WorkerRegistry({ROLE: {name: self.handle}}, poll_s=1.0)
-        self.hub = StreamHub(self.registry, ROLE, interval_s)
+        self.hub = StreamHub(self.registry, (ROLE,), interval_s)
 
     async def start(self) -> None:
         await self.registry.refresh_once()

@@ -58,7 +58,6 @@ class FlexWorker(PrefillWorker):
                                     skip_ids=self._prefilling)
         self.decoder.incarnation = self.incarnation    # one actor, one incarnation
         self.role, self.role_since, self.min_dwell_s = role, time.time(), min_dwell_s
-        self.switches = 0
 
     # -- the role ----------------------------------------------------------------------------
     async def set_role(self, role: str, reason: str = "") -> dict:
@@ -73,7 +72,6 @@ class FlexWorker(PrefillWorker):
                 raise RoleSwitchRefused(f"{self.worker_id} became {previous} {dwelt:.1f} s ago; it may "
                                         f"switch again after {self.min_dwell_s:.1f} s")
             self.role, self.role_since = role, time.time()
-            self.switches += 1
             logger.info("%s switches %s -> %s%s", self.worker_id, previous, role, f" ({reason})" if reason else "")
         return {"role": self.role, "previous": previous, "since": self.role_since}
 

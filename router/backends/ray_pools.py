@@ -72,7 +72,7 @@ class RayPoolsBackend(Backend):
         self.switchable = switchable and not colocated
         self.registry = WorkerRegistry(pools, poll_s=router.health_poll_s, switchable=self.switchable)
         self.stream_roles = ("prefill", "decode") if self.switchable else (self.stream_role,)
-        self.hub = StreamHub(self.registry, self.stream_role, router.stream_interval_s, roles=self.stream_roles)
+        self.hub = StreamHub(self.registry, self.stream_roles, router.stream_interval_s)
         self._tokenizer, self.model_cfg = load_tokenizer(model.model)
         self.prefill_policy = create_policy(router.prefill_policy)
         self.decode_policy = create_policy(router.decode_policy)

@@ -32,15 +32,13 @@ class WorkerGone:
 
 
 class StreamHub:
-    def __init__(self, registry: WorkerRegistry, role: str, interval_s: float = STREAM_INTERVAL_S,
-                 roles: tuple[str, ...] = ()):
+    def __init__(self, registry: WorkerRegistry, roles: tuple[str, ...], interval_s: float = STREAM_INTERVAL_S):
         if interval_s < 0:
             raise ValueError(f"interval_s must be >= 0, got {interval_s}")
         self.registry = registry
-        self.role = role
-        # The pools whose workers stream (``roles``; default: ``role``). Workers that switch
-        # roles are polled in every role: the streams of their old one finish there.
-        self.roles = roles or (role,)
+        # The pools whose workers stream. Workers that switch roles are polled in every role:
+        # the streams of their old one finish there.
+        self.roles = roles
         self.interval_s = interval_s
         self.subscribers: dict[str, tuple[str, asyncio.Queue]] = {}
         self._tasks: list[asyncio.Task] = []
