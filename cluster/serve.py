@@ -81,11 +81,15 @@ class Cluster:
             self.port = await self.server.start()
             if cfg.rebalance.enabled:
                 from cluster.rebalance.controller import RebalanceController
+                from cluster.rebalance.lease import ray_lease
                 gateway = self.server.gateway
+                lease = await asyncio.to_thread(ray_lease, cfg.ray.namespace,
+                                                bool(cfg.ray.address) or cfg.ray.keep_pools)
                 self.rebalancer = RebalanceController(
                     self.backend.registry, cfg.rebalance, cfg.slo.ttft_ms, cfg.slo.tpot_ms,
                     router_queued_tokens=lambda: gateway.admission.queued_tokens,
-                    metrics_registry=gateway.metrics.registry)
+                    metrics_registry=gateway.metrics.registry, lease=lease,
+                    name=f"{socket.gethostname()}:{os.getpid()}:{self.port}")
                 self.rebalancer.start()
         except BaseException:
             await self.stop()

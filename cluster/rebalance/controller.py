@@ -6,8 +6,10 @@ Every decision is logged with its inputs and exported as metrics in the router's
 ``tandem_rebalance_switches_total{from_role,to_role}``, and the inputs of the last reading,
 ``tandem_rebalance_pressure{pool}``, ``tandem_rebalance_prefill_queue_seconds``,
 ``tandem_rebalance_decode_step_ms``, ``tandem_rebalance_decode_kv_use``. Every router of a
-cluster may run one: a switch reaches the others through the load reports (they count it in
-their cooldown), and the worker refuses a second switch within its dwell time.
+cluster may run one: before a switch each claims the cluster's ``SwitchLease`` (one grant per
+cooldown, whichever router asks: ``cluster.rebalance.lease``), a switch reaches the others
+through the load reports (they count it in their cooldown), and the worker refuses a second
+switch within its dwell time.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cluster.rebalance.config import RebalanceConfig
+from cluster.rebalance.lease import SwitchLease
 from cluster.rebalance.policy import Decision, Reading, RebalancePolicy
 
 logger = logging.getLogger(__name__)
@@ -31,11 +34,17 @@ class RebalanceController:
         cfg, ttft_ms, tpot_ms: ``rebalance:`` and the objectives (``slo:``).
         router_queued_tokens: the prompt tokens the router's admission holds (0 without).
         metrics_registry: a prometheus ``CollectorRegistry`` to export into (None: none).
+        lease: the cluster's ``SwitchLease`` (a local one, or the Ray actor every router
+            shares: ``ray_lease``); None: this controller's own.
+        name: this controller's name in the lease.
     """
 
     def __init__(self, registry: Any, cfg: RebalanceConfig, ttft_ms: float, tpot_ms: float,
-                 router_queued_tokens: Callable[[], int] = lambda: 0, metrics_registry: Any = None):
+                 router_queued_tokens: Callable[[], int] = lambda: 0, metrics_registry: Any = None,
+                 lease: Any = None, name: str = "router"):
         self.registry, self.cfg = registry, cfg
+        self.lease = lease if lease is not None else SwitchLease()
+        self.name = name
         self.policy = RebalancePolicy(cfg, ttft_ms, tpot_ms, started=time.time())
         self.router_queued_tokens = router_queued_tokens
         self._task: asyncio.Task | None = None
@@ -63,6 +72,11 @@ class RebalanceController:
         if decision is None:
             return None
         p = decision.pressure
+        if not await self._claim():
+            logger.info("rebalance: %s %s -> %s wanted (%s), but another router switched a worker "
+                        "within the cooldown", decision.worker, decision.from_role, decision.to_role,
+                        decision.reason)
+            return None
         logger.info("rebalance: %s %s -> %s: %s (prefill queue %.3f s, decode step %.2f ms, decode KV %.0f%%)",
                     decision.worker, decision.from_role, decision.to_role, decision.reason,
                     p.prefill_queue_s, p.decode_step_ms, 100 * p.decode_kv_use)
@@ -72,6 +86,13 @@ class RebalanceController:
             logger.warning("rebalance: %s did not switch: %s", decision.worker, exc)
             return None
         return decision
+
+    async def _claim(self) -> bool:
+        claim = self.lease.claim
+        if hasattr(claim, "remote"):                  # the Ray actor
+            async with asyncio.timeout(SWITCH_TIMEOUT_S):
+                return await claim.remote(self.name, self.cfg.cooldown_s)
+        return claim(self.name, self.cfg.cooldown_s)
 
     async def switch(self, worker: str, role: str, reason: str = "requested") -> None:
         """Switch ``worker`` to ``role`` now (the policy's decisions, or an operator's):

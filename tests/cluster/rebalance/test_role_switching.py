@@ -156,3 +156,54 @@ def test_every_decision_is_exported_with_its_inputs(cluster):
     for name in ("tandem_rebalance_prefill_queue_seconds", "tandem_rebalance_decode_step_ms",
                  "tandem_rebalance_decode_kv_use"):
         assert (name, ()) in samples
+
+
+def _reset_to_one_prefill(cluster) -> None:
+    rebalancer = cluster.cluster.rebalancer
+    for name, role in sorted(_roles(cluster).items()):
+        if role == "prefill" and len(cluster.backend.registry.healthy("prefill")) > 1:
+            cluster.call(rebalancer.switch(name, "decode", "test reset"))
+
+
+def test_a_second_router_does_not_switch_within_the_cooldown_another_router_claimed(cluster, caplog):
+    import dataclasses
+    import logging
+
+    from cluster.rebalance.controller import RebalanceController
+    from cluster.rebalance.lease import SwitchLease
+    _reset_to_one_prefill(cluster)
+    before = _roles(cluster)
+    # Two routers' controllers that both read a prefill queue (the router's admission holds
+    # a million prompt tokens) and would each move a decode worker to prefill at once.
+    cfg = dataclasses.replace(cluster.cluster.cfg.rebalance, sustain=1, cooldown_s=60.0)
+    lease = SwitchLease()
+    assert lease.claim("router-a", cfg.cooldown_s)     # router a switched a worker just now
+    second = RebalanceController(cluster.backend.registry, cfg, 5.0, 100000.0,
+                                 router_queued_tokens=lambda: 1_000_000, lease=lease, name="router-b")
+    with caplog.at_level(logging.INFO, logger="cluster.rebalance.controller"):
+        assert cluster.call(second.tick()) is None
+    assert len(second.policy.history) == 1                # it wanted to switch ...
+    assert "another router switched a worker within the cooldown" in caplog.text
+    assert _roles(cluster) == before                      # ... and switched nothing
+    assert lease.holder == "router-a"
+    # The same controller with the lease to itself switches.
+    alone = RebalanceController(cluster.backend.registry, cfg, 5.0, 100000.0,
+                                router_queued_tokens=lambda: 1_000_000, name="router-c")
+    decision = cluster.call(alone.tick())
+    assert decision is not None and (decision.from_role, decision.to_role) == ("decode", "prefill")
+    assert _roles(cluster)[decision.worker] == "prefill"
+    _reset_to_one_prefill(cluster)
+
+
+def test_every_router_of_a_namespace_shares_one_lease_actor(cluster):
+    import ray
+
+    from cluster.rebalance.lease import LEASE_NAME, ray_lease
+    cfg = cluster.cluster.cfg
+    shared = ray.get_actor(LEASE_NAME, namespace=cfg.ray.namespace)
+    assert cluster.cluster.rebalancer.lease._actor_id == shared._actor_id
+    again = ray_lease(cfg.ray.namespace, detached=False)   # what a second router gets
+    assert again._actor_id == shared._actor_id
+    assert ray.get(again.claim.remote("router-a", 0.0), timeout=30)
+    assert not ray.get(shared.claim.remote("router-b", 60.0), timeout=30)
+    assert ray.get(again.claim.remote("router-b", 0.0), timeout=30)
