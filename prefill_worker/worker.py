@@ -27,6 +27,7 @@ from tandem_common.worker_load import WorkerLoad, current_node
 
 if TYPE_CHECKING:
     from engine.llm_engine import LLMEngine
+    from engine.kv_export import SequenceKV
 
 logger = logging.getLogger(__name__)
 
@@ -55,6 +56,11 @@ class PrefillWorker(AsyncRayKVSource):
         self.prefill_tokens, self.prefill_s = _measure_prefill(self.engine)
         self._speed_mark = (0, 0.0)     # (prompt tokens computed, engine busy s) at the last measure
         self.driver = EngineDriver(self.engine, worker_id, on_fatal=exit_on_fatal)
+        # KV exported on the engine thread right after the step that prefilled it (request id
+        # -> SequenceKV) for the requests a ``_prefill`` waits for (``_awaiting``), taken by it.
+        self._awaiting: set[str] = set()
+        self._exported: dict[str, SequenceKV] = {}
+        self.driver.add_observer(self._export_parked)
         # Layer-wise streaming: the decode worker pulls from this actor (the Ray transport).
         self.sender = KVSender(self.engine.kv_layout, kv, streaming=kv.transport == "ray")
         self.prefix = PrefixFetcher(self.engine, store)
@@ -97,6 +103,7 @@ class PrefillWorker(AsyncRayKVSource):
             prefix_kv, store = None, StoreOutcome()
         queue = self.driver.subscribe(rid)
         added = False
+        self._awaiting.add(rid)
         try:
             await self.driver.call(lambda e: e.add_request(rid, req.prompt_token_ids, params, prefill_only=True,
                                                            cached_prefix_kv=prefix_kv,
@@ -116,11 +123,14 @@ class PrefillWorker(AsyncRayKVSource):
                 added = False
                 raise PrefillAborted(f"{self.worker_id} could not prefill request {rid} "
                                      f"({out.finish_reason}: no KV blocks for its prompt)")
+            seq_kv = self._exported.pop(rid, None)
         except BaseException:
+            self._exported.pop(rid, None)   # exported, then cancelled: its blocks are back already
             if added:
                 await asyncio.shield(self.driver.call(lambda e: e.abort(rid)))
             raise
         finally:
+            self._awaiting.discard(rid)
             self.driver.unsubscribe(rid)
         compute_s = time.perf_counter() - t0
         timings = {"store_ms": store.store_ms, "prefill_ms": 1000 * compute_s}
@@ -129,7 +139,8 @@ class PrefillWorker(AsyncRayKVSource):
                                first_logprobs=out.new_logprobs, prompt_logprobs=out.prompt_logprobs)
         if out.finished:
             return result
-        seq_kv = await self.driver.call(lambda e: _export_and_release(e, rid))
+        if seq_kv is None:   # not parked when its output came (a FlexWorker may hold it otherwise)
+            seq_kv = await self.driver.call(lambda e: _export_and_release(e, rid))
         self.prefix.write_back(req.prompt_token_ids, seq_kv.kv, req.cache_salt)
         t1 = time.perf_counter()
         handoff = await asyncio.to_thread(self.sender.open, seq_kv, req.codec or None, req.deadline,
@@ -143,6 +154,20 @@ class PrefillWorker(AsyncRayKVSource):
         result.kv_handle = handoff.descriptor
         timings["ship_ms"] = 1000 * (time.perf_counter() - t1)
         return result
+
+    def _export_parked(self, outputs) -> None:
+        """A step observer, on the engine thread: export and release every sequence this step
+        parked (prefilled, waiting for export) that a ``_prefill`` waits for, before the
+        engine starts its next step. Asked
+        for afterwards through ``driver.call``, the export waited for that whole next step,
+        under load a queued prompt's prefill, and the first token and the KV hand-off with it."""
+        from engine.sequence import SequenceStatus
+        for out in outputs:
+            if out.request_id not in self._awaiting:
+                continue
+            seq = self.engine.requests.get(out.request_id)
+            if seq is not None and seq.status is SequenceStatus.PARKED:
+                self._exported[out.request_id] = _export_and_release(self.engine, out.request_id)
 
     async def _fetch_prefix(self, req: PrefillRequest):
         """The prompt's cached prefix (``PrefixFetcher.fetch``). The samples of one request
