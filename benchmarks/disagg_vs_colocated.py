@@ -1,19 +1,24 @@
 """Disaggregated vs colocated serving on the same two cores: goodput at SLO, and why.
 
-    .venv/bin/python -m benchmarks.disagg_vs_colocated            # the comparison, 9-12 min
-    .venv/bin/python -m benchmarks.disagg_vs_colocated --workload azure-conv-short-output \
-        --rates 2,4,6,8,10,12                                       # the control
+    .venv/bin/python -m benchmarks.disagg_vs_colocated            # azure-conv, 3 configurations
+    .venv/bin/python -m benchmarks.disagg_vs_colocated --workload summarize \
+        --rates 0.5,1,1.5,2,2.5,3 --requests 50 --duration 40 --tpot-ms 6 \
+        --out benchmarks/results/disagg_vs_colocated/three_workloads/summarize
     .venv/bin/python -m benchmarks.disagg_vs_colocated --reanalyse  # figures again, no runs
 
-Both deployments get the same two single-thread workers of the ``llama-8m`` random-weight
+Every configuration gets the same two single-thread workers of the ``llama-8m`` random-weight
 model (a 1,000-token prefill takes ~140 ms on one thread): *disaggregated* = 1 prefill + 1
-decode worker, *colocated* = 2 workers that do both phases (chunked prefill in the same
-continuous batch as the decodes). The router runs in this process (its CPU is counted);
-the load generator (``python -m loadtest run``) runs in a child process per rate, so it does
-not share the router's GIL. The Azure 2023 conversation trace is replayed with its own
-arrival pattern, lengths scaled, time rescaled to each offered rate (fresh prompt tokens
-per step); every rate runs in both modes. The prefix store and SLO admission are off in
-both (the trace has no prefix reuse; admission would refuse instead of serving late).
+decode worker; *colocated* = 2 workers that do both phases (chunked prefill in the same
+continuous batch as the decodes) with a 2,048-token step budget (a prompt is one step), and
+*colocated-bN* the same with an N-token budget (Sarathi-Serve's knob; ``--modes`` picks the
+configurations, the comparison takes the best colocated one per figure and objective). The
+router runs in this process (its CPU is counted); the load generator (``python -m loadtest
+run``) runs in a child process per rate, so it does not share the router's GIL. Workloads
+(``WORKLOADS``): the Azure 2023 conversation and code traces replayed with their own arrival
+patterns, lengths scaled, time rescaled to each offered rate, and a 1,500-in / 100-out
+summarization shape with Poisson arrivals; fresh prompt tokens per step; every rate runs in
+every configuration. The prefix store and SLO admission are off (the traces have no prefix
+reuse here; admission would refuse instead of serving late).
 
 Inside every worker a probe (installed with Ray's ``__ray_call__``, no worker code changed)
 times each engine step and notes what it held (prompt tokens, decoding sequences), how long
@@ -50,18 +55,25 @@ ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results" / "disagg_vs_colocated"
 SCRATCH = ROOT / "bench-results" / "disagg_vs_colocated"
 MODEL = "llama-8m"
-# The replayed workloads (trace, prompt scale, output scale): the Azure 2023 conversation
-# trace with prompts and outputs halved (median 193 / 68 tokens over the 80 rows used), and a
-# control with the same prompts and arrivals but outputs at a tenth (median 13): the same
-# traffic with far less decode work per request.
-WORKLOADS = {"azure-conv": ("azure-conv", 0.5, 0.5),
-             "azure-conv-short-output": ("azure-conv", 0.5, 0.1)}
+# The workloads (loadtest arguments). ``azure-conv``: the Azure 2023 conversation trace with
+# prompts and outputs halved (median 193 / 68 tokens over the 80 rows used); its control
+# ``azure-conv-short-output``: the same prompts and arrivals, outputs at a tenth (median 13).
+# ``azure-code``: the Azure 2023 code trace, prompts halved (median ~730 tokens, a few
+# clipped at the 2,048-token context), outputs as traced (median 13): long prompts, short
+# answers. ``summarize``: 1,500 tokens in, 100 out, Poisson arrivals.
+_TRACE = ["--workload", "trace", "--max-output", "256"]
+WORKLOADS = {
+    "azure-conv": [*_TRACE, "--trace", "azure-conv", "--input-scale", "0.5", "--output-scale", "0.5"],
+    "azure-conv-short-output": [*_TRACE, "--trace", "azure-conv", "--input-scale", "0.5",
+                                "--output-scale", "0.1"],
+    "azure-code": [*_TRACE, "--trace", "azure-code", "--input-scale", "0.5", "--output-scale", "1"],
+    "summarize": ["--workload", "synthetic", "--input-len", "1500", "--output-len", "100",
+                  "--arrival", "poisson"],
+}
 
 
 def workload_args(name: str) -> list[str]:
-    trace, input_scale, output_scale = WORKLOADS[name]
-    return ["--workload", "trace", "--trace", trace, "--input-scale", str(input_scale),
-            "--output-scale", str(output_scale), "--max-output", "256"]
+    return list(WORKLOADS[name])
 
 
 COMMON = [f"model.model={MODEL}", "model.num_threads=1", "model.device=cpu", "router.grpc_port=0",
@@ -71,8 +83,20 @@ MODES = {
                       "pools.prefill.cpus_per_worker=1", "pools.decode.cpus_per_worker=1"],
     "colocated": ["mode=colocated", "pools.decode.workers=2", "pools.decode.cpus_per_worker=1"],
 }
+
+
+def config_overrides(name: str) -> list[str]:
+    """A configuration's overrides: a mode of ``MODES``, or ``colocated-bN``, the colocated
+    workers with a chunked-prefill budget of N tokens a step (Sarathi-Serve's knob)."""
+    if name in MODES:
+        return COMMON + MODES[name]
+    if name.startswith("colocated-b") and name[len("colocated-b"):].isdigit():
+        return COMMON + MODES["colocated"] + [f"model.max_num_batched_tokens={name[11:]}"]
+    raise SystemExit(f"unknown configuration {name!r}: one of {sorted(MODES)} or colocated-bN")
+
+
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TPOT_GRID = [6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 50.0]   # objectives the steps are re-judged at
+TPOT_GRID = [4.0, 5.0, 6.0, 8.0, 10.0, 12.0, 15.0, 20.0, 30.0, 50.0]   # objectives the steps are re-judged at
 
 
 # -- the probe, run inside each pool actor ----------------------------------------------------
@@ -223,7 +247,9 @@ class Step:
         a = self.args
         self.seed += 1   # fresh prompt tokens: no step may hit the cache an earlier one warmed
         cmd = [sys.executable, "-m", "loadtest", "run", "--target", f"tandem://{self.bg.target}",
-               *workload_args(a.workload), "--trace-rows", str(requests), "--rate", f"{rate:g}",
+               *workload_args(a.workload), *(["--trace-rows", str(requests)]
+                                             if "trace" in workload_args(a.workload) else []),
+               "--rate", f"{rate:g}",
                "--seed", str(self.seed), "--max-requests", str(requests),
                "--duration", str(a.duration), "--drain-timeout", "20", "--request-timeout", "30",
                "--slo-ttft-ms", f"{a.ttft_ms:g}", "--slo-tpot-ms", f"{a.tpot_ms:g}",
@@ -303,7 +329,7 @@ def engine_costs() -> dict[str, Any]:
 def measure(mode: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[float, list]]:
     """Start ``mode``'s cluster, sweep the rates, stop it; (per-config result, records by rate)."""
     import asyncio
-    overrides = COMMON + MODES[mode]
+    overrides = config_overrides(mode)
     load_before = os.getloadavg()
     t0 = time.monotonic()
     bg = BackgroundCluster(load_config(None, overrides)).start()
@@ -386,7 +412,9 @@ def compare(results: dict[str, dict[str, Any]], slo: SLO,
 
 def by_objective(results: dict[str, dict[str, Any]], records: dict[str, dict[float, list]],
                  policy: SweepPolicy, ttft_ms: float, tpots: list[float]) -> list[dict[str, Any]]:
-    """Every recorded step judged again at other TPOT objectives (the same requests)."""
+    """Every recorded step judged again at other TPOT objectives (the same requests). With
+    several colocated budgets, ``colocated`` is the best of them at each objective (an operator
+    tunes the budget to the objective), per figure, and ``colocated_config`` names it."""
     rows = []
     for tpot in tpots:
         slo, row = SLO(ttft_ms, tpot), {"slo_tpot_ms": tpot}
@@ -396,8 +424,26 @@ def by_objective(results: dict[str, dict[str, Any]], records: dict[str, dict[flo
             o = outcome(policy, judged, "rejudged")
             row[mode] = {k: o[k] for k in ("max_rate_meeting_slo", "goodput_at_max_rate",
                                            "max_goodput_rps")}
+        each = {m: v for m, v in row.items() if m.startswith("colocated")}
+        row["colocated_config"], row["colocated"] = {}, {}
+        for key in ("max_rate_meeting_slo", "goodput_at_max_rate", "max_goodput_rps"):
+            best = max(each, key=lambda m: each[m][key] or 0.0)
+            row["colocated_config"][key], row["colocated"][key] = best, each[best][key]
         rows.append(row)
     return rows
+
+
+def _rank(sweep: dict[str, Any]) -> tuple[float, float]:
+    return (sweep["max_goodput_rps"] or 0.0, sweep["max_rate_meeting_slo"] or 0.0)
+
+
+def best_colocated(results: dict[str, dict[str, Any]]) -> str:
+    """The colocated configuration (of ``colocated`` and ``colocated-bN``) with the highest
+    max goodput, ties broken by the highest rate meeting the SLOs."""
+    names = [m for m in results if m == "colocated" or m.startswith("colocated-b")]
+    if not names:
+        raise SystemExit("no colocated configuration measured")
+    return max(names, key=lambda m: _rank(results[m]["sweep"]))
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -435,7 +481,7 @@ def plots(results: dict[str, dict[str, Any]], records: dict[str, dict[float, lis
     series = {f"{m} @ {x:g} req/s": records[m][x] for x in sorted(set(rates.values()))
               for m in records}
     paths.append(str(plot_latency_cdfs(series, out / "latency_cdf.png", slo,
-                                       title="latency CDFs (Azure conversation replay)")))
+                                       title="latency CDFs")))
     paths.append(str(_plot_breakdown(plt, results, rates["loaded"], out)))
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for mode in results:
@@ -501,9 +547,12 @@ def _plot_breakdown(plt: Any, results: dict[str, dict[str, Any]], rate: float, o
 
 def _reload(out: Path, args: argparse.Namespace) -> tuple[dict, dict, dict]:
     """The last run's results, records and engine costs (``--reanalyse``), at its own SLO."""
-    last = json.loads((out / "sweep.json").read_text())
-    args.ttft_ms, args.tpot_ms = last["objectives"]["slo_ttft_ms"], last["objectives"]["slo_tpot_ms"]
-    results = {m: json.loads((out / f"{m}.json").read_text()) for m in MODES}
+    last = {"engine_costs": {}}
+    if (out / "sweep.json").exists():   # else the objectives given now
+        last = json.loads((out / "sweep.json").read_text())
+        args.ttft_ms, args.tpot_ms = last["objectives"]["slo_ttft_ms"], last["objectives"]["slo_tpot_ms"]
+    results = {f.stem: json.loads(f.read_text()) for f in sorted(out.glob("*.json"))
+               if f.stem == "disaggregated" or f.stem.startswith("colocated")}
     records = {m: {s["rate"]: _load_records(Path(s["result"]).parent / "requests.jsonl")
                    for s in r["sweep"]["steps"]} for m, r in results.items()}
     return results, records, last["engine_costs"]
@@ -521,8 +570,13 @@ def main() -> None:
     p.add_argument("--breakdown-rate", type=float, default=4.0,
                    help="a rate where both configurations are busy: figures and breakdown there")
     p.add_argument("--quick", action="store_true", help="3 rates, 30 requests each (a smoke run)")
-    p.add_argument("--modes", default="disaggregated,colocated")
+    p.add_argument("--modes", default="disaggregated,colocated,colocated-b256",
+                   help="configurations: disaggregated, colocated (a 2,048-token step budget: a "
+                        "prompt is one step) and colocated-bN (chunked prefill, N tokens a step); "
+                        "the comparison takes the best colocated one at each objective")
     p.add_argument("--out", type=Path, help="results folder (default: benchmarks/results/...)")
+    p.add_argument("--scratch-tag", default="",
+                   help="a subfolder of the load generator's reports (a rerun that keeps the last's)")
     p.add_argument("--reanalyse", action="store_true",
                    help="no new runs: recompute figures and plots from the last run's files")
     args = p.parse_args()
@@ -532,7 +586,9 @@ def main() -> None:
     # Every rate in both modes (no early stop): full curves, and steps to re-judge.
     args.policy = SweepPolicy(mode="grid", rates=rates, patience=len(rates))
     out = args.out or (RESULTS if args.workload == "azure-conv" else RESULTS / args.workload)
-    args.scratch = SCRATCH / args.workload
+    # The load generator's per-rate reports: a folder per results folder.
+    args.scratch = SCRATCH / (out.resolve().relative_to(RESULTS) if out.resolve().is_relative_to(RESULTS)
+                              else args.workload) / args.scratch_tag
     out.mkdir(parents=True, exist_ok=True)
     if args.reanalyse:
         results, records, costs = _reload(out, args)
@@ -543,18 +599,30 @@ def main() -> None:
             (out / f"{mode}.json").write_text(json.dumps(results[mode], indent=1))
     print(json.dumps({"bench": "disagg_vs_colocated", "figure": "engine_costs_one_thread", **costs}),
           flush=True)
-    if set(results) != set(MODES):
+    if "disaggregated" not in results or not any(m.startswith("colocated") for m in results):
         return
     slo = SLO(args.ttft_ms, args.tpot_ms)
-    doc, lines = compare(results, slo, args.breakdown_rate)
+    for m, r in results.items():
+        if m.startswith("colocated"):
+            print(json.dumps({"bench": "disagg_vs_colocated", "figure": "colocated_budget",
+                              "config": m, "overrides": r["overrides"][len(COMMON):],
+                              "slo_ttft_ms": args.ttft_ms, "slo_tpot_ms": args.tpot_ms,
+                              **{k: r["sweep"][k] for k in ("max_rate_meeting_slo",
+                                                            "max_goodput_rps")}}), flush=True)
+    best = best_colocated(results)
+    pair = {"disaggregated": results["disaggregated"], "colocated": results[best]}
+    pair_records = {"disaggregated": records["disaggregated"], "colocated": records[best]}
+    doc, lines = compare(pair, slo, args.breakdown_rate)
+    doc["colocated_config"] = best
     doc["by_tpot_objective"] = by_objective(results, records, args.policy, args.ttft_ms, TPOT_GRID)
     for row in doc["by_tpot_objective"]:
         for key in ("max_rate_meeting_slo", "max_goodput_rps"):
             dv, cv = row["disaggregated"][key], row["colocated"][key]
             lines.append({"bench": "disagg_vs_colocated", "figure": f"{key}_by_tpot_objective",
                           "slo_ttft_ms": args.ttft_ms, "slo_tpot_ms": row["slo_tpot_ms"],
-                          "disaggregated": dv, "colocated": cv, "ratio": _ratio(dv, cv)})
-    doc["files"] = plots(results, records, slo, doc["rates"], doc["by_tpot_objective"], out)
+                          "disaggregated": dv, "colocated": cv, "colocated_config":
+                          row["colocated_config"][key], "ratio": _ratio(dv, cv)})
+    doc["files"] = plots(pair, pair_records, slo, doc["rates"], doc["by_tpot_objective"], out)
     doc["engine_costs"] = costs
     doc["run"] = {"argv": sys.argv, "model": MODEL, "workload": workload_args(args.workload),
                   "requests_per_rate": args.requests, "cpus": os.cpu_count(),
