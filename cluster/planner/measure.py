@@ -7,8 +7,10 @@ profile's latency model (``cluster.planner.profile``) to them.
   step after every sequence has its first token, for several b; fitted ``base + a*b + c*C``;
 - hand-off: the model's KV bytes per token from the engine's layout, the transport's
   bandwidth from a KV blob of 2,048 tokens encoded and decoded with the raw codec (the
-  lossless default) plus a fixed cost (``HANDOFF_BASE_MS``: what benchmarks/first_gap
-  measured the Ray hand-off to add on this host kind, beyond the bytes);
+  lossless default), and a fixed cost: measured through a running 1 prefill + 1 decode
+  cluster (``serve_samples(mode="disaggregated")``, ``handoff_from``: what a request's
+  stream takes after its first token beyond its decode steps and its KV's bytes), or
+  ``HANDOFF_BASE_MS`` without a cluster;
 - limits: the engine's ``max_num_seqs`` and its KV pool in tokens;
 - overhead (``measure_overhead``): the engine above runs in this process; a served request
   also pays the router, the worker's calls and streaming, and a pool worker's steps run
@@ -28,7 +30,7 @@ from cluster.planner.profile import DecodeCost, HandoffCost, Limits, Overhead, P
 
 logger = logging.getLogger(__name__)
 
-HANDOFF_BASE_MS = 5.0
+HANDOFF_BASE_MS = 5.0    # the hand-off's fixed cost when no cluster measures it (through_cluster=False)
 
 
 def _fit(rows: list[list[float]], ys: list[float]) -> list[float]:
@@ -115,6 +117,8 @@ def measure(model: str = "stories260K", threads: int = 1, reps: int = 5, name: s
                           "decode_points": {str(b): m for b, m in zip(batches, dec_ms)}})
     if through_cluster:
         prof.overhead = measure_overhead(prof, model, threads, reps)
+        prof.handoff = handoff_from(prof, serve_samples(model, threads, reps, mode="disaggregated"))
+        logger.info("hand-off: %.1f ms fixed + %.2f GB/s", prof.handoff.base_ms, prof.handoff.gb_per_s)
     return prof
 
 
@@ -158,10 +162,26 @@ def overhead_from(prof: Profile, served: Served) -> Overhead:
     return Overhead(max(0.0, statistics.median(ttft_over)), factor, cpu)
 
 
+def handoff_from(prof: Profile, served: Served) -> HandoffCost:
+    """The hand-off's cost on ``prof``'s engine and serving costs that makes it predict
+    ``served`` (requests served alone by a disaggregated cluster): after its first token a
+    request's stream takes the hand-off plus ``out - 1`` served decode steps, so the
+    hand-off is what is left of (end-to-end - TTFT); its fixed part is that less the KV's
+    bytes at ``prof.handoff``'s bandwidth. Median; never below 0."""
+    if not served.alone:
+        raise ValueError("served: no request served alone")
+    step = prof.overhead.step_factor * prof.decode.ms(1, served.prompt + served.out // 2)
+    nbytes = served.prompt * prof.kv_bytes_per_token
+    left = [(e2e - ttft) - (served.out - 1) * step for ttft, e2e in served.alone]
+    base = statistics.median(left) - nbytes / (prof.handoff.gb_per_s * 1e6)
+    return HandoffCost(max(0.0, base), prof.handoff.gb_per_s)
+
+
 def serve_samples(model: str, threads: int, reps: int = 5, prompt: int = 256, out: int = 33,
-                  batch: int = 8, short: int = 64) -> Served:
-    """Greedy requests through a colocated cluster of one worker (a Ray actor behind the
-    router, on this host), sent with the SDK: ``reps`` alone, ``reps // 2`` batches."""
+                  batch: int = 8, short: int = 64, mode: str = "colocated") -> Served:
+    """Greedy requests through a cluster on this host, sent with the SDK: ``reps`` alone,
+    ``reps // 2`` batches. ``mode``: colocated, one worker (a Ray actor behind the router);
+    disaggregated, one prefill and one decode worker (the KV hand-off between them)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
 
@@ -172,8 +192,11 @@ def serve_samples(model: str, threads: int, reps: int = 5, prompt: int = 256, ou
     from cluster.testing import BackgroundCluster
     from tandem_client import TandemClient
 
-    cfg = load_config(None, [f"model.model={model}", f"model.num_threads={threads}", "mode=colocated",
+    if mode not in ("colocated", "disaggregated"):
+        raise ValueError(f"mode must be colocated or disaggregated, got {mode!r}")
+    cfg = load_config(None, [f"model.model={model}", f"model.num_threads={threads}", f"mode={mode}",
                              "pools.decode.workers=1", f"pools.decode.cpus_per_worker={threads}",
+                             "pools.prefill.workers=1", f"pools.prefill.cpus_per_worker={threads}",
                              "store.enabled=false", "router.admission.enabled=false", "router.grpc_port=0"])
     rng = np.random.default_rng(2)
     served = Served(prompt, short, out, batch)

@@ -59,3 +59,36 @@ def test_the_overhead_is_what_makes_the_engine_costs_predict_the_served_figures(
     assert over.ttft_ms == 0.0 and abs(over.step_factor - 0.5) < 1e-9
     with pytest.raises(ValueError, match="served"):
         overhead_from(prof, Served(100, 20, 12, 4))
+
+
+def test_the_handoff_is_what_a_disaggregated_stream_takes_beyond_its_steps_and_bytes():
+    from cluster.planner.measure import Served, handoff_from
+    from cluster.planner.profile import DecodeCost, HandoffCost, Overhead, PrefillCost
+    prof = Profile("p", "cpu", "manual", 1000, prefill=PrefillCost(2.0, 0.01),
+                   decode=DecodeCost(1.0, 0.5, 0.0), handoff=HandoffCost(5.0, 0.1),
+                   overhead=Overhead(2.0, 2.0))
+    # a served step is 2 x 1.5 = 3 ms; 100 prompt tokens of 1,000 bytes at 0.1 GB/s are 1 ms;
+    # 11 steps after the first token plus a hand-off of 21 ms: a fixed cost of 20 ms
+    served = Served(prompt=100, short=20, out=12, batch=4,
+                    alone=[(5.0, 5.0 + 21.0 + 11 * 3.0), (4.0, 4.0 + 19.0 + 11 * 3.0),
+                           (6.0, 6.0 + 30.0 + 11 * 3.0)])
+    cost = handoff_from(prof, served)
+    assert abs(cost.base_ms - 20.0) < 1e-9 and cost.gb_per_s == 0.1
+    # a stream no slower than its steps: no fixed cost, never a negative one
+    assert handoff_from(prof, Served(100, 20, 12, 4, alone=[(1.0, 1.0 + 11 * 3.0)])).base_ms == 0.0
+    with pytest.raises(ValueError, match="served"):
+        handoff_from(prof, Served(100, 20, 12, 4))
+
+
+def test_the_handoff_is_measured_on_requests_a_disaggregated_cluster_served_exactly():
+    from cluster.planner.measure import serve_samples
+    from engine import LLM, SamplingParams
+    served = serve_samples("stories260K", threads=1, reps=2, prompt=64, out=9, batch=2, short=16,
+                           mode="disaggregated")
+    assert len(served.alone) == 2 and all(0 < ttft < e2e for ttft, e2e in served.alone)
+    offline = LLM("stories260K").generate(
+        [p for p, _ in served.outputs],
+        [SamplingParams(max_tokens=len(c), temperature=0.0, ignore_eos=True) for _, c in served.outputs])
+    assert [o.token_ids for o in offline] == [c for _, c in served.outputs]
+    with pytest.raises(ValueError, match="mode"):
+        serve_samples("stories260K", threads=1, mode="sideways")
