@@ -148,6 +148,7 @@ def main() -> None:
                                               prof.prefill.ms_per_token2],
                                   "decode": [prof.decode.base_ms, prof.decode.ms_per_seq,
                                              prof.decode.ms_per_ctx_token],
+                                  "handoff": [prof.handoff.base_ms, prof.handoff.gb_per_s],
                                   "overhead": [prof.overhead.ttft_ms, prof.overhead.step_factor,
                                                prof.overhead.cpu_ms_per_token]}}), flush=True)
     for w in workloads:
