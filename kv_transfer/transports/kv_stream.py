@@ -39,7 +39,9 @@ class KVSectionSender:
         stream.send(self.encoder.header_bytes())
 
     def send_layers(self, first_layer: int, kv: torch.Tensor) -> None:
-        """Hand in layers ``first_layer ..`` (``[l, 2, T, H, D]``); full sections go out at once."""
+        """Hand in layers ``first_layer ..`` (``[l, 2, T, H, D]``); full sections go out at once.
+        A section that lies whole in ``kv`` is encoded from a view of it (no copy); one whose
+        layers came in several calls is stacked first."""
         for i in range(kv.shape[0]):
             self._pending[first_layer + i] = kv[i]
         header = self.encoder.header
@@ -47,7 +49,12 @@ class KVSectionSender:
             start, count = header.layer_range(self._next_section)
             if not all(layer in self._pending for layer in range(start, start + count)):
                 return
-            group = torch.stack([self._pending.pop(layer) for layer in range(start, start + count)])
+            if first_layer <= start and start + count <= first_layer + kv.shape[0]:
+                group = kv[start - first_layer:start - first_layer + count]
+                for layer in range(start, start + count):
+                    del self._pending[layer]
+            else:
+                group = torch.stack([self._pending.pop(layer) for layer in range(start, start + count)])
             self.stream.send(self.encoder.encode_section(self._next_section, group))
             self._next_section += 1
 
@@ -82,16 +89,25 @@ def send_kv(stream: SendStream, kv: torch.Tensor, layout: Any, codec: str = "raw
 
 
 class KVSectionReceiver:
-    """Iterates a transfer's KV sections as they arrive; ``meta`` holds the sequence metadata."""
+    """Iterates a transfer's KV sections as they arrive; ``meta`` holds the sequence metadata.
+    ``whole``: each section is decoded in place into ``self.kv``, the transfer's whole
+    ``[L, 2, T, H, D]`` KV (allocated when the header arrives), and yielded as a view of it."""
 
-    def __init__(self, stream: ReceiveStream, layout: Any, device: torch.device | str = "cpu"):
+    def __init__(self, stream: ReceiveStream, layout: Any, device: torch.device | str = "cpu",
+                 whole: bool = False):
         self.stream, self.layout, self.device = stream, layout, device
         self.decoder: KVStreamDecoder | None = None
+        self.whole = whole
+        self.kv: torch.Tensor | None = None
 
     def __iter__(self) -> Iterator[tuple[int, torch.Tensor]]:
         for frame in self.stream:
             if self.decoder is None:
                 self.decoder = KVStreamDecoder(self.layout, frame, self.device)
+                if self.whole:
+                    h = self.decoder.header
+                    self.kv = torch.empty((h.num_layers, 2, h.num_tokens, h.num_kv_heads, h.head_dim),
+                                          dtype=self.decoder.dtype, device=self.device)
                 continue
             section = self.decoder.read_frame(frame)
             if section.frame_len != len(frame):
@@ -99,7 +115,9 @@ class KVSectionReceiver:
             if section.index == META_INDEX:
                 self.decoder.decode_meta(section)
             else:
-                yield self.decoder.decode_section(section)
+                out = None if self.kv is None else \
+                    self.kv[section.layer_start:section.layer_start + section.layer_count]
+                yield self.decoder.decode_section(section, out=out)
         if self.decoder is None:
             raise KVFormatError("the KV transfer ended before its header arrived")
         self.decoder.finish()
@@ -113,12 +131,12 @@ def iter_kv_sections(stream: ReceiveStream, layout: Any,
 
 def receive_kv(stream: ReceiveStream, layout: Any, device: torch.device | str = "cpu") -> torch.Tensor:
     """The whole ``[L, 2, T, H, D]`` KV of a streamed transfer."""
-    return _collect(KVSectionReceiver(stream, layout, device))
+    return _collect(KVSectionReceiver(stream, layout, device, whole=True))
 
 
 def receive_sequence(stream: ReceiveStream, layout: Any, device: torch.device | str = "cpu"):
     """The ``SequenceKV`` of a streamed transfer sent with its metadata."""
-    receiver = KVSectionReceiver(stream, layout, device)
+    receiver = KVSectionReceiver(stream, layout, device, whole=True)
     kv = _collect(receiver)
     if receiver.decoder.meta is None:
         raise KVFormatError("this KV transfer carries no sequence metadata")
@@ -126,13 +144,8 @@ def receive_sequence(stream: ReceiveStream, layout: Any, device: torch.device | 
 
 
 def _collect(receiver: KVSectionReceiver) -> torch.Tensor:
-    out = None
-    for start, group in receiver:
-        if out is None:
-            h = receiver.decoder.header
-            out = torch.empty((h.num_layers, 2, h.num_tokens, h.num_kv_heads, h.head_dim),
-                              dtype=group.dtype, device=group.device)
-        out[start:start + group.shape[0]] = group
-    if out is None:      # a layout always has >= 1 layer, so a finished stream had sections
+    """Every section, each decoded in place into the receiver's whole KV (no second copy)."""
+    sections = sum(1 for _ in receiver)
+    if not sections:     # a layout always has >= 1 layer, so a finished stream had sections
         raise KVFormatError("the KV transfer carried no sections")
-    return out
+    return receiver.kv

@@ -13,6 +13,8 @@ from kv_transfer.errors import (KVFormatError, KVModelMismatch, KVTransferFailed
                                 KVTransferTimeout, KVTransferTooLarge, UnknownTransportError)
 from kv_transfer.transports import (KVSectionSender, available_transports, get_transport,
                                     iter_kv_sections, receive_kv, receive_sequence, send_kv)
+from kv_transfer.transports.base import SendStream, TransferStats
+from kv_transfer.transports.kv_stream import KVSectionReceiver
 from kv_transfer.transports.local import pending_transfers
 from kv_transfer.wire import encode_kv
 from tests.kv_transfer.samples import synthetic_kv
@@ -195,3 +197,56 @@ def test_every_listed_transport_name_builds_its_transport():
     for name in available_transports():
         transport = get_transport(name)
         assert isinstance(transport, KVTransport) and transport.name == name
+
+
+class _Recording(SendStream):
+    """A send stream that keeps the frames it is handed, as they are (no transport)."""
+
+    def __init__(self) -> None:
+        self.frames: list = []
+
+    @property
+    def descriptor(self):
+        return None
+
+    def send(self, frame) -> None:
+        self.frames.append(frame)
+
+    def close(self) -> TransferStats:
+        return TransferStats("recording")
+
+    def abort(self, reason: str) -> None:
+        pass
+
+
+def test_a_section_handed_in_whole_is_encoded_from_the_kv_itself_not_a_copy(small_layout):
+    import numpy as np
+    kv = synthetic_kv()                      # [L, 2, T, H, D], contiguous
+    stream = _Recording()
+    sender = KVSectionSender(stream, small_layout, kv.shape[2], "raw", layers_per_section=2)
+    sender.send_layers(0, kv)
+    payloads = [frame[1] for frame in stream.frames[1:]]   # after the header: [frame header, payload]
+    per_layer = kv[0].numel() * kv.element_size()
+    assert [p.__array_interface__["data"][0] for p in payloads] == \
+        [kv.data_ptr() + i * 2 * per_layer for i in range(len(payloads))]
+    assert all(isinstance(p, np.ndarray) and p.nbytes == 2 * per_layer for p in payloads)
+    # Layers handed in one at a time are stacked into their section: the same bytes either way.
+    stream2 = _Recording()
+    sender2 = KVSectionSender(stream2, small_layout, kv.shape[2], "raw", layers_per_section=2)
+    for layer in range(kv.shape[0]):
+        sender2.send_layers(layer, kv[layer:layer + 1])
+    assert [bytes(f[1]) for f in stream2.frames[1:]] == [bytes(p) for p in payloads]
+
+
+def test_received_sections_are_decoded_in_place_into_one_kv_tensor(local, small_layout):
+    kv = synthetic_kv()
+    stream = local.open_send("t-inplace")
+    send_kv(stream, kv, small_layout, "int8")
+    receiver = KVSectionReceiver(local.open_receive(stream.descriptor), small_layout, whole=True)
+    sections = list(receiver)
+    whole = receiver.kv
+    per_layer = whole[0].numel() * whole.element_size()
+    assert [g.data_ptr() for _, g in sections] == [whole.data_ptr() + s * per_layer for s, _ in sections]
+    stream = local.open_send("t-inplace-2")
+    send_kv(stream, kv, small_layout, "int8")
+    assert torch.equal(receive_kv(local.open_receive(stream.descriptor), small_layout), whole)
