@@ -61,13 +61,9 @@ def workload_rows(name: str, rows: int) -> Workload:
 
 def layout_of(config: str) -> Layout:
     """The simulator's layout of a disagg_vs_colocated configuration name."""
-    if config == "disaggregated":
-        return Layout("disaggregated", 1, 1)
-    if config == "colocated":
-        return Layout("colocated", 0, 2, 2048)
-    if config.startswith("colocated-b") and config[11:].isdigit():
-        return Layout("colocated", 0, 2, int(config[11:]))
-    raise ValueError(f"unknown configuration {config!r}")
+    from benchmarks.disagg_vs_colocated import step_budget
+    budget = step_budget(config)
+    return Layout("disaggregated", 1, 1) if budget is None else Layout("colocated", 0, 2, budget)
 
 
 def validate(workload: str, folder: Path, prof, host_cores: float) -> dict[str, tuple[float, float]]:
@@ -139,9 +135,11 @@ def main() -> None:
         ap.error("--results names one workload's folder: give --workload too")
     folders = {w: args.results or RESULTS / w for w in workloads}
     if args.run:
+        from benchmarks.disagg_vs_colocated import THREE_WORKLOADS
         for w in workloads:
             subprocess.run([sys.executable, "-m", "benchmarks.disagg_vs_colocated", "--workload", w,
-                            "--out", str(folders[w])], cwd=ROOT, check=True)
+                            *THREE_WORKLOADS.get(w, []), "--tpot-ms", "6", "--out", str(folders[w])],
+                           cwd=ROOT, check=True)
     prof = measure("llama-8m", threads=1, reps=args.reps)
     print(json.dumps({"bench": "planner_validate", "host_cores": args.host_cores,
                       "profile": {"prefill": [prof.prefill.base_ms, prof.prefill.ms_per_token,

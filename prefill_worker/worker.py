@@ -139,7 +139,7 @@ class PrefillWorker(AsyncRayKVSource):
                                first_logprobs=out.new_logprobs, prompt_logprobs=out.prompt_logprobs)
         if out.finished:
             return result
-        if seq_kv is None:   # not parked when its output came (a FlexWorker may hold it otherwise)
+        if seq_kv is None:   # the observer's export failed (the driver logged it): try once more
             seq_kv = await self.driver.call(lambda e: _export_and_release(e, rid))
         self.prefix.write_back(req.prompt_token_ids, seq_kv.kv, req.cache_salt)
         t1 = time.perf_counter()
@@ -158,9 +158,9 @@ class PrefillWorker(AsyncRayKVSource):
     def _export_parked(self, outputs) -> None:
         """A step observer, on the engine thread: export and release every sequence this step
         parked (prefilled, waiting for export) that a ``_prefill`` waits for, before the
-        engine starts its next step. Asked
-        for afterwards through ``driver.call``, the export waited for that whole next step,
-        under load a queued prompt's prefill, and the first token and the KV hand-off with it."""
+        engine starts its next step. Asked for afterwards through ``driver.call``, the export
+        waited for that whole next step, under load a queued prompt's prefill, and the first
+        token and the KV hand-off with it."""
         from engine.sequence import SequenceStatus
         for out in outputs:
             if out.request_id not in self._awaiting:
