@@ -90,8 +90,11 @@ def send_kv(stream: SendStream, kv: torch.Tensor, layout: Any, codec: str = "raw
 
 class KVSectionReceiver:
     """Iterates a transfer's KV sections as they arrive; ``meta`` holds the sequence metadata.
-    ``whole``: each section is decoded in place into ``self.kv``, the transfer's whole
-    ``[L, 2, T, H, D]`` KV (allocated when the header arrives), and yielded as a view of it."""
+    ``whole``: the sections land in ``self.kv``, the transfer's whole ``[L, 2, T, H, D]`` KV,
+    and are yielded as views of it. It is allocated once the first section has decoded: the
+    header's token count is only trusted after a section of that size arrived within the
+    transfer's byte limit (a forged header must not make the receiver allocate), so the first
+    section is copied in and every later one is decoded in place."""
 
     def __init__(self, stream: ReceiveStream, layout: Any, device: torch.device | str = "cpu",
                  whole: bool = False):
@@ -104,19 +107,23 @@ class KVSectionReceiver:
         for frame in self.stream:
             if self.decoder is None:
                 self.decoder = KVStreamDecoder(self.layout, frame, self.device)
-                if self.whole:
-                    h = self.decoder.header
-                    self.kv = torch.empty((h.num_layers, 2, h.num_tokens, h.num_kv_heads, h.head_dim),
-                                          dtype=self.decoder.dtype, device=self.device)
                 continue
             section = self.decoder.read_frame(frame)
             if section.frame_len != len(frame):
                 raise KVFormatError("a transport frame holds more than one section")
             if section.index == META_INDEX:
                 self.decoder.decode_meta(section)
+            elif not self.whole:
+                yield self.decoder.decode_section(section)
+            elif self.kv is None:
+                start, group = self.decoder.decode_section(section)
+                h = self.decoder.header
+                self.kv = torch.empty((h.num_layers, 2, h.num_tokens, h.num_kv_heads, h.head_dim),
+                                      dtype=group.dtype, device=group.device)
+                self.kv[start:start + group.shape[0]] = group
+                yield start, self.kv[start:start + group.shape[0]]
             else:
-                out = None if self.kv is None else \
-                    self.kv[section.layer_start:section.layer_start + section.layer_count]
+                out = self.kv[section.layer_start:section.layer_start + section.layer_count]
                 yield self.decoder.decode_section(section, out=out)
         if self.decoder is None:
             raise KVFormatError("the KV transfer ended before its header arrived")

@@ -137,6 +137,23 @@ def test_kv_for_another_model_is_refused_at_the_header(local, small_layout):
         receive_kv(local.open_receive(stream.descriptor), replace(small_layout, model_fingerprint="other"))
 
 
+def test_a_forged_token_count_is_refused_before_the_receiver_allocates_for_it(local, small_layout):
+    import dataclasses
+    from kv_transfer.wire.stream import KVStreamEncoder
+    kv = synthetic_kv()
+    honest = KVStreamEncoder(small_layout, kv.shape[2], "raw")
+    forged = KVStreamEncoder(small_layout, 1 << 31, "raw")      # claims 2**31 tokens (TBs of KV)
+    forged.header = dataclasses.replace(forged.header, stream_id=honest.header.stream_id)
+    stream = local.open_send("t-forged")
+    stream.send(forged.header_bytes())
+    stream.send(honest.encode_section(0, kv[:1]))               # a section of the real size
+    stream.close()
+    receiver = KVSectionReceiver(local.open_receive(stream.descriptor), small_layout, whole=True)
+    with pytest.raises(KVFormatError):
+        list(receiver)
+    assert receiver.kv is None
+
+
 def test_a_corrupted_section_in_flight_is_a_format_error(local, small_layout):
     kv = synthetic_kv()
     stream = local.open_send("t-corrupt")
@@ -238,15 +255,18 @@ def test_a_section_handed_in_whole_is_encoded_from_the_kv_itself_not_a_copy(smal
     assert [bytes(f[1]) for f in stream2.frames[1:]] == [bytes(p) for p in payloads]
 
 
-def test_received_sections_are_decoded_in_place_into_one_kv_tensor(local, small_layout):
+def test_received_sections_land_in_one_kv_tensor_and_after_the_first_decode_in_place(local, small_layout):
     kv = synthetic_kv()
     stream = local.open_send("t-inplace")
     send_kv(stream, kv, small_layout, "int8")
     receiver = KVSectionReceiver(local.open_receive(stream.descriptor), small_layout, whole=True)
-    sections = list(receiver)
+    seen = []
+    for start, group in receiver:      # where each section was when it was yielded
+        seen.append((start, group.data_ptr(), receiver.kv.data_ptr()))
     whole = receiver.kv
     per_layer = whole[0].numel() * whole.element_size()
-    assert [g.data_ptr() for _, g in sections] == [whole.data_ptr() + s * per_layer for s, _ in sections]
+    assert len(seen) == small_layout.num_layers >= 2
+    assert all(ptr == base + start * per_layer and base == whole.data_ptr() for start, ptr, base in seen)
     stream = local.open_send("t-inplace-2")
     send_kv(stream, kv, small_layout, "int8")
     assert torch.equal(receive_kv(local.open_receive(stream.descriptor), small_layout), whole)
