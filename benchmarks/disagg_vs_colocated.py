@@ -72,8 +72,19 @@ WORKLOADS = {
 }
 
 
-def workload_args(name: str) -> list[str]:
-    return list(WORKLOADS[name])
+def workload_args(name: str, rows: int | None = None) -> list[str]:
+    """The load generator's arguments for workload ``name`` (a trace: its first ``rows`` rows)."""
+    args = list(WORKLOADS[name])
+    if rows is not None and "trace" in args:
+        args += ["--trace-rows", str(rows)]
+    return args
+
+
+def measured_configs(folder: Path) -> dict[str, dict[str, Any]]:
+    """The per-configuration results a run wrote into ``folder`` (``disaggregated.json``,
+    ``colocated*.json``), by configuration name."""
+    return {f.stem: json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))
+            if f.stem == "disaggregated" or f.stem.startswith("colocated")}
 
 
 COMMON = [f"model.model={MODEL}", "model.num_threads=1", "model.device=cpu", "router.grpc_port=0",
@@ -271,9 +282,7 @@ class Step:
         a = self.args
         self.seed += 1   # fresh prompt tokens: no step may hit the cache an earlier one warmed
         cmd = [sys.executable, "-m", "loadtest", "run", "--target", f"tandem://{self.bg.target}",
-               *workload_args(a.workload), *(["--trace-rows", str(requests)]
-                                             if "trace" in workload_args(a.workload) else []),
-               "--rate", f"{rate:g}",
+               *workload_args(a.workload, requests), "--rate", f"{rate:g}",
                "--seed", str(self.seed), "--max-requests", str(requests),
                "--duration", str(a.duration), "--drain-timeout", "20", "--request-timeout", "30",
                "--slo-ttft-ms", f"{a.ttft_ms:g}", "--slo-tpot-ms", f"{a.tpot_ms:g}",
@@ -449,25 +458,25 @@ def by_objective(results: dict[str, dict[str, Any]], records: dict[str, dict[flo
             row[mode] = {k: o[k] for k in ("max_rate_meeting_slo", "goodput_at_max_rate",
                                            "max_goodput_rps")}
         each = {m: v for m, v in row.items() if m.startswith("colocated")}
-        row["colocated_config"], row["colocated"] = {}, {}
-        for key in ("max_rate_meeting_slo", "goodput_at_max_rate", "max_goodput_rps"):
-            best = max(each, key=lambda m: each[m][key] or 0.0)
-            row["colocated_config"][key], row["colocated"][key] = best, each[best][key]
+        by_rate = max(each, key=lambda m: (each[m]["max_rate_meeting_slo"] or 0.0,
+                                           each[m]["goodput_at_max_rate"] or 0.0))
+        by_goodput = max(each, key=lambda m: each[m]["max_goodput_rps"] or 0.0)
+        # the goodput at the max rate is the same configuration's as that rate
+        row["colocated_config"] = {"max_rate_meeting_slo": by_rate, "goodput_at_max_rate": by_rate,
+                                   "max_goodput_rps": by_goodput}
+        row["colocated"] = {k: each[m][k] for k, m in row["colocated_config"].items()}
         rows.append(row)
     return rows
-
-
-def _rank(sweep: dict[str, Any]) -> tuple[float, float]:
-    return (sweep["max_goodput_rps"] or 0.0, sweep["max_rate_meeting_slo"] or 0.0)
 
 
 def best_colocated(results: dict[str, dict[str, Any]]) -> str:
     """The colocated configuration (of ``colocated`` and ``colocated-bN``) with the highest
     max goodput, ties broken by the highest rate meeting the SLOs."""
-    names = [m for m in results if m == "colocated" or m.startswith("colocated-b")]
+    names = [m for m in results if m.startswith("colocated")]
     if not names:
         raise SystemExit("no colocated configuration measured")
-    return max(names, key=lambda m: _rank(results[m]["sweep"]))
+    return max(names, key=lambda m: (results[m]["sweep"]["max_goodput_rps"] or 0.0,
+                                     results[m]["sweep"]["max_rate_meeting_slo"] or 0.0))
 
 
 # -- plots -------------------------------------------------------------------------------------
@@ -575,8 +584,7 @@ def _reload(out: Path, args: argparse.Namespace) -> tuple[dict, dict, dict]:
     if (out / "sweep.json").exists():   # else the objectives given now
         last = json.loads((out / "sweep.json").read_text())
         args.ttft_ms, args.tpot_ms = last["objectives"]["slo_ttft_ms"], last["objectives"]["slo_tpot_ms"]
-    results = {f.stem: json.loads(f.read_text()) for f in sorted(out.glob("*.json"))
-               if f.stem == "disaggregated" or f.stem.startswith("colocated")}
+    results = measured_configs(out)
     records = {m: {s["rate"]: _load_records(Path(s["result"]).parent / "requests.jsonl")
                    for s in r["sweep"]["steps"]} for m, r in results.items()}
     return results, records, last["engine_costs"]

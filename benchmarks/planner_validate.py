@@ -48,9 +48,7 @@ def workload_rows(name: str, rows: int) -> Workload:
     from loadtest.targets.base import TargetInfo
     parser = argparse.ArgumentParser()
     add_run_options(parser)
-    argv = [*workload_args(name), "--rate", "1", "--seed", "0", "--target", "tandem://x:1"]
-    if "trace" in argv:
-        argv += ["--trace-rows", str(rows)]
+    argv = [*workload_args(name, rows), "--rate", "1", "--seed", "0", "--target", "tandem://x:1"]
     plan = build_workload(parser.parse_args(argv)).plan(
         TargetInfo(MODEL, vocab_size=32000, max_model_len=2048))
     specs = [s.spec for s in itertools.islice(plan.sessions, rows)]
@@ -68,17 +66,16 @@ def layout_of(config: str) -> Layout:
 
 def validate(workload: str, folder: Path, prof, host_cores: float) -> dict[str, tuple[float, float]]:
     """Per configuration measured in ``folder``: (measured, predicted) max goodput."""
-    configs = sorted(f.stem for f in folder.glob("*.json")
-                     if f.stem == "disaggregated" or f.stem.startswith("colocated"))
-    if not configs:
+    from benchmarks.disagg_vs_colocated import measured_configs
+    measured = measured_configs(folder)
+    if not measured:
         raise SystemExit(f"no measured sweep in {folder}: run benchmarks.disagg_vs_colocated "
                          f"--workload {workload} --out {folder} (or --run)")
-    rows = max(s["requests"] for c in configs
-               for s in json.loads((folder / f"{c}.json").read_text())["sweep"]["steps"])
+    rows = max(s["requests"] for r in measured.values() for s in r["sweep"]["steps"])
     w = workload_rows(workload, max(rows, 1))
     out = {}
-    for config in configs:
-        sweep = json.loads((folder / f"{config}.json").read_text())["sweep"]
+    for config, result in measured.items():
+        sweep = result["sweep"]
         slo = sweep["steps"][0]["goodput"]["slo"]
         ttft, tpot = slo["ttft_ms"], slo["tpot_ms"]
         pred_rows = []

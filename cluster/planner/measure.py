@@ -117,7 +117,8 @@ def measure(model: str = "stories260K", threads: int = 1, reps: int = 5, name: s
                           "decode_points": {str(b): m for b, m in zip(batches, dec_ms)}})
     if through_cluster:
         prof.overhead = measure_overhead(prof, model, threads, reps)
-        prof.handoff = handoff_from(prof, serve_samples(model, threads, reps, mode="disaggregated"))
+        prof.handoff = handoff_from(prof, serve_samples(model, threads, reps, batch=0,
+                                                               mode="disaggregated"))
         logger.info("hand-off: %.1f ms fixed + %.2f GB/s", prof.handoff.base_ms, prof.handoff.gb_per_s)
     return prof
 
@@ -180,7 +181,7 @@ def handoff_from(prof: Profile, served: Served) -> HandoffCost:
 def serve_samples(model: str, threads: int, reps: int = 5, prompt: int = 256, out: int = 33,
                   batch: int = 8, short: int = 64, mode: str = "colocated") -> Served:
     """Greedy requests through a cluster on this host, sent with the SDK: ``reps`` alone,
-    ``reps // 2`` batches. ``mode``: colocated, one worker (a Ray actor behind the router);
+    ``reps // 2`` batches of ``batch`` (0: none). ``mode``: colocated, one worker (a Ray actor behind the router);
     disaggregated, one prefill and one decode worker (the KV hand-off between them)."""
     import os
     from concurrent.futures import ThreadPoolExecutor
@@ -215,11 +216,12 @@ def serve_samples(model: str, threads: int, reps: int = 5, prompt: int = 256, ou
             t0 = time.perf_counter()
             res = one(prompt, out)
             served.alone.append((res.usage.ttft_ms, (time.perf_counter() - t0) * 1e3))
-        with ThreadPoolExecutor(batch) as pool:
-            for _ in range(max(1, reps // 2)):
-                t0 = time.perf_counter()
-                list(pool.map(lambda _: one(short, out), range(batch)))
-                served.batched.append((time.perf_counter() - t0) * 1e3)
+        if batch:
+            with ThreadPoolExecutor(batch) as pool:
+                for _ in range(max(1, reps // 2)):
+                    t0 = time.perf_counter()
+                    list(pool.map(lambda _: one(short, out), range(batch)))
+                    served.batched.append((time.perf_counter() - t0) * 1e3)
         served.cpu_ms = (time.process_time() - cpu0) * 1e3
         served.tokens = sum(len(c) for _, c in served.outputs[1:])
     return served

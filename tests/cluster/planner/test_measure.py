@@ -83,9 +83,10 @@ def test_the_handoff_is_what_a_disaggregated_stream_takes_beyond_its_steps_and_b
 def test_the_handoff_is_measured_on_requests_a_disaggregated_cluster_served_exactly():
     from cluster.planner.measure import serve_samples
     from engine import LLM, SamplingParams
-    served = serve_samples("stories260K", threads=1, reps=2, prompt=64, out=9, batch=2, short=16,
+    served = serve_samples("stories260K", threads=1, reps=2, prompt=64, out=9, batch=0,
                            mode="disaggregated")
     assert len(served.alone) == 2 and all(0 < ttft < e2e for ttft, e2e in served.alone)
+    assert served.batched == [] and len(served.outputs) == 3    # warm-up + 2 alone, no batch
     offline = LLM("stories260K").generate(
         [p for p, _ in served.outputs],
         [SamplingParams(max_tokens=len(c), temperature=0.0, ignore_eos=True) for _, c in served.outputs])
