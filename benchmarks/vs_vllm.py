@@ -510,6 +510,7 @@ def run_offline(args: argparse.Namespace, peer_bin: Path, model_dir: Path, out_d
             res = json.loads(lines[-1])
             results[system].append(res)
             emit(figure="offline_run", system=system, rep=rep, threads=1,
+                 prefill_ms=_rnd(res.get("prefill_ms"), 1),
                  **{f"batch{b}_out_tok_s": _rnd(res[f"batch{b}"]["out_tok_s"], 1) for b in batches})
     for b in batches:
         med = {s: _median([r[f"batch{b}"]["out_tok_s"] for r in rs]) for s, rs in results.items()}
@@ -517,6 +518,10 @@ def run_offline(args: argparse.Namespace, peer_bin: Path, model_dir: Path, out_d
              reps=min(len(r) for r in results.values()),
              vllm_out_tok_s=_rnd(med["vllm"], 1), tandem_out_tok_s=_rnd(med["tandem"], 1),
              tandem_vs_vllm=_ratio(med["tandem"], med["vllm"]))
+    med = {s: _median([r["prefill_ms"] for r in rs if "prefill_ms" in r]) for s, rs in results.items()}
+    emit(figure="offline_prefill", threads=1, input_len=args.input_len,
+         vllm_ms=_rnd(med["vllm"], 1), tandem_ms=_rnd(med["tandem"], 1),
+         tandem_vs_vllm_time=_ratio(med["tandem"], med["vllm"]))
 
 
 # -- main --------------------------------------------------------------------------------------

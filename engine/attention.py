@@ -7,7 +7,8 @@ so a long chunk never pads the decode rows up to its length. A span reads its ke
 as a plain slice of the cache (a sequence whose blocks happen to be consecutive: no copy)
 or gathered block by block through its block table. On CPU at float32 the decode span
 instead goes to a native kernel (``engine.cpu_kernels``) that reads every sequence's blocks
-in place: no gather, no padding to the longest sequence, no mask.
+in place: no gather, no padding to the longest sequence, no mask; and each prefill chunk to
+another that reads its sequence's keys in place, causal by position (no mask either).
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ class AttentionSpan:
     mask: torch.Tensor | None = None   # [batch, 1, q_len, kv_len] bool, True = may attend
     causal: bool = False               # square causal (a chunk that starts the sequence)
     seq_lens: torch.Tensor | None = None   # [batch] keys per sequence: the native decode kernel
+    native_prefill: bool = False           # one sequence's chunk through the native prefill kernel
 
 
 @dataclass(slots=True)
@@ -64,6 +66,10 @@ def _attend(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, span:
         return cpu_kernels.paged_decode_attention(q[span.row_start:span.row_end], k_cache, v_cache,
                                                   span.block_tables, span.seq_lens, span.kv_len,
                                                   block_size, scale)
+    if span.native_prefill:
+        table = span.block_tables[0] if span.block_tables is not None else None
+        return cpu_kernels.prefill_attention(q[span.row_start:span.row_end], k_cache, v_cache, table,
+                                             span.slot_start, span.kv_len, block_size, scale)
     b, n_q = span.batch, span.q_len
     heads, head_dim = q.shape[1], q.shape[2]
     qs = q[span.row_start:span.row_end].view(b, n_q, heads, head_dim).transpose(1, 2)

@@ -1,7 +1,9 @@
 """Native CPU kernels: C sources in ``engine/csrc``, compiled once per machine, loaded with ctypes.
 
-Decode attention over the paged cache (``paged_attention.c``) and the decoder layer's
-elementwise work, RMSNorm, SiLU-gate and RoPE, one pass each (``elementwise.c``).
+Decode attention over the paged cache (``paged_attention.c``), prefill attention of one
+sequence's chunk over its paged keys (``prefill_attention.c``: causal by position, no mask, no
+gather; ~3x torch's CPU flash attention at 512 tokens) and the decoder layer's elementwise
+work, RMSNorm, SiLU-gate and RoPE, one pass each (``elementwise.c``).
 
 Why C and ctypes rather than a torch extension: the kernels need no torch headers, so it
 compiles in about a second with the system's C compiler (``cc``/``gcc``; ``$CC`` wins),
@@ -34,7 +36,7 @@ logger = logging.getLogger(__name__)
 
 ENV_SWITCH = "TANDEM_CPU_KERNELS"
 _CSRC = Path(__file__).resolve().parent / "csrc"
-_SOURCES = ("paged_attention.c", "elementwise.c")
+_SOURCES = ("paged_attention.c", "prefill_attention.c", "elementwise.c")
 _FLAGS = ["-O3", "-march=native", "-shared", "-fPIC"]
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
 
@@ -97,12 +99,16 @@ def _library() -> ctypes.CDLL | None:
     fn = lib.tandem_paged_decode_attention
     fn.argtypes = [_PTR] * 5 + [_I64] * 6 + [ctypes.c_float, _PTR, _PTR]
     fn.restype = ctypes.c_int
+    lib.tandem_prefill_attention.argtypes = [_PTR, _I64, _PTR, _PTR, _PTR] + [_I64] * 7 + \
+        [ctypes.c_float, _PTR, _PTR]
+    lib.tandem_prefill_attention.restype = ctypes.c_int
     lib.tandem_rms_norm.argtypes = [_PTR, _I64, _PTR, _I64, _I64, ctypes.c_float, _PTR]
     lib.tandem_silu_mul.argtypes = [_PTR, _I64, _I64, _PTR]
     lib.tandem_rope.argtypes = [_PTR, _I64, _PTR, _PTR, _I64, _I64, _I64, _PTR]
     for name in ("tandem_rms_norm", "tandem_silu_mul", "tandem_rope"):
         getattr(lib, name).restype = None
-    if not (_agrees_with_torch(fn) and _elementwise_agrees_with_torch(lib)):
+    if not (_agrees_with_torch(fn) and _prefill_agrees_with_torch(lib)
+            and _elementwise_agrees_with_torch(lib)):
         logger.warning("CPU kernels disagree with torch on this machine; using torch ops")
         return None
     return lib
@@ -172,6 +178,47 @@ def paged_decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torc
                  max_len, block_size, scale)
 
 
+def prefill_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                      block_table: torch.Tensor | None, slot_start: int, kv_len: int,
+                      block_size: int, scale: float) -> torch.Tensor:
+    """One sequence's chunk of queries over its keys, read in place: query i sits at position
+    kv_len - n + i and sees keys 0..that position (a causal prompt, a later chunk, a prompt
+    after a cached prefix alike).
+
+    q: [n, Hq, D] float32 (token rows may be strided); caches: [slots, Hkv, D] float32
+    contiguous; block_table: [blocks] int64 (key t in slot table[t // bs] * bs + t % bs) or
+    None for keys in slots slot_start.. slot_start + kv_len. Returns [n, Hq, D]."""
+    lib = _library()
+    if lib is None:
+        raise RuntimeError("native prefill attention is not available")
+    return _prefill(lib, q, k_cache, v_cache, block_table, slot_start, kv_len, block_size, scale)
+
+
+def _prefill(lib, q, k_cache, v_cache, block_table, slot_start, kv_len, block_size, scale):
+    n, heads, head_dim = q.shape
+    if q.stride(2) != 1 or q.stride(1) != head_dim:
+        q = q.contiguous()
+    kv_heads = k_cache.shape[1]
+    if heads % kv_heads or head_dim % 8 or not (k_cache.is_contiguous() and v_cache.is_contiguous()):
+        raise ValueError("prefill_attention needs contiguous caches, Hq divisible by Hkv "
+                         "and head_dim divisible by 8")
+    if not 1 <= n <= kv_len:
+        raise ValueError(f"prefill_attention: {n} queries over {kv_len} keys")
+    table = None
+    if block_table is not None:
+        table = block_table.contiguous()
+        if table.dtype != torch.int64 or table.numel() * block_size < kv_len:
+            raise ValueError("prefill_attention: block_table must be int64 and cover kv_len")
+    kv_pad = -(-kv_len // 32) * 32
+    scratch = torch.empty((head_dim + 6) * kv_pad + 4 * head_dim, dtype=torch.float32)
+    out = torch.empty(n, heads, head_dim, dtype=torch.float32)
+    lib.tandem_prefill_attention(q.data_ptr(), q.stride(0), k_cache.data_ptr(), v_cache.data_ptr(),
+                                 table.data_ptr() if table is not None else None, slot_start, n,
+                                 kv_len, heads, kv_heads, head_dim, block_size, scale,
+                                 scratch.data_ptr(), out.data_ptr())
+    return out
+
+
 def _call(fn, q, k_cache, v_cache, block_tables, seq_lens, max_len, block_size, scale) -> torch.Tensor:
     q = q.contiguous()
     batch, heads, head_dim = q.shape
@@ -201,6 +248,28 @@ def _elementwise_agrees_with_torch(lib) -> bool:
     rot = torch.cat((-qk[..., 8:], qk[..., :8]), dim=-1)
     ok &= torch.allclose(_rope(lib, qk, cos, sin), qk * cos + rot * sin, atol=1e-5, rtol=1e-4)
     return bool(ok)
+
+
+def _prefill_agrees_with_torch(lib) -> bool:
+    """The prefill kernel against masked SDPA on gathered keys: a chunk after earlier keys
+    (shuffled blocks, strided queries) and a whole causal prompt in consecutive slots."""
+    gen = torch.Generator().manual_seed(2)
+    bs, heads, kv_heads, dim = 4, 6, 2, 16
+    k_cache, v_cache = (torch.randn(12 * bs, kv_heads, dim, generator=gen) for _ in range(2))
+    table = torch.randperm(12, generator=gen)[:10]
+    for n, kv_len, blocks, start in ((7, 37, table, 0), (37, 37, None, 4)):
+        q = torch.randn(n, heads, 2 * dim, generator=gen)[..., :dim]
+        got = _prefill(lib, q, k_cache, v_cache, blocks, start, kv_len, bs, dim ** -0.5)
+        slots = ((blocks.repeat_interleave(bs) * bs + torch.arange(bs).repeat(len(blocks)))[:kv_len]
+                 if blocks is not None else torch.arange(start, start + kv_len))
+        k, v = k_cache[slots].transpose(0, 1), v_cache[slots].transpose(0, 1)
+        mask = torch.arange(kv_len) <= torch.arange(kv_len - n, kv_len).unsqueeze(1)
+        ref = F.scaled_dot_product_attention(q.transpose(0, 1), k.repeat_interleave(3, 0),
+                                             v.repeat_interleave(3, 0), attn_mask=mask,
+                                             scale=dim ** -0.5)
+        if not torch.allclose(got, ref.transpose(0, 1), atol=1e-5, rtol=1e-4):
+            return False
+    return True
 
 
 def _agrees_with_torch(fn) -> bool:

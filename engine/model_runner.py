@@ -45,6 +45,8 @@ class ModelRunner:
         # (CPU, float32, head_dim a multiple of its 8-wide vectors).
         self.native_decode = device.type == "cpu" and dtype == torch.float32 and \
             cfg.head_dim % 8 == 0 and cpu_kernels.available()
+        # Prefill chunks likewise, unless bf16 AMX runs their attention.
+        self.native_prefill = self.native_decode and self.model.matmul.mode != "bf16-amx"
 
     # -- batch preparation -------------------------------------------------------------
     def _slots(self, seq: Sequence, start: int, end: int) -> torch.Tensor:
@@ -89,9 +91,10 @@ class ModelRunner:
     def _prefill_span(self, seq: Sequence, row: int, start: int, n: int) -> AttentionSpan:
         dev = self.device
         kv_len = start + n
-        span = AttentionSpan(row, row + n, 1, n, kv_len, None, causal=start == 0)
+        span = AttentionSpan(row, row + n, 1, n, kv_len, None, causal=start == 0,
+                             native_prefill=self.native_prefill)
         self._locate_keys(span, [seq.block_table], kv_len)
-        if start > 0:
+        if start > 0 and not span.native_prefill:
             q_pos = torch.arange(start, kv_len, device=dev).unsqueeze(1)
             span.mask = (torch.arange(kv_len, device=dev).unsqueeze(0) <= q_pos).view(1, 1, n, kv_len)
         return span

@@ -34,4 +34,31 @@ static inline v8 exp8_nonpos(v8 x) {
     return p * (v8)((ni + 127) << 23);
 }
 
+/* The same, 16 lanes (one AVX-512 register; a pair of AVX2 ones elsewhere). */
+typedef float v16 __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+typedef int32_t v16i __attribute__((vector_size(64)));
+static inline v16 ld16(const float *p) { return *(const v16u *)p; }
+static inline void st16(float *p, v16 x) { *(v16u *)p = x; }
+static inline v16 max16(v16 a, v16 b) {
+    const v16i gt = a > b;
+    return (v16)((gt & (v16i)a) | (~gt & (v16i)b));
+}
+
+static inline v16 exp16_nonpos(v16 x) {
+    const v16 lo = x * 0.0f - 87.f;
+    const v16i small = x < lo;
+    x = (v16)((small & (v16i)lo) | (~small & (v16i)x));
+    const v16i ni = __builtin_convertvector(x * 1.44269504088896341f - 0.5f, v16i);
+    const v16 n = __builtin_convertvector(ni, v16);
+    const v16 r = x - n * 0.693359375f + n * 2.12194440e-4f;
+    v16 p = r * 1.9875691500e-4f + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    return p * (v16)((ni + 127) << 23);
+}
+
 #endif

@@ -1,5 +1,5 @@
-"""The native CPU kernels: decode attention exact against SDPA on gathered keys, the
-elementwise kernels against the torch ops they replace, the engine the same with and without
+"""The native CPU kernels: decode and prefill attention exact against SDPA on gathered keys,
+the elementwise kernels against the torch ops they replace, the engine the same with and without
 them, and the torch fallback when they cannot be built."""
 from __future__ import annotations
 
@@ -65,6 +65,61 @@ def test_paged_decode_attention_rejects_a_head_dim_it_cannot_vectorise():
         cpu_kernels.paged_decode_attention(q, cache, cache, torch.tensor([[0]]), torch.tensor([1]), 1, 16, 1.0)
 
 
+def _prefill_reference(q, k_cache, v_cache, slots, scale):
+    """Masked SDPA over gathered keys: query i at position len(slots) - n + i sees keys 0..it."""
+    n, heads, kv_heads, kv_len = q.shape[0], q.shape[1], k_cache.shape[1], len(slots)
+    k = k_cache[slots].transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+    v = v_cache[slots].transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+    mask = torch.arange(kv_len) <= torch.arange(kv_len - n, kv_len).unsqueeze(1)
+    return F.scaled_dot_product_attention(q.transpose(0, 1), k, v, attn_mask=mask,
+                                          scale=scale).transpose(0, 1)
+
+
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(6, 2, 64), (4, 4, 128), (8, 2, 8), (4, 2, 24)])
+@pytest.mark.parametrize("n,kv_len", [(1, 1), (5, 5), (3, 70), (37, 37), (130, 130), (33, 300)])
+def test_prefill_attention_equals_masked_sdpa_through_a_shuffled_block_table(heads, kv_heads, head_dim,
+                                                                             n, kv_len):
+    """A whole prompt (n == kv_len) and a chunk after cached keys (n < kv_len), through block
+    tables in random order and from consecutive slots, with query rows strided as in the model."""
+    block_size = 16
+    gen = torch.Generator().manual_seed(heads * head_dim + n * 7 + kv_len)
+    num_blocks = -(-kv_len // block_size) + 3
+    k_cache = torch.randn(num_blocks * block_size, kv_heads, head_dim, generator=gen) * 2
+    v_cache = torch.randn(num_blocks * block_size, kv_heads, head_dim, generator=gen)
+    table = torch.randperm(num_blocks, generator=gen)[:-(-kv_len // block_size)]
+    q = torch.randn(n, heads, 2 * head_dim, generator=gen)[..., :head_dim] * 3
+    scale = head_dim ** -0.5
+    slots = (table.repeat_interleave(block_size) * block_size +
+             torch.arange(block_size).repeat(len(table)))[:kv_len]
+    got = cpu_kernels.prefill_attention(q, k_cache, v_cache, table, 0, kv_len, block_size, scale)
+    assert_fp32_close(got, _prefill_reference(q, k_cache, v_cache, slots, scale))
+    got = cpu_kernels.prefill_attention(q, k_cache, v_cache, None, 5, kv_len, block_size, scale)
+    assert_fp32_close(got, _prefill_reference(q, k_cache, v_cache, torch.arange(5, 5 + kv_len), scale))
+
+
+def test_prefill_attention_never_reads_keys_after_the_last_query():
+    """Keys past the chunk's last position hold NaN: causality means no query reads them."""
+    k_cache, v_cache = torch.randn(64, 2, 16), torch.randn(64, 2, 16)
+    q = torch.randn(10, 4, 16)
+    slots = torch.arange(20)
+    full = cpu_kernels.prefill_attention(q, k_cache, v_cache, None, 0, 20, 16, 0.25)
+    k_cache[20:], v_cache[20:] = float("nan"), float("nan")
+    again = cpu_kernels.prefill_attention(q, k_cache, v_cache, None, 0, 20, 16, 0.25)
+    assert torch.equal(full, again) and torch.isfinite(again).all()
+    assert_fp32_close(again, _prefill_reference(q, k_cache, v_cache, slots, 0.25))
+
+
+def test_prefill_attention_rejects_what_it_cannot_compute():
+    cache = torch.zeros(32, 1, 12)
+    with pytest.raises(ValueError, match="head_dim"):
+        cpu_kernels.prefill_attention(torch.zeros(2, 2, 12), cache, cache, None, 0, 2, 16, 1.0)
+    cache = torch.zeros(32, 1, 16)
+    with pytest.raises(ValueError, match="queries over"):
+        cpu_kernels.prefill_attention(torch.zeros(3, 2, 16), cache, cache, None, 0, 2, 16, 1.0)
+    with pytest.raises(ValueError, match="cover kv_len"):
+        cpu_kernels.prefill_attention(torch.zeros(3, 2, 16), cache, cache, torch.tensor([0]), 0, 20, 16, 1.0)
+
+
 @pytest.mark.parametrize("rows,dim", [(1, 384), (7, 20), (33, 64)])
 def test_rms_norm_equals_the_torch_formula_on_strided_rows(rows, dim):
     gen = torch.Generator().manual_seed(rows + dim)
@@ -97,7 +152,7 @@ def test_rope_equals_rotate_half_on_a_strided_view(heads, dim):
 
 def _torch_only(llm) -> None:
     from engine.model import DecoderLayer, RMSNorm
-    llm.engine.runner.native_decode = False
+    llm.engine.runner.native_decode = llm.engine.runner.native_prefill = False
     for module in llm.engine.runner.model.modules():
         if isinstance(module, (RMSNorm, DecoderLayer)):
             module.native = False
@@ -109,7 +164,7 @@ def test_the_engine_decodes_the_same_tokens_with_and_without_the_kernels():
     outs, logits = {}, {}
     for native in (True, False):
         llm = LLM("tiny-llama-gqa", max_num_seqs=8)
-        assert llm.engine.runner.native_decode      # on by default on CPU at float32
+        assert llm.engine.runner.native_decode and llm.engine.runner.native_prefill  # CPU, float32
         assert llm.engine.runner.model.layers[0].native and llm.engine.runner.model.norm.native
         if not native:
             _torch_only(llm)
