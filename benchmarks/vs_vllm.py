@@ -26,6 +26,8 @@ endpoint answers ``GET /v1/models``:
   global store off (random prompts share no prefixes), SLO admission OFF.
 - ``tandem-default-admission``: the defaults exactly, admission on (not in the default set:
   for goodput with the defaults; at rate inf admission refuses requests by design).
+- ``tandem-default-no-overflow``: ``tandem-default`` with ``router.prefill_overflow=false``
+  (not in the default set: what prefill overflow changes).
 Admission is off where the output says ``"admission": "off"``: it refuses requests instead of
 serving them late, which a throughput comparison must not count against a system.
 
@@ -103,6 +105,8 @@ SYSTEMS: dict[str, tuple[str, list[str], str, str]] = {
                          "colocated, 2 workers x 1 torch thread, global store off"),
     "tandem-default-admission": ("tandem", [], "on",
                                  "defaults exactly (disaggregated 1P+1D), SLO admission on"),
+    "tandem-default-no-overflow": ("tandem", ["--set", "router.prefill_overflow=false", *ADMISSION_OFF], "off",
+                                   "defaults with prefill overflow off (every prompt on the prefill pool)"),
     # bfloat16 operating point (not in the default set): vLLM with bf16 weights, Tandem with
     # float32 weights and bf16 AMX matmuls (model.matmul_dtype, docs/engine.md).
     "vllm-bf16": ("vllm", ["--dtype", "bfloat16"], "n/a",

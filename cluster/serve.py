@@ -76,7 +76,8 @@ class Cluster:
                 cfg.router, cfg.model, {r: p.handles for r, p in self.pools.items()}, available_codecs(),
                 default_codec=cfg.kv_transfer.codec, colocated=cfg.mode == "colocated",
                 tenant_sharing=cfg.store.tenant_sharing,
-                early_decode=cfg.kv_transfer.transport == "ray", switchable=cfg.rebalance.enabled)
+                early_decode=cfg.kv_transfer.transport == "ray", switchable=cfg.rebalance.enabled,
+                tpot_ms=cfg.slo.tpot_ms)
             self.server = RouterServer(self.backend, cfg.router, slo=cfg.slo)
             self.port = await self.server.start()
             if cfg.rebalance.enabled:

@@ -66,6 +66,11 @@ class RouterConfig:
     health_poll_s: float = setting(1.0, gt(0))
     stream_interval_s: float = setting(0.02, ge(0))  # a steady token stream is polled this often
     http_port: int | None = setting(None, port)  # OpenAI-compatible HTTP; null: off, 0: any free port
+    # Disaggregated: a prompt that would queue behind a busy prefill pool is computed on its
+    # decode worker instead (router/backends/overflow.py), if its prefill stalls that worker's
+    # decodes for at most overflow_max_stall_tpot TPOT objectives.
+    prefill_overflow: bool = True
+    overflow_max_stall_tpot: float = setting(8.0, gt(0))
     auth: AuthConfig = field(default_factory=AuthConfig)
     tls: TLSConfig = field(default_factory=TLSConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)

@@ -181,6 +181,8 @@ class _WorkerReports:
                                   "worker's measured prefill speed", labels=["worker"])
         kv_bytes = CounterMetricFamily("tandem_kv_transfer_bytes", "Encoded KV bytes shipped "
                                        "from prefill to decode, by codec", labels=["codec"])
+        overflow = CounterMetricFamily("tandem_prefill_overflow_requests", "Requests whose prompt "
+                                       "a decode worker computed because the prefill pool was busy")
         reports = getattr(backend, "worker_reports", None)
         for name, load in (reports() if callable(reports) else []):
             if load.role == "prefill":
@@ -201,4 +203,6 @@ class _WorkerReports:
                 writebacks.add_metric([name, outcome], s.get(f"writebacks_{outcome}", 0))
         for codec, nbytes in dict(getattr(backend, "kv_bytes_sent", None) or {}).items():
             kv_bytes.add_metric([codec], nbytes)
-        return [decisions, hits, fetched, writebacks, speed, kv_bytes]
+        over = getattr(backend, "overflow", None)
+        overflow.add_metric([], over.overflowed if over is not None else 0)
+        return [decisions, hits, fetched, writebacks, speed, kv_bytes, overflow]

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from router.backends.fork_homes import ForkHomes
+from router.backends.overflow import PrefillOverflow
 from router.backends.resume import StreamGap, complete_reason, find_holder, resume_key, unseen
 from router.backends.stream_hub import StreamHub, WorkerGone
 from router.backends.worker_registry import WorkerRegistry
@@ -64,7 +65,8 @@ class RayPoolsBackend(Backend):
 
     def __init__(self, router: RouterConfig, model: EngineConfig, pools: dict[str, dict[str, object]],
                  codecs: list[str], *, default_codec: str = "raw", colocated: bool = False,
-                 tenant_sharing: bool = False, early_decode: bool = False, switchable: bool = False):
+                 tenant_sharing: bool = False, early_decode: bool = False, switchable: bool = False,
+                 tpot_ms: float = 100.0):
         self.model = model
         self.colocated = colocated
         self.mode = "colocated" if colocated else "disaggregated"
@@ -83,6 +85,8 @@ class RayPoolsBackend(Backend):
         self.kv_bytes_sent: dict[str, int] = {}   # codec -> encoded KV bytes received by decode
         self.fork_homes = ForkHomes()             # the samples of one request go to one worker
         self.early_decode = early_decode and not colocated
+        self.overflow = PrefillOverflow(router.prefill_overflow and not colocated and not self.switchable,
+                                        tpot_ms, router.overflow_max_stall_tpot)
         self._collecting: set[asyncio.Task] = set()
 
     @property
@@ -153,7 +157,7 @@ class RayPoolsBackend(Backend):
             got = await self._call(request, view, view.handle.replay.remote(rid, progress.key), recover=True)
             if got is None:
                 raise _Recover(f"{view.name} no longer holds it")
-            async for event in self._relay(request, usage, progress, queue, got[1]):
+            async for event in self._relay(request, usage, progress, queue, got[1], self.colocated):
                 yield event
             finished = True
         finally:
@@ -163,7 +167,8 @@ class RayPoolsBackend(Backend):
                 _fire_and_forget(view.handle.abort.remote(rid))
 
     async def _relay(self, request: GenerateRequest, usage: Usage, progress: _Progress,
-                     queue: asyncio.Queue, retained: list[StreamEvent] = ()) -> AsyncIterator[GenerateEvent]:
+                     queue: asyncio.Queue, retained: list[StreamEvent] = (),
+                     computes_prompt: bool = False) -> AsyncIterator[GenerateEvent]:
         """The stream worker's events (``retained`` first, then ``queue``) as deltas, until
         the finish. Each is cut to what was not sent yet, so an event seen twice is sent once;
         one that starts past what was sent means a hole: the request is recovered."""
@@ -179,7 +184,7 @@ class RayPoolsBackend(Backend):
                 raise _Recover(f"its stream has a hole ({exc})") from None
             if item is None:
                 continue
-            if self.colocated and not generated and item.token_ids:
+            if computes_prompt and not generated and item.token_ids:
                 usage.cached_prompt_tokens = item.num_cached_tokens
             for ev in self._emit(request, usage, progress, item.token_ids, item.text, item.finish_reason,
                                  item.logprobs, item.prompt_logprobs):
@@ -201,9 +206,17 @@ class RayPoolsBackend(Backend):
         decoder.inflight += 1
         finished = False
         early = _EarlyStart()
+        local = 0     # prompt tokens this decode worker computes itself (overflow), until its first token
         try:
-            if self.colocated:
-                self.registry.expect_cached(decoder, ctx.block_hashes)
+            if not self.colocated and not generated and not group and self.overflow.choose(
+                    self.registry.healthy("prefill"), decoder, len(prompt),
+                    ctx.block_hashes[0] if ctx.block_hashes else None):
+                local = len(prompt)
+                self.overflow.sent(decoder.name, local)
+                self.overflow.overflowed += 1
+            if self.colocated or local:
+                if self.colocated:
+                    self.registry.expect_cached(decoder, ctx.block_hashes)
                 await self._call(request, decoder, decoder.handle.submit.remote(
                     FullRequest(rid, prompt, params, salt, deadline, len(generated),
                                 progress.text_chars, **fork, resume_key=progress.key)), recover=True)
@@ -227,10 +240,16 @@ class RayPoolsBackend(Backend):
                 nbytes = await self._call(request, decoder, started, recover=True)
                 codec = request.codec or self.default_codec
                 self.kv_bytes_sent[codec] = self.kv_bytes_sent.get(codec, 0) + int(nbytes or 0)
-            async for ev in self._relay(request, usage, progress, queue):
+            async for ev in self._relay(request, usage, progress, queue,
+                                        computes_prompt=self.colocated or bool(local)):
+                if local and isinstance(ev, TokenDelta) and ev.token_ids:
+                    self.overflow.done(decoder.name, local)
+                    local = 0
                 yield ev
             finished = True
         finally:
+            if local:
+                self.overflow.done(decoder.name, local)
             decoder.inflight -= 1
             if group and self.colocated:
                 self.fork_homes.release(self.stream_role, group)
@@ -252,6 +271,7 @@ class RayPoolsBackend(Backend):
             worker = self._pick("prefill", self.prefill_policy, ctx, exclude=tried, group=group)
             self.registry.expect_cached(worker, ctx.block_hashes)
             worker.inflight += 1
+            self.overflow.sent(worker.name, len(prompt))
             transfer_id = ""
             if self.early_decode:
                 transfer_id = new_transfer_id(rid)
@@ -273,6 +293,7 @@ class RayPoolsBackend(Backend):
                 logger.warning("request %s: prefill on %s failed (%s); retrying elsewhere", rid, worker.name, exc)
             finally:
                 worker.inflight -= 1
+                self.overflow.done(worker.name, len(prompt))
                 if group:
                     self.fork_homes.release("prefill", group)
 

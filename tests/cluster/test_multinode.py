@@ -36,7 +36,8 @@ PROMPTS = ["Once upon a time", "Lily and Ben went to the park", "Tom had a red b
 # SLO admission off: these tests send 32 streams at once and count every one; on a loaded host
 # (five raylets on two cores) admission may rightly refuse some, which is not what they test
 # (tests/router/test_admission.py and test_burst_admission.py do).
-SETTINGS = ["store.enabled=false", "model.num_threads=1", "router.health_poll_s=0.2", "router.admission.enabled=false",
+# Prefill overflow off: these tests check which node computes each phase.
+SETTINGS = ["router.prefill_overflow=false", "store.enabled=false", "model.num_threads=1", "router.health_poll_s=0.2", "router.admission.enabled=false",
             "pools.prefill.cpus_per_worker=0.5", "pools.decode.cpus_per_worker=0.5", "pools.decode.workers=2"]
 
 

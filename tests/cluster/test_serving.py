@@ -37,10 +37,12 @@ def _cfg(mode: str, **extra: str):
     # SLO admission off: these tests send bursts (32, 100 streams) and count every request;
     # on a loaded host admission may rightly refuse some, which is not what they test
     # (tests/router/test_admission.py and test_burst_admission.py do). max_inflight stays.
+    # Prefill overflow off: these tests follow each request through the hand-off (the one
+    # that tests overflow turns it on).
     overrides = [f"mode={mode}", "router.grpc_port=0", "router.http_port=0", "router.admission.enabled=false",
                  "pools.prefill.cpus_per_worker=0.25",
                  "pools.decode.cpus_per_worker=0.25", "pools.decode.workers=2", "pools.prefill.workers=2", "model.num_threads=1",
-                 "router.health_poll_s=0.2", "model.max_num_seqs=64"]
+                 "router.health_poll_s=0.2", "model.max_num_seqs=64", "router.prefill_overflow=false"]
     overrides += [f"{k}={v}" for k, v in extra.items()]
     return load_config(None, overrides)
 
@@ -103,6 +105,45 @@ def test_32_concurrent_streams_are_token_identical_to_the_offline_engine(cluster
         assert res.usage.prefill_worker.startswith("tandem-prefill-")
         assert res.usage.decode_worker.startswith("tandem-decode-")
         assert res.usage.completion_tokens == len(want.token_ids)
+
+
+def test_a_burst_overflows_prompts_to_decode_workers_with_the_offline_engines_tokens(cluster, client, offline):
+    """With the prefill pool busy (a burst) some prompts are computed on their decode worker
+    (router.prefill_overflow, on by default; off in this module's other tests): the same tokens
+    as offline, nothing left pending, every KV block back."""
+    backend = cluster.backend
+    backend.overflow.enabled = True
+    try:
+        _burst_overflows(cluster, client, offline)
+    finally:
+        backend.overflow.enabled = False
+
+
+def _burst_overflows(cluster, client, offline) -> None:
+    backend = cluster.backend
+    client.generate(PROMPTS[0], max_tokens=2, temperature=0)        # the prefill speeds get measured
+    wait_until(lambda: cluster.call(backend.registry.refresh_once()) or all(
+        v.last_load is not None and v.last_load.prefill_tokens_per_s > 0
+        for v in backend.registry.healthy("prefill")), timeout=30, interval=0.2)
+    start_blocks = _free_blocks(cluster)
+    before = backend.overflow.overflowed
+    results: dict[int, object] = {}
+
+    def run(i: int) -> None:
+        results[i] = client.generate(PROMPTS[i % len(PROMPTS)], max_tokens=MAX_TOKENS, temperature=0)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(48)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert len(results) == 48
+    overflowed = [r for r in results.values() if r.usage.prefill_worker == r.usage.decode_worker]
+    assert overflowed and backend.overflow.overflowed - before == len(overflowed)
+    for i, res in results.items():
+        assert res.token_ids == offline[PROMPTS[i % len(PROMPTS)]].token_ids
+    assert backend.overflow.pending == {}
+    assert _wait_blocks_back(cluster, start_blocks) == start_blocks
 
 
 def test_stop_strings_give_the_offline_engines_text_through_grpc_and_http(cluster):

@@ -19,12 +19,13 @@ from loadtest.synthetic import SyntheticWorkload
 from loadtest.targets.base import TargetOptions
 
 # Admission off: these runs count every request they send, and SLO admission may rightly
-# refuse some on a loaded host, which is not what they test (tests/router does).
+# refuse some on a loaded host, which is not what they test (tests/router does). Prefill
+# overflow off: they check that each request names a worker of each pool.
 OVERRIDES = ["mode=disaggregated", "router.grpc_port=0", "router.http_port=0",
              "router.metrics_port=0", "router.admission.enabled=false",
              "pools.prefill.cpus_per_worker=0.25", "pools.decode.cpus_per_worker=0.25",
              "pools.decode.workers=2", "model.num_threads=1", "router.health_poll_s=0.2",
-             "model.max_num_seqs=32"]
+             "model.max_num_seqs=32", "router.prefill_overflow=false"]
 
 
 @pytest.fixture(scope="module")
