@@ -89,9 +89,12 @@ def measured_configs(folder: Path) -> dict[str, dict[str, Any]]:
 
 COMMON = [f"model.model={MODEL}", "model.num_threads=1", "model.device=cpu", "router.grpc_port=0",
           "store.enabled=false", "router.admission.enabled=false", "router.auth.enabled=false"]
+# Disaggregated without prefill overflow (router.prefill_overflow, on by default since these
+# runs): every prompt on the prefill worker, the layout the committed results measured.
 MODES = {
     "disaggregated": ["mode=disaggregated", "pools.prefill.workers=1", "pools.decode.workers=1",
-                      "pools.prefill.cpus_per_worker=1", "pools.decode.cpus_per_worker=1"],
+                      "pools.prefill.cpus_per_worker=1", "pools.decode.cpus_per_worker=1",
+                      "router.prefill_overflow=false"],
     "colocated": ["mode=colocated", "pools.decode.workers=2", "pools.decode.cpus_per_worker=1"],
 }
 

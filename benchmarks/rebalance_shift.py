@@ -33,7 +33,9 @@ for _k, _v in {"LMCACHE_TRACK_USAGE": "false", "DO_NOT_TRACK": "1", "RAY_AUTH_MO
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "llama-8m"
-BASE = ["mode=disaggregated", "router.grpc_port=0", "router.admission.enabled=false", "store.enabled=false",
+# Prefill overflow off: the static layouts are the pools as sized (what the results measured).
+BASE = ["mode=disaggregated", "router.prefill_overflow=false", "router.grpc_port=0",
+        "router.admission.enabled=false", "store.enabled=false",
         f"model.model={MODEL}", "model.num_threads=1", "pools.prefill.cpus_per_worker=0.5",
         "pools.decode.cpus_per_worker=0.5", "router.health_poll_s=0.5", "model.max_num_seqs=128", "model.max_model_len=1024"]
 CONFIGS = {

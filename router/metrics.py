@@ -203,6 +203,9 @@ class _WorkerReports:
                 writebacks.add_metric([name, outcome], s.get(f"writebacks_{outcome}", 0))
         for codec, nbytes in dict(getattr(backend, "kv_bytes_sent", None) or {}).items():
             kv_bytes.add_metric([codec], nbytes)
+        waiting = GaugeMetricFamily("tandem_prefill_overflow_waiting", "Requests waiting in the "
+                                    "router for room on a prefill or decode worker")
         over = getattr(backend, "overflow", None)
         overflow.add_metric([], over.overflowed if over is not None else 0)
-        return [decisions, hits, fetched, writebacks, speed, kv_bytes, overflow]
+        waiting.add_metric([], over.waiting if over is not None else 0)
+        return [decisions, hits, fetched, writebacks, speed, kv_bytes, overflow, waiting]

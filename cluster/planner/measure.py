@@ -198,7 +198,8 @@ def serve_samples(model: str, threads: int, reps: int = 5, prompt: int = 256, ou
     cfg = load_config(None, [f"model.model={model}", f"model.num_threads={threads}", f"mode={mode}",
                              "pools.decode.workers=1", f"pools.decode.cpus_per_worker={threads}",
                              "pools.prefill.workers=1", f"pools.prefill.cpus_per_worker={threads}",
-                             "store.enabled=false", "router.admission.enabled=false", "router.grpc_port=0"])
+                             "store.enabled=false", "router.admission.enabled=false", "router.grpc_port=0",
+                             "router.prefill_overflow=false"])   # each phase where its pool is
     rng = np.random.default_rng(2)
     served = Served(prompt, short, out, batch)
     with BackgroundCluster(cfg) as cluster, TandemClient(cluster.target, timeout=120) as client:

@@ -174,8 +174,11 @@ def run_config(best: Layout, profile: Profile) -> dict[str, list[str]]:
         helm += [f"pools.decode.replicas={best.decode_workers}",
                  f"config.model.max_num_batched_tokens={best.chunk_tokens}"]
     else:
-        sets += [f"pools.prefill.workers={best.prefill_workers}", f"pools.decode.workers={best.decode_workers}"]
-        helm += [f"pools.prefill.replicas={best.prefill_workers}", f"pools.decode.replicas={best.decode_workers}"]
+        # The simulator keeps every prompt on the prefill pool: no prefill overflow, as predicted.
+        sets += [f"pools.prefill.workers={best.prefill_workers}", f"pools.decode.workers={best.decode_workers}",
+                 "router.prefill_overflow=false"]
+        helm += [f"pools.prefill.replicas={best.prefill_workers}", f"pools.decode.replicas={best.decode_workers}",
+                 "config.router.prefill_overflow=false"]
     if profile.gpus_per_worker:
         sets += [f"pools.prefill.gpus_per_worker={profile.gpus_per_worker}",
                  f"pools.decode.gpus_per_worker={profile.gpus_per_worker}"]

@@ -86,7 +86,8 @@ class RayPoolsBackend(Backend):
         self.fork_homes = ForkHomes()             # the samples of one request go to one worker
         self.early_decode = early_decode and not colocated
         self.overflow = PrefillOverflow(router.prefill_overflow and not colocated and not self.switchable,
-                                        tpot_ms, router.overflow_max_stall_tpot)
+                                        tpot_ms, router.overflow_max_stall_tpot,
+                                        room_tokens=model.max_num_batched_tokens)
         self._collecting: set[asyncio.Task] = set()
 
     @property
@@ -208,9 +209,8 @@ class RayPoolsBackend(Backend):
         early = _EarlyStart()
         local = 0     # prompt tokens this decode worker computes itself (overflow), until its first token
         try:
-            if not self.colocated and not generated and not group and self.overflow.choose(
-                    self.registry.healthy("prefill"), decoder, len(prompt),
-                    ctx.block_hashes[0] if ctx.block_hashes else None):
+            if not self.colocated and not generated and not group and self.overflow.enabled and \
+                    await self._place(request, decoder, len(prompt), ctx):
                 local = len(prompt)
                 self.overflow.sent(decoder.name, local)
                 self.overflow.overflowed += 1
@@ -258,6 +258,16 @@ class RayPoolsBackend(Backend):
                 self._abandon(early, "the request ended before its KV was sent")
             if not finished:
                 _fire_and_forget(decoder.handle.abort.remote(rid))
+
+    async def _place(self, request: GenerateRequest, decoder: WorkerView, n: int, ctx: RoutingContext) -> bool:
+        """PrefillOverflow.place within the request's deadline: True to compute the prompt on
+        ``decoder``. Nothing awaits between its return and the caller's ``sent``."""
+        try:
+            async with asyncio.timeout(_remaining(request)):
+                return await self.overflow.place(lambda: self.registry.healthy("prefill"), decoder, n,
+                                                 ctx.block_hashes[0] if ctx.block_hashes else None)
+        except TimeoutError:
+            raise RequestTimedOut(f"request {request.request_id} passed its deadline") from None
 
     async def _prefill(self, request, rid, prompt, params, salt, decoder: WorkerView, ctx, deadline,
                        progress: _Progress, fork: dict, early: _EarlyStart) -> PrefillResult:

@@ -49,7 +49,9 @@ def test_the_prefill_share_follows_the_input_output_ratio():
 
 def test_the_best_layout_comes_with_its_config_and_helm_values():
     out = run_config(Layout("disaggregated", 3, 5), PROF)
-    assert out["set"][:3] == ["mode=disaggregated", "pools.prefill.workers=3", "pools.decode.workers=5"]
+    assert out["set"][:4] == ["mode=disaggregated", "pools.prefill.workers=3", "pools.decode.workers=5",
+                              "router.prefill_overflow=false"]      # as simulated
+    assert "config.router.prefill_overflow=false" in out["helm"]
     assert "pools.decode.gpusPerWorker=8" in out["helm"]
     co = run_config(Layout("colocated", 0, 4, 1024), PROF)
     assert "model.max_num_batched_tokens=1024" in co["set"] and "pools.decode.replicas=4" in co["helm"]

@@ -1,6 +1,7 @@
 """PrefillOverflow: when a disaggregated router computes a prompt on its decode worker."""
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 
 import pytest
@@ -74,3 +75,45 @@ def test_no_overflow_without_a_measured_speed_a_cached_prefix_or_when_off():
 def test_bad_settings_are_refused(field, value):
     with pytest.raises(ValueError, match=field):
         _rule(**{field: value})
+
+
+def test_place_sends_to_a_prefill_worker_with_room_at_once():
+    rule, pool = _rule(room_tokens=1000), [_prefill("p0"), _prefill("p1")]
+    rule.sent("p0", 5000)
+    assert asyncio.run(rule.place(lambda: pool, DEC, 100)) is False      # p1 has room
+    assert asyncio.run(rule.place(lambda: [], DEC, 100)) is False        # none healthy: the pick says so
+
+
+def test_a_burst_waits_in_the_router_and_goes_where_room_frees_first():
+    """Both the prefill pool (at its room) and the decode worker (one overflow prompt) are
+    full: requests wait; the decode worker's first token lets one overflow, a prefill worker's
+    lets one go to the pool."""
+    async def scenario():
+        rule, pool = _rule(room_tokens=1000), [_prefill("p0")]
+        rule.sent("p0", 1000)
+        rule.sent(DEC.name, 300)
+        first = asyncio.ensure_future(rule.place(lambda: pool, DEC, 300))
+        await asyncio.sleep(0.05)
+        assert not first.done() and rule.waiting == 1
+        rule.done(DEC.name, 300)
+        assert await asyncio.wait_for(first, 1) is True                   # overflow
+        rule.sent(DEC.name, 300)
+        second = asyncio.ensure_future(rule.place(lambda: pool, DEC, 300))
+        await asyncio.sleep(0.05)
+        assert not second.done()
+        rule.done("p0", 500)
+        assert await asyncio.wait_for(second, 1) is False                 # the pool has room
+        assert rule.waiting == 0
+    asyncio.run(scenario())
+
+
+def test_a_waiting_request_sees_workers_that_appear_without_a_notification():
+    async def scenario():
+        rule, pool = _rule(room_tokens=1000), [_prefill("p0")]
+        rule.sent("p0", 1000)
+        rule.sent(DEC.name, 1)
+        task = asyncio.ensure_future(rule.place(lambda: pool, DEC, 300))
+        await asyncio.sleep(0.05)
+        pool.append(_prefill("p1"))                                       # no done() call
+        assert await asyncio.wait_for(task, 3) is False
+    asyncio.run(scenario())
