@@ -5,7 +5,7 @@
 Model: the "llama-20m" preset (the vs_vllm model), one torch thread. Three engines live in
 one process: ``native`` (the defaults: native decode attention and elementwise kernels),
 ``torch`` (the same engine with every native kernel switched off: gather + SDPA decode
-attention, eager RMSNorm/SiLU/RoPE) and ``bf16`` (native kernels plus
+attention, SDPA prefill attention, eager RMSNorm/SiLU/RoPE) and ``bf16`` (native kernels plus
 ``matmul_dtype=bfloat16``, only on CPUs with AMX). Figures are thread CPU time, so time
 slices lost to other processes on a shared machine do not count; repetitions interleave the
 engines. JSON lines: the median decode step at each batch (prompts of ``--prompt`` tokens,
@@ -34,7 +34,7 @@ def emit(**fields) -> None:
 
 
 def torch_only(llm: LLM) -> LLM:
-    llm.engine.runner.native_decode = False
+    llm.engine.runner.native_decode = llm.engine.runner.native_prefill = False
     for module in llm.engine.runner.model.modules():
         if isinstance(module, (RMSNorm, DecoderLayer)):
             module.native = False
