@@ -3,8 +3,9 @@
 It imports shipped KV into its paged pool, decodes in a continuous batch, and publishes
 each step's tokens for all its requests to an ``Outbox`` the router long-polls. In the
 colocated role it also computes prompts itself (``submit``), which is the baseline every
-disaggregation comparison needs; a decode worker does that only when asked to recover a
-request.
+disaggregation comparison needs; a decode worker does that when asked to recover a request,
+or to take a prompt the busy prefill pool would queue (the router's prefill overflow,
+``router/backends/overflow.py``).
 """
 from __future__ import annotations
 
@@ -144,7 +145,7 @@ class DecodeWorker:
         return nbytes
 
     async def submit(self, req: FullRequest) -> None:
-        """Compute the prompt here and decode (colocated role, or recovery)."""
+        """Compute the prompt here and decode (colocated role, recovery, or prefill overflow)."""
         self._ensure_loop()
         params = SamplingParams.from_dict(req.sampling)
         if req.deadline is not None:

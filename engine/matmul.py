@@ -17,6 +17,11 @@ the model's float32; prefill attention (SDPA over a prompt chunk) runs in bfloat
 RoPE, decode attention, the KV cache and the residual stream stay float32.
 Measured on one core of an AMX Xeon, a 2048x384 weight: 62 vs 124 us at batch 1, 0.7 vs 5.1
 ms at 512 rows. Without AMX it logs a warning and stays float32 (bf16 without AMX is slower).
+
+One row (batch-1 decode, a prompt's LM-head row) goes to the native GEMV
+(``engine.cpu_kernels.gemv``) where it was measured faster: on AMD EPYC (Zen 5, one core)
+~31 GB/s through llama-100m's weights against ~24 GB/s for oneDNN. Intel keeps MKL's until
+measured there; ``TANDEM_GEMV=1``/``0`` forces either way.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ from torch import nn
 logger = logging.getLogger(__name__)
 
 ONEDNN_ENV = "TANDEM_ONEDNN"       # "1" / "0" forces the oneDNN float32 path on / off
+GEMV_ENV = "TANDEM_GEMV"           # "1" / "0" forces the native one-row GEMV on / off
 MATMUL_DTYPES = (None, "float32", "bfloat16")
 
 
@@ -52,6 +58,14 @@ def cpu_vendor() -> str:
 
 def cpu_has_amx_bf16() -> bool:
     return "amx_bf16" in _cpuinfo_field("flags").split()
+
+
+def _gemv_usable() -> bool:
+    wanted = os.environ.get(GEMV_ENV)
+    if wanted == "0" or (wanted != "1" and cpu_vendor() == "GenuineIntel"):
+        return False
+    from engine import cpu_kernels
+    return cpu_kernels.available()
 
 
 def _onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -76,6 +90,7 @@ def _onednn_fp32_usable() -> bool:
 @dataclass(slots=True, frozen=True)
 class MatmulPlan:
     mode: str          # "torch" (F.linear), "onednn" (float32), "bf16-amx"
+    gemv: bool = False  # one float32 row through the native GEMV
 
     @classmethod
     def choose(cls, device: torch.device, dtype: torch.dtype, matmul_dtype: str | None) -> "MatmulPlan":
@@ -89,7 +104,7 @@ class MatmulPlan:
             if cpu_has_amx_bf16() and torch.backends.mkldnn.is_available():
                 return cls("bf16-amx")
             logger.warning("matmul_dtype=bfloat16 needs a CPU with AMX (amx_bf16); keeping float32")
-        return cls("onednn" if _onednn_fp32_usable() else "torch")
+        return cls("onednn" if _onednn_fp32_usable() else "torch", gemv=_gemv_usable())
 
     def pack(self, weight: torch.Tensor) -> torch.Tensor | None:
         """The weight as this plan's kernel wants it (None: use the parameter as it is)."""
@@ -104,6 +119,10 @@ def linear_for(plan: MatmulPlan, x: torch.Tensor, weight: torch.Tensor, packed: 
     if packed is not None:
         out = _onednn(x.to(torch.bfloat16), packed, None).to(x.dtype)
         return out if bias is None else out + bias
+    if plan.gemv and x.dim() == 2 and x.shape[0] == 1:
+        from engine import cpu_kernels
+        if cpu_kernels.gemv_fits(x, weight):
+            return cpu_kernels.gemv(x, weight, bias)
     if plan.mode == "onednn":
         return _onednn(x, weight, bias)
     return F.linear(x, weight, bias)

@@ -101,7 +101,8 @@ class CausalLM(nn.Module):
                 module.apply_plan(self.matmul)
             elif isinstance(module, (RMSNorm, DecoderLayer)):
                 module.native = native
-        logger.info("matmul path: %s; native elementwise kernels: %s", self.matmul.mode, native)
+        logger.info("matmul path: %s (native one-row GEMV: %s); native elementwise kernels: %s",
+                    self.matmul.mode, self.matmul.gemv, native)
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, kv_cache: torch.Tensor,
                 meta: AttentionMetadata) -> torch.Tensor:

@@ -120,6 +120,35 @@ def test_prefill_attention_rejects_what_it_cannot_compute():
         cpu_kernels.prefill_attention(torch.zeros(3, 2, 16), cache, cache, torch.tensor([0]), 0, 20, 16, 1.0)
 
 
+@pytest.mark.parametrize("out,inp", [(1, 16), (7, 64), (8, 384), (37, 1024), (513, 48)])
+def test_gemv_equals_f_linear_with_and_without_bias(out, inp):
+    """Rows in blocks of 8 and a tail, one row of input as the model passes it ([1, in])."""
+    gen = torch.Generator().manual_seed(out * inp)
+    w = torch.randn(out, inp, generator=gen) * 0.1
+    x, b = torch.randn(1, inp, generator=gen) * 3, torch.randn(out, generator=gen)
+    assert cpu_kernels.gemv_fits(x, w)
+    assert_fp32_close(cpu_kernels.gemv(x, w, b), F.linear(x, w, b))
+    assert_fp32_close(cpu_kernels.gemv(x, w, None), F.linear(x, w))
+
+
+def test_gemv_refuses_what_it_cannot_take():
+    w = torch.zeros(8, 24)                                   # in not a multiple of 16
+    assert not cpu_kernels.gemv_fits(torch.zeros(1, 24), w)
+    with pytest.raises(ValueError, match="one float32 row"):
+        cpu_kernels.gemv(torch.zeros(1, 24), w, None)
+    assert not cpu_kernels.gemv_fits(torch.zeros(2, 32), torch.zeros(8, 32))       # two rows
+    assert not cpu_kernels.gemv_fits(torch.zeros(1, 32), torch.zeros(32, 8).t())   # strided weight
+
+
+def test_the_engine_routes_one_row_through_the_gemv_unless_switched_off(monkeypatch):
+    from engine.matmul import MatmulPlan
+    monkeypatch.setenv("TANDEM_GEMV", "1")
+    assert MatmulPlan.choose(torch.device("cpu"), torch.float32, None).gemv
+    monkeypatch.setenv("TANDEM_GEMV", "0")
+    assert not MatmulPlan.choose(torch.device("cpu"), torch.float32, None).gemv
+    assert not MatmulPlan.choose(torch.device("cpu"), torch.bfloat16, None).gemv
+
+
 @pytest.mark.parametrize("rows,dim", [(1, 384), (7, 20), (33, 64)])
 def test_rms_norm_equals_the_torch_formula_on_strided_rows(rows, dim):
     gen = torch.Generator().manual_seed(rows + dim)
@@ -150,9 +179,22 @@ def test_rope_equals_rotate_half_on_a_strided_view(heads, dim):
     assert_fp32_close(cpu_kernels.rope(x, cos, sin), x * cos + rot * sin)
 
 
+def _set_gemv(llm, on: bool) -> None:
+    """The one-row GEMV on or off for every matmul of the model (whatever the CPU vendor)."""
+    import dataclasses
+
+    from engine.matmul import Linear
+    model = llm.engine.runner.model
+    model.matmul = dataclasses.replace(model.matmul, gemv=on)
+    for module in model.modules():
+        if isinstance(module, Linear):
+            module.plan = model.matmul
+
+
 def _torch_only(llm) -> None:
     from engine.model import DecoderLayer, RMSNorm
     llm.engine.runner.native_decode = llm.engine.runner.native_prefill = False
+    _set_gemv(llm, False)
     for module in llm.engine.runner.model.modules():
         if isinstance(module, (RMSNorm, DecoderLayer)):
             module.native = False
@@ -166,7 +208,9 @@ def test_the_engine_decodes_the_same_tokens_with_and_without_the_kernels():
         llm = LLM("tiny-llama-gqa", max_num_seqs=8)
         assert llm.engine.runner.native_decode and llm.engine.runner.native_prefill  # CPU, float32
         assert llm.engine.runner.model.layers[0].native and llm.engine.runner.model.norm.native
-        if not native:
+        if native:
+            _set_gemv(llm, True)
+        else:
             _torch_only(llm)
         outs[native] = [o.token_ids for o in llm.generate(prompts, greedy(48, ignore_eos=True))]
         logits[native] = llm.engine.prompt_logits(prompts[2])
