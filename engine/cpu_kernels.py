@@ -4,7 +4,7 @@ Decode attention over the paged cache (``paged_attention.c``), prefill attention
 sequence's chunk over its paged keys (``prefill_attention.c``: causal by position, no mask, no
 gather; ~3x torch's CPU flash attention at 512 tokens), the decoder layer's elementwise
 work, RMSNorm, SiLU-gate and RoPE, one pass each (``elementwise.c``), and the one-row matmul
-of batch-1 decode (``gemv.c``: a prefetching stream over the weight, ~1.3x oneDNN's GEMV).
+of batch-1 decode (``gemv.c``: a prefetching stream over the weight, ~1.35x oneDNN's GEMV).
 
 Why C and ctypes rather than a torch extension: the kernels need no torch headers, so it
 compiles in about a second with the system's C compiler (``cc``/``gcc``; ``$CC`` wins),

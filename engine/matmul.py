@@ -20,7 +20,7 @@ ms at 512 rows. Without AMX it logs a warning and stays float32 (bf16 without AM
 
 One row (batch-1 decode, a prompt's LM-head row) goes to the native GEMV
 (``engine.cpu_kernels.gemv``) where it was measured faster: on AMD EPYC (Zen 5, one core)
-~31 GB/s through llama-100m's weights against ~24 GB/s for oneDNN. Intel keeps MKL's until
+~32 GB/s through llama-100m's weights against ~24 GB/s for oneDNN. Intel keeps MKL's until
 measured there; ``TANDEM_GEMV=1``/``0`` forces either way.
 """
 from __future__ import annotations
