@@ -25,7 +25,6 @@
  */
 #include <math.h>
 #include <stdint.h>
-#include <string.h>
 
 #include "vec8.h"
 
