@@ -15,15 +15,16 @@ from collections.abc import Iterable
 import numpy as np
 import torch
 
-from engine import cpu_kernels
+from engine import cpu_kernels, prefault
 from engine.attention import AttentionMetadata, AttentionSpan
 from engine.model import CausalLM
 from engine.sequence import Sequence
 
 
 def _zeros(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Zeros; on CPU from calloc (numpy), so the OS maps pages only as they are written and
-    a large KV reservation costs no memory until used (``torch.zeros`` touches every page)."""
+    """Zeros; on CPU from calloc (numpy), so allocating a large KV reservation is instant
+    (``torch.zeros`` writes every page first); ``engine.prefault`` then maps its pages in the
+    background."""
     if device.type != "cpu":
         return torch.zeros(shape, dtype=dtype, device=device)
     width = torch.empty((), dtype=dtype).element_size()
@@ -40,6 +41,7 @@ class ModelRunner:
         self.device = device
         self.kv_cache = _zeros((cfg.num_layers, 2, num_blocks * block_size, cfg.num_kv_heads,
                                 cfg.head_dim), dtype, device)
+        prefault.start(self.kv_cache)      # CPU: its pages mapped in the background
         model.select_kernels(matmul_dtype)
         # Decode rows read the paged cache in place through the native kernel where it runs
         # (CPU, float32, head_dim a multiple of its 8-wide vectors).
