@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine import cpu_kernels
+
 logger = logging.getLogger(__name__)
 
 ONEDNN_ENV = "TANDEM_ONEDNN"       # "1" / "0" forces the oneDNN float32 path on / off
@@ -64,7 +66,6 @@ def _gemv_usable() -> bool:
     wanted = os.environ.get(GEMV_ENV)
     if wanted == "0" or (wanted != "1" and cpu_vendor() == "GenuineIntel"):
         return False
-    from engine import cpu_kernels
     return cpu_kernels.available()
 
 
@@ -119,10 +120,8 @@ def linear_for(plan: MatmulPlan, x: torch.Tensor, weight: torch.Tensor, packed: 
     if packed is not None:
         out = _onednn(x.to(torch.bfloat16), packed, None).to(x.dtype)
         return out if bias is None else out + bias
-    if plan.gemv and x.dim() == 2 and x.shape[0] == 1:
-        from engine import cpu_kernels
-        if cpu_kernels.gemv_fits(x, weight):
-            return cpu_kernels.gemv(x, weight, bias)
+    if plan.gemv and x.dim() == 2 and x.shape[0] == 1 and cpu_kernels.gemv_fits(x, weight):
+        return cpu_kernels.gemv(x, weight, bias)
     if plan.mode == "onednn":
         return _onednn(x, weight, bias)
     return F.linear(x, weight, bias)
