@@ -11,7 +11,9 @@ model (a 1,000-token prefill takes ~140 ms on one thread): *disaggregated* = 1 p
 decode worker; *colocated* = 2 workers that do both phases (chunked prefill in the same
 continuous batch as the decodes) with a 2,048-token step budget (a prompt is one step), and
 *colocated-bN* the same with an N-token budget (Sarathi-Serve's knob; ``--modes`` picks the
-configurations, the comparison takes the best colocated one per figure and objective). The
+configurations, the comparison takes the best colocated one per figure and objective), and
+*disaggregated-overflow* the disaggregated pair with prefill overflow on (the router's
+default since these runs; ``slo.tpot_ms`` set to ``--tpot-ms``), compared with both. The
 router runs in this process (its CPU is counted); the load generator (``python -m loadtest
 run``) runs in a child process per rate, so it does not share the router's GIL. Workloads
 (``WORKLOADS``): the Azure 2023 conversation and code traces replayed with their own arrival
@@ -82,9 +84,9 @@ def workload_args(name: str, rows: int | None = None) -> list[str]:
 
 def measured_configs(folder: Path) -> dict[str, dict[str, Any]]:
     """The per-configuration results a run wrote into ``folder`` (``disaggregated.json``,
-    ``colocated*.json``), by configuration name."""
+    ``disaggregated-overflow.json``, ``colocated*.json``), by configuration name."""
     return {f.stem: json.loads(f.read_text()) for f in sorted(folder.glob("*.json"))
-            if f.stem == "disaggregated" or f.stem.startswith("colocated")}
+            if f.stem.startswith(("disaggregated", "colocated"))}
 
 
 COMMON = [f"model.model={MODEL}", "model.num_threads=1", "model.device=cpu", "router.grpc_port=0",
@@ -96,6 +98,11 @@ MODES = {
                       "pools.prefill.cpus_per_worker=1", "pools.decode.cpus_per_worker=1",
                       "router.prefill_overflow=false"],
     "colocated": ["mode=colocated", "pools.decode.workers=2", "pools.decode.cpus_per_worker=1"],
+    # The default since: prompts overflow to the decode worker while the prefill worker is
+    # busy, bounded by slo.tpot_ms (set to the run's --tpot-ms; docs/disaggregation.md).
+    "disaggregated-overflow": ["mode=disaggregated", "pools.prefill.workers=1", "pools.decode.workers=1",
+                               "pools.prefill.cpus_per_worker=1", "pools.decode.cpus_per_worker=1",
+                               "router.prefill_overflow=true"],
 }
 
 
@@ -115,7 +122,7 @@ def step_budget(name: str) -> int | None:
     """A colocated configuration's chunked-prefill budget (tokens a step): ``colocated``
     2,048 (the engine default: a prompt is one step), ``colocated-bN`` N; None for
     ``disaggregated``; SystemExit for anything else."""
-    if name == "disaggregated":
+    if name.startswith("disaggregated") and name in MODES:
         return None
     if name == "colocated":
         return 2048
@@ -124,13 +131,14 @@ def step_budget(name: str) -> int | None:
     raise SystemExit(f"unknown configuration {name!r}: one of {sorted(MODES)} or colocated-bN")
 
 
-def config_overrides(name: str) -> list[str]:
+def config_overrides(name: str, tpot_ms: float) -> list[str]:
     """A configuration's overrides: a mode of ``MODES``, or ``colocated-bN``, the colocated
-    workers with a chunked-prefill budget of N tokens a step (Sarathi-Serve's knob)."""
+    workers with a chunked-prefill budget of N tokens a step (Sarathi-Serve's knob). The TPOT
+    objective goes to ``slo.tpot_ms`` (prefill overflow's stall bound reads it)."""
     budget = step_budget(name)
     if name in MODES:
-        return COMMON + MODES[name]
-    return COMMON + MODES["colocated"] + [f"model.max_num_batched_tokens={budget}"]
+        return COMMON + MODES[name] + [f"slo.tpot_ms={tpot_ms:g}"]
+    return COMMON + MODES["colocated"] + [f"model.max_num_batched_tokens={budget}", f"slo.tpot_ms={tpot_ms:g}"]
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -365,7 +373,7 @@ def engine_costs() -> dict[str, Any]:
 def measure(mode: str, args: argparse.Namespace) -> tuple[dict[str, Any], dict[float, list]]:
     """Start ``mode``'s cluster, sweep the rates, stop it; (per-config result, records by rate)."""
     import asyncio
-    overrides = config_overrides(mode)
+    overrides = config_overrides(mode, args.tpot_ms)
     load_before = os.getloadavg()
     t0 = time.monotonic()
     bg = BackgroundCluster(load_config(None, overrides)).start()
@@ -657,6 +665,12 @@ def main() -> None:
                           "slo_ttft_ms": args.ttft_ms, "slo_tpot_ms": row["slo_tpot_ms"],
                           "disaggregated": dv, "colocated": cv, "colocated_config":
                           row["colocated_config"][key], "ratio": _ratio(dv, cv)})
+            if "disaggregated-overflow" in row:
+                ov = row["disaggregated-overflow"][key]
+                lines.append({"bench": "disagg_vs_colocated", "figure": f"{key}_by_tpot_objective_overflow",
+                              "slo_ttft_ms": args.ttft_ms, "slo_tpot_ms": row["slo_tpot_ms"],
+                              "disaggregated_overflow": ov, "disaggregated": dv, "colocated": cv,
+                              "vs_colocated": _ratio(ov, cv), "vs_disaggregated": _ratio(ov, dv)})
     doc["files"] = plots(pair, pair_records, slo, doc["rates"], doc["by_tpot_objective"], out)
     doc["engine_costs"] = costs
     doc["run"] = {"argv": sys.argv, "model": MODEL, "workload": workload_args(args.workload),
