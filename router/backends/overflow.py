@@ -71,11 +71,11 @@ class PrefillOverflow:
         """Where a prompt goes, decided when there is room for it: True for ``decoder`` when
         ``choose`` says so, else False for the prefill pool if a worker there has fewer than
         ``room_tokens`` prompt tokens pending (or none is healthy: the caller's pick reports
-        that). Until either has room
-        the request waits here rather than in one prefill worker's queue, so a burst is shared
-        between the prefill pool and the decode workers as each frees up. ``prefill_workers``
-        is a function returning the healthy prefill workers. The caller bounds the wait
-        (its deadline) and must call ``sent`` before its next await."""
+        that). Until either has room the request waits here rather than in one prefill
+        worker's queue, so a burst is shared between the prefill pool and the decode workers
+        as each frees up. ``prefill_workers`` is a function returning the healthy prefill
+        workers. The caller bounds the wait (its deadline) and must call ``sent`` before its
+        next await."""
         self.waiting += 1
         try:
             while True:
